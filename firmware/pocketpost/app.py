@@ -1,0 +1,115 @@
+# Start-up, the running appliance, and shutdown: wires the board to the store, the accounts, the
+# servers and the console service.
+import asyncio
+import gc
+import sys
+
+from . import VERSION
+from .config import Config
+from .console import Console
+from .log import Log
+from .pop3 import Pop3Session
+from .server import Listener, make_slots, reap_idle
+from .smtp import SmtpSession
+from .store import MailStore
+from .throttle import LoginThrottle
+from .users import Users
+
+
+class App:
+    def __init__(self, board):
+        self.board = board
+        self.log = Log(board.console_write)
+        self.sessions = []  # [session, task, timed out] of every open client connection
+        self.free_slots = []  # buffers for client connections not in use
+        self.accepting = False
+        self.address = None
+        self.store = None
+        self.listeners = []
+        self._stop = asyncio.Event()
+        self.reboot_requested = False
+
+    def storage_ready(self):
+        return self.store is not None
+
+    def storage_info(self):
+        if self.store is None:
+            return {"state": self.board.storage_state}
+        try:
+            total, free = self.store.space()
+        except OSError as e:
+            return {"state": "error {}".format(e)}
+        return {"state": "ok", "total": total, "free": free}
+
+    def stop(self, reboot=False):
+        """Asks the appliance to shut down cleanly (and to start again when `reboot`)."""
+        self.reboot_requested = reboot
+        self._stop.set()
+
+    async def run(self):
+        board = self.board
+        log = self.log
+        log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))
+        # Large, long-lived blocks first, while the heap is still in one piece.
+        flash = board.mount_flash(log)
+        sd = board.mount_sd(log)
+        self.config = Config(flash, board.overrides)
+        self.free_slots = make_slots(self.config["max_clients"])
+        self.users = Users(flash)
+        self.throttle = LoginThrottle(self.config)
+        if sd is not None:
+            store = MailStore(sd, log)
+            try:
+                store.prepare(self.free_slots[0].scratch)  # no client yet
+                self.store = store
+            except OSError as e:
+                log.exception("store", "the SD card cannot be used", e)
+        console = Console(self, board.console_stream(), board.console_write)
+        tasks = [asyncio.create_task(console.serve())]
+        self.address = await board.network_up(self.config, log)
+        for cls, key in ((Pop3Session, "pop3_port"), (SmtpSession, "smtp_port")):
+            listener = Listener(self, cls, self.config[key])
+            await listener.start(self.address)
+            self.listeners.append(listener)
+            log.info(cls.NAME, "listening on {}:{}".format(self.address, listener.port))
+        tasks.append(asyncio.create_task(reap_idle(self)))
+        self.accepting = True
+        gc.collect()
+        log.info("boot", "ready, {} bytes of heap free".format(gc.mem_free()))
+        await self._stop.wait()
+        await self._shutdown(tasks)
+        return self.reboot_requested
+
+    async def _shutdown(self, tasks):
+        self.accepting = False
+        for listener in self.listeners:
+            listener.close()
+        for entry in self.sessions:
+            entry[1].cancel()  # a session ended this way deletes nothing
+        for task in tasks:
+            task.cancel()
+        for _ in range(20):
+            if not self.sessions:
+                break
+            await asyncio.sleep_ms(50)
+        self.log.info("boot", "stopped")
+
+
+def main(board):
+    """Runs the appliance on `board` until it stops; then reboots, or returns after Ctrl-C."""
+    app = App(board)
+    try:
+        reboot = asyncio.run(app.run())
+    except KeyboardInterrupt:
+        app.log.info("boot", "interrupted (Ctrl-C)")
+        board.unmount()
+        return
+    except Exception as e:
+        sys.print_exception(e)
+        app.log.exception("boot", "crashed", e)
+        board.unmount()
+        board.reset("crash")
+        return
+    board.unmount()
+    if reboot:
+        board.reset("reboot")

@@ -1,0 +1,70 @@
+# One line per event: printed on the console and kept in a fixed ring of bytes for the console's
+# `log.tail` (a ring of bytes, not of strings, so old lines leave no fragments in the heap).
+import time
+
+from micropython import const
+
+_LF = const(10)
+
+
+class Log:
+    # Octets of recent log lines kept for `log.tail` (~40 lines).
+    RING_SIZE = 4096
+    # Longest line; longer messages are cut and marked with "...".
+    MAX_LINE = 240
+
+    def __init__(self, write=print):
+        self.write = write
+        self.ring = bytearray(self.RING_SIZE)
+        self.pos = 0  # where the next line goes
+        self.wrapped = False
+        self.start = time.ticks_ms()
+
+    def uptime_ms(self):
+        return time.ticks_diff(time.ticks_ms(), self.start)
+
+    def _line(self, level, source, text):
+        ms = self.uptime_ms()
+        line = "{}.{:03d} {} {}: {}".format(ms // 1000, ms % 1000, level, source, text)
+        if len(line) > self.MAX_LINE:
+            line = line[: self.MAX_LINE - 3] + "..."
+        # A log line never contains a line end or Ctrl-C: it stays one line on the console and
+        # can never be mistaken for, or break, a console frame.
+        if "\n" in line or "\r" in line or "\x03" in line:
+            line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x03", "^C")
+        self.write(line)
+        self._keep(line.encode() + b"\n")
+
+    def _keep(self, data):
+        ring = self.ring
+        n = len(data)
+        first = min(n, len(ring) - self.pos)
+        ring[self.pos : self.pos + first] = data[:first]
+        if first < n:
+            ring[: n - first] = data[first:]
+            self.wrapped = True
+        self.pos = (self.pos + n) % len(ring)
+        if self.pos == 0 and n:
+            self.wrapped = True
+
+    def info(self, source, text):
+        self._line("INFO", source, text)
+
+    def warn(self, source, text):
+        self._line("WARN", source, text)
+
+    def error(self, source, text):
+        self._line("ERROR", source, text)
+
+    def exception(self, source, text, exc):
+        self._line("ERROR", source, "{}: {}: {}".format(text, type(exc).__name__, exc))
+
+    def tail(self, n):
+        """The last `n` lines kept (oldest first)."""
+        if self.wrapped:
+            data = bytes(self.ring[self.pos :]) + bytes(self.ring[: self.pos])
+            data = data[data.find(b"\n") + 1 :]  # the oldest line is partly overwritten
+        else:
+            data = bytes(self.ring[: self.pos])
+        lines = data.decode().split("\n")[:-1]
+        return lines[-n:] if n else []

@@ -1,0 +1,316 @@
+# One user's mailbox on the SD card, and the crash-safe changes made to it.
+#
+#   <dir>/index        a header, then one fixed-size record per message, in delivery order
+#   <dir>/<shard>/<seq> the messages, in wire form; shard = seq // 1000 keeps FAT folders small
+#   <dir>/purge        the journal of a deletion (seqs to remove), present only while one runs
+#
+# The index lets a login read one file instead of listing and stat-ing every message (each
+# open in a FAT folder of ~2,000 files costs 100+ ms on an ESP32 over SPI). Records have a fixed
+# size, so message N is found by seeking, and a session keeps nothing per message in RAM.
+#
+# Header: "#GGGGGGGG NNNNNNNNN\n": G the mailbox generation (random hex, chosen when the mailbox
+# is made, part of every UID so a purged and re-created mailbox never repeats one), N the lowest
+# sequence number never used. Record: "SSSSSSSS ZZZZZZZZZZ\n": the message's sequence number (its
+# file name and UID) and its size in octets, both decimal.
+import binascii
+import os
+
+from micropython import const
+
+RECORD = const(20)
+_SHARD = const(1000)
+# Sequence numbers have 8 digits: message names stay 8.3 names on FAT (no long-name entries).
+_MAX_SEQ = const(99999999)
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
+def record_bytes(seq, size):
+    return "{:08d} {:010d}\n".format(seq, size).encode()
+
+
+def parse_record(mv, off):
+    """(seq, size) of the record at mv[off:]; raises ValueError when it is damaged."""
+    if mv[off + 8] != 32 or mv[off + 19] != 10:
+        raise ValueError("bad record")
+    return int(mv[off : off + 8]), int(mv[off + 9 : off + 19])
+
+
+def read_records(f, buf):
+    """Yields the offsets in `buf` of consecutive records read from `f` (positioned at a
+    record); `buf` is reused for each chunk, so a record must be parsed before the next yield."""
+    mv = memoryview(buf)
+    span = len(buf) // RECORD * RECORD
+    while True:
+        n = f.readinto(mv[:span])
+        if not n:
+            return
+        for off in range(0, n - n % RECORD, RECORD):
+            yield off
+        if n % RECORD:
+            return  # a damaged tail; recovery trims it
+
+
+class Mailbox:
+    def __init__(self, parent, name):
+        self.name = name
+        self.dir = "{}/{}".format(parent, name)
+        self.index = self.dir + "/index"
+
+    # ---- layout
+
+    def exists(self):
+        return _exists(self.index)
+
+    def create(self):
+        """Makes the folder and an empty index with a new generation."""
+        try:
+            os.mkdir(self.dir)
+        except OSError:
+            pass
+        gen = int.from_bytes(os.urandom(4), "big")
+        with open(self.index, "wb") as f:
+            f.write(self._header_bytes(gen, 1))
+
+    @staticmethod
+    def _header_bytes(gen, next_seq):
+        return "#{:08x} {:09d}\n".format(gen, next_seq).encode()
+
+    def message_path(self, seq):
+        return "{}/{}/{}".format(self.dir, seq // _SHARD, seq)
+
+    def _header(self, f, rec):
+        f.seek(0)
+        if f.readinto(rec) != RECORD or rec[0] != 35 or rec[9] != 32 or rec[19] != 10:
+            raise ValueError("bad index header")
+        return int(bytes(rec[1:9]), 16), int(rec[10:19])
+
+    def uid_prefix(self, rec):
+        """The UID prefix of this mailbox: its generation in hex and a dot."""
+        with open(self.index, "rb") as f:
+            gen, _ = self._header(f, rec)
+        return "{:08x}.".format(gen)
+
+    def count(self):
+        """Number of records in the index."""
+        return os.stat(self.index)[6] // RECORD - 1
+
+    # ---- delivery
+
+    def next_seq(self, rec):
+        """The lowest sequence number that is neither indexed nor reserved by the header."""
+        with open(self.index, "rb") as f:
+            _, next_seq = self._header(f, rec)
+            f.seek(0, 2)
+            end = f.tell()
+            if end >= 2 * RECORD:
+                f.seek(end - end % RECORD - RECORD)
+                if f.readinto(rec) == RECORD:
+                    next_seq = max(next_seq, parse_record(rec, 0)[0] + 1)
+        return next_seq
+
+    def append(self, seq, size):
+        with open(self.index, "ab") as f:
+            f.write(record_bytes(seq, size))
+
+    def deliver(self, tmp_path, size, rec):
+        """Moves a complete message file into the mailbox and indexes it; returns its seq.
+
+        A message file that exists but is not indexed (a crash between the rename and the index
+        append) is indexed first, never renamed over: on FAT a rename onto a name deletes first."""
+        seq = self.next_seq(rec)
+        while True:
+            if seq > _MAX_SEQ:
+                raise OSError(28)  # this mailbox has used every name it can have
+            path = self.message_path(seq)
+            try:
+                found = os.stat(path)[6]
+            except OSError:
+                break
+            self.append(seq, found)
+            seq += 1
+        try:
+            os.mkdir("{}/{}".format(self.dir, seq // _SHARD))
+        except OSError:
+            pass  # exists already
+        os.rename(tmp_path, path)
+        try:
+            self.append(seq, size)
+        except OSError:
+            _remove(path)  # not indexed: take it back so the delivery fails as a whole
+            raise
+        return seq
+
+    # ---- reading
+
+    def read_record(self, f, n, rec):
+        """(seq, size) of message n (1-based) from the open index `f`."""
+        f.seek(n * RECORD)
+        if f.readinto(rec) != RECORD:
+            raise ValueError("index shorter than expected")
+        return parse_record(rec, 0)
+
+    def totals(self, buf):
+        """(messages, octets) from the index."""
+        count = octets = 0
+        with open(self.index, "rb") as f:
+            f.seek(RECORD)
+            for off in read_records(f, buf):
+                count += 1
+                octets += parse_record(buf, off)[1]
+        return count, octets
+
+    # ---- deletion: journal first, then the index, then the files; each step can be redone
+
+    def delete(self, seqs, buf):
+        """Removes the messages whose seqs the iterable yields (ascending). Once the journal is
+        written the deletion completes, now or at the next boot."""
+        tmp = self.dir + "/purge.new"
+        with open(tmp, "wb") as f:
+            for seq in seqs:
+                f.write("{:08d}\n".format(seq).encode())
+        os.rename(tmp, self.dir + "/purge")
+        return self.finish_purge(buf)
+
+    def finish_purge(self, buf):
+        """Completes a journaled deletion; returns how many message files were removed."""
+        journal = self.dir + "/purge"
+        new = self.index + ".new"
+        if _exists(new):
+            if _exists(self.index):
+                os.remove(new)  # an interrupted rewrite: redo it from the old index
+            else:
+                os.rename(new, self.index)  # the rewrite finished but was not renamed yet
+        if not _exists(journal):
+            return 0
+        rec = bytearray(RECORD)
+        with open(journal, "rb") as purge, open(self.index, "rb") as old, open(new, "wb") as out:
+            gen, next_seq = self._header(old, rec)
+            gone = self._next_purged(purge, rec)
+            out.write(self._header_bytes(gen, next_seq))  # rewritten below with the final value
+            for off in read_records(old, buf):
+                try:
+                    seq, _ = parse_record(buf, off)
+                except ValueError:
+                    break  # a damaged tail: it is dropped with the rewrite
+                next_seq = max(next_seq, seq + 1)
+                while gone is not None and gone < seq:
+                    gone = self._next_purged(purge, rec)
+                if seq != gone:
+                    out.write(memoryview(buf)[off : off + RECORD])
+            out.seek(0)
+            out.write(self._header_bytes(gen, next_seq))
+        os.remove(self.index)
+        os.rename(new, self.index)
+        removed = 0
+        with open(journal, "rb") as purge:
+            while True:
+                seq = self._next_purged(purge, rec)
+                if seq is None:
+                    break
+                if _remove(self.message_path(seq)):
+                    removed += 1
+        os.remove(journal)
+        return removed
+
+    @staticmethod
+    def _next_purged(f, rec):
+        # Journal lines are "SSSSSSSS\n" (9 octets).
+        mv = memoryview(rec)[:9]
+        if f.readinto(mv) != 9 or rec[8] != 10:
+            return None
+        return int(mv[:8])
+
+    # ---- boot check
+
+    def recover(self, buf):
+        """Repairs what an interrupted change left: finishes a journaled deletion, trims a
+        damaged index tail, indexes a delivered message whose record was not written. Returns a
+        list of what was done, for the log."""
+        done = []
+        if _exists(self.dir + "/purge.new"):
+            os.remove(self.dir + "/purge.new")  # a journal never completed: nothing was deleted
+        if _exists(self.dir + "/purge") or _exists(self.index + ".new"):
+            done.append("finished a deletion ({} files)".format(self.finish_purge(buf)))
+        if not self.exists():
+            self.create()
+            done.append("made a new index (the old one was missing)")
+            self._reindex(done)
+            return done
+        rec = bytearray(RECORD)
+        try:
+            with open(self.index, "rb") as f:
+                self._header(f, rec)
+        except ValueError:
+            os.remove(self.index)
+            self.create()
+            done.append("made a new index (the old header was damaged)")
+            self._reindex(done)
+            return done
+        kept = self._valid_records(buf)
+        if kept < self.count():
+            self._truncate(kept, buf)
+            done.append("trimmed a damaged index tail to {} records".format(kept))
+        seq = self.next_seq(rec)
+        while True:
+            try:
+                size = os.stat(self.message_path(seq))[6]
+            except OSError:
+                break
+            self.append(seq, size)
+            done.append("indexed message {} found after a crash".format(seq))
+            seq += 1
+        return done
+
+    def _valid_records(self, buf):
+        kept = 0
+        with open(self.index, "rb") as f:
+            f.seek(RECORD)
+            for off in read_records(f, buf):
+                try:
+                    parse_record(buf, off)
+                except ValueError:
+                    break
+                kept += 1
+        return kept
+
+    def _truncate(self, kept, buf):
+        new = self.index + ".new"
+        mv = memoryview(buf)
+        left = (kept + 1) * RECORD
+        with open(self.index, "rb") as old, open(new, "wb") as out:
+            while left:
+                n = old.readinto(mv[: min(left, len(buf))])
+                out.write(mv[:n])
+                left -= n
+        os.remove(self.index)
+        os.rename(new, self.index)
+
+    def _reindex(self, done):
+        # The index is gone: rebuild it from the shard folders, in sequence order.
+        shards = [int(e[0]) for e in os.ilistdir(self.dir) if e[1] == 0x4000 and e[0].isdigit()]
+        shards.sort()
+        count = 0
+        for shard in shards:
+            folder = "{}/{}".format(self.dir, shard)
+            entries = [(int(e[0]), e[3]) for e in os.ilistdir(folder) if e[0].isdigit()]
+            entries.sort()
+            for seq, size in entries:
+                self.append(seq, size)
+                count += 1
+        if count:
+            done.append("re-indexed {} messages from the folders".format(count))

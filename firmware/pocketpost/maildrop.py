@@ -1,0 +1,84 @@
+# A POP3 session's view of a locked mailbox (RFC 1939): the messages present at login, numbered
+# from 1, and the deletion marks. Per message it keeps one bit in RAM; sequence numbers and sizes
+# are read from the index on the card when a command needs them.
+from .mailbox import RECORD, read_records, parse_record
+
+
+class Maildrop:
+    def __init__(self, store, name, buf):
+        """Opens the user's mailbox (creating it when new) and counts what is in it now. `buf`
+        is the session's scratch buffer for reading the index."""
+        self.box = store.existing_mailbox(name)
+        self.buf = buf
+        self.rec = bytearray(RECORD)
+        self.uid_prefix = self.box.uid_prefix(self.rec)
+        self.count, self.octets = self.box.totals(buf)  # later deliveries wait for the next session
+        self.deleted = bytearray((self.count + 7) >> 3)
+        self.deleted_count = 0
+        self.deleted_octets = 0
+
+    def is_deleted(self, n):
+        return self.deleted[(n - 1) >> 3] & (1 << ((n - 1) & 7))
+
+    def message(self, n):
+        """(seq, size) of message n, or None when there is no such message or it is deleted."""
+        if not 1 <= n <= self.count or self.is_deleted(n):
+            return None
+        with open(self.box.index, "rb") as f:
+            return self.box.read_record(f, n, self.rec)
+
+    def path(self, seq):
+        return self.box.message_path(seq)
+
+    def uid(self, seq):
+        return self.uid_prefix + str(seq)
+
+    def listing(self):
+        """Yields (n, seq, size) of every message not deleted, in order."""
+        buf = self.buf
+        n = 0
+        with open(self.box.index, "rb") as f:
+            f.seek(RECORD)
+            for off in read_records(f, buf):
+                n += 1
+                if n > self.count:
+                    return
+                if not self.is_deleted(n):
+                    seq, size = parse_record(buf, off)
+                    yield n, seq, size
+
+    def mark_deleted(self, n, size):
+        self.deleted[(n - 1) >> 3] |= 1 << ((n - 1) & 7)
+        self.deleted_count += 1
+        self.deleted_octets += size
+
+    def unmark_all(self):
+        for i in range(len(self.deleted)):
+            self.deleted[i] = 0
+        self.deleted_count = 0
+        self.deleted_octets = 0
+
+    def visible(self):
+        """(messages, octets) not marked deleted, for STAT."""
+        return self.count - self.deleted_count, self.octets - self.deleted_octets
+
+    def _deleted_seqs(self):
+        buf = self.buf
+        n = 0
+        with open(self.box.index, "rb") as f:
+            f.seek(RECORD)
+            for off in read_records(f, buf):
+                n += 1
+                if n > self.count:
+                    return
+                if self.is_deleted(n):
+                    yield parse_record(buf, off)[0]
+
+    def update(self):
+        """The UPDATE state: removes the messages marked deleted; returns how many."""
+        if not self.deleted_count:
+            return 0
+        # The journal is written from a generator reading the index with self.buf, and the
+        # purge then reuses the same buffer: the journal is complete before the purge starts.
+        self.box.delete(self._deleted_seqs(), self.buf)
+        return self.deleted_count

@@ -1,0 +1,359 @@
+# The POP3 server (RFC 1939), with CAPA, PIPELINING and response codes (RFC 2449, RFC 3206) and
+# SASL AUTH PLAIN / LOGIN (RFC 5034). States AUTHORIZATION and TRANSACTION are the session's;
+# UPDATE happens inside QUIT.
+import asyncio
+import os
+
+from micropython import const
+
+from . import VERSION, crypto, sasl
+from .maildrop import Maildrop
+from .server import Session
+from .transparency import send_file, send_top
+
+_AUTHORIZATION = const(1)
+_TRANSACTION = const(2)
+_ANY = const(3)
+
+# RFC 2449 §4: a command line is at most 255 octets including its CRLF.
+_MAX_COMMAND = const(255)
+# A SASL response line (RFC 5034 §4 lets it exceed the command limit).
+_MAX_SASL_LINE = const(512)
+
+_CAPABILITIES = (
+    "+OK Capability list follows\r\n"
+    "TOP\r\n"
+    "UIDL\r\n"
+    "USER\r\n"
+    "RESP-CODES\r\n"
+    "AUTH-RESP-CODE\r\n"
+    "PIPELINING\r\n"
+    "SASL PLAIN LOGIN\r\n"
+    "EXPIRE NEVER\r\n"
+    "IMPLEMENTATION pocketpost-" + VERSION + "\r\n"
+    ".\r\n"
+).encode()
+_MECHANISM_LIST = b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+
+_ERR_AUTH = b"-ERR [AUTH] Authentication failed.\r\n"
+_ERR_LOCKED_OUT = b"-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n"
+_ERR_IN_USE = b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n"
+_ERR_STORAGE = b"-ERR [SYS/TEMP] Mail storage is not available, try again later.\r\n"
+_ERR_NO_MESSAGE = b"-ERR No such message.\r\n"
+_ERR_DELETED = b"-ERR Message is deleted.\r\n"
+_ERR_SYNTAX = b"-ERR Invalid arguments.\r\n"
+_ERR_UNKNOWN = b"-ERR Unknown command.\r\n"
+_ERR_STATE = b"-ERR Command not valid in this state.\r\n"
+_ERR_TOO_LONG = b"-ERR Line too long.\r\n"
+_ERR_BAD_TEXT = b"-ERR Command is not valid text.\r\n"
+_ERR_TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
+
+
+def _number(text):
+    """A message number or line count: decimal digits only, else None."""
+    if not 0 < len(text) <= 10 or not text.isdigit():
+        return None
+    return int(text)
+
+
+class Pop3Session(Session):
+    NAME = "pop3"
+    TIMEOUT_KEY = "pop3_idle_timeout"
+    BUSY_REPLY = b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n"
+
+    def __init__(self, app, conn, peer):
+        super().__init__(app, conn, peer)
+        self.state = _AUTHORIZATION
+        self.user = None  # the name given by USER
+        self.name = None  # the user logged in
+        self.drop = None
+        self.scratch = conn.slot.scratch  # message and index reads
+        self.timestamp = None  # the APOP timestamp of the greeting
+
+    # ---- session loop
+
+    async def run(self):
+        conn = self.conn
+        self.log("connect")
+        greeting = "+OK pocketpost POP3 ready."
+        if self.app.users.apop_enabled():
+            self.timestamp = "<{}.{}@{}>".format(
+                int.from_bytes(os.urandom(4), "big"), self.app.log.uptime_ms(), self.app.config["hostname"]
+            )
+            greeting += " " + self.timestamp
+        conn.put(greeting.encode() + b"\r\n")
+        while True:
+            line = await conn.readline(_MAX_COMMAND)
+            if line is None:
+                if await self._bad(_ERR_TOO_LONG):
+                    return
+                continue
+            try:
+                text = str(line, "utf-8")
+            except UnicodeError:
+                if await self._bad(_ERR_BAD_TEXT):
+                    return
+                continue
+            verb, _, arg = text.partition(" ")
+            entry = _COMMANDS.get(verb.upper())
+            if entry is None:
+                if await self._bad(_ERR_UNKNOWN):
+                    return
+                continue
+            if not entry[1] & self.state:
+                if await self._bad(_ERR_STATE):
+                    return
+                continue
+            if await entry[0](self, arg):
+                return  # QUIT
+
+    async def _bad(self, reply):
+        """Answers a bad command; True when the client has used up its bad commands."""
+        self.bad_commands += 1
+        if self.bad_commands >= self.app.config["max_bad_commands"]:
+            self.conn.put(_ERR_TOO_MANY)
+            self.log("too many bad commands")
+            return True
+        self.conn.put(reply)
+        return False
+
+    def finish(self):
+        # A session that ends without QUIT (dropped, timed out) deletes nothing.
+        if self.name is not None:
+            self.app.store.unlock(self.name)
+            self.drop = None
+
+    # ---- AUTHORIZATION
+
+    async def cmd_user(self, arg):
+        if not arg:
+            self.conn.put(_ERR_SYNTAX)
+            return
+        self.user = arg
+        self.conn.put(b"+OK Send PASS.\r\n")
+
+    async def cmd_pass(self, arg):
+        if self.user is None:
+            self.conn.put(b"-ERR No user name given.\r\n")
+            return
+        name = self.user
+        self.user = None
+        await self._login(name, "USER", self.app.users.verify, name, arg.encode())
+
+    async def cmd_apop(self, arg):
+        parts = arg.split()
+        if self.timestamp is None:
+            self.conn.put(b"-ERR APOP is not enabled.\r\n")
+            return
+        if len(parts) != 2:
+            self.conn.put(_ERR_SYNTAX)
+            return
+        await self._login(parts[0], "APOP", self._apop_matches, parts[0], parts[1].lower())
+
+    async def _apop_matches(self, name, digest):
+        record = self.app.users.get(name)
+        secret = record.get("apop") if record else None
+        if secret is None:
+            return False
+        expected = crypto.md5_hex((self.timestamp + secret).encode())
+        return crypto.equal(expected.encode(), digest.encode())
+
+    async def cmd_auth(self, arg):
+        conn = self.conn
+        if not arg:
+            conn.put(_MECHANISM_LIST)  # what Outlook sends first
+            return
+        parts = arg.split()
+        mechanism = parts[0].upper()
+        if mechanism not in sasl.MECHANISMS or len(parts) > 2:
+            conn.put(b"-ERR Unsupported authentication mechanism.\r\n")
+            return
+        try:
+            name, password = await sasl.credentials(
+                mechanism, parts[1] if len(parts) == 2 else None, self._challenge
+            )
+        except sasl.Cancelled:
+            conn.put(b"-ERR Authentication cancelled.\r\n")
+            return
+        except sasl.Malformed:
+            conn.put(b"-ERR Invalid base64 data or SASL message.\r\n")
+            return
+        if name is None:  # asked to act as another user
+            await self._login("?", "AUTH " + mechanism, _refuse)
+        else:
+            await self._login(name, "AUTH " + mechanism, self.app.users.verify, name, password)
+
+    async def _challenge(self, prompt):
+        self.conn.put(b"+ " + prompt.encode() + b"\r\n")
+        line = await self.conn.readline(_MAX_SASL_LINE)
+        if line is None:
+            raise sasl.Malformed()
+        return str(line, "ascii")
+
+    async def _login(self, name, how, check, *args):
+        """Finishes a login attempt: `await check(*args)` says whether the secret is right."""
+        app = self.app
+        conn = self.conn
+        if app.throttle.locked_out(self.peer):
+            self.log("login refused (too many failures): {}".format(name))
+            conn.put(_ERR_LOCKED_OUT)
+            return
+        if not await check(*args):
+            delay = app.throttle.failed(self.peer)
+            self.log("login failed: {} ({})".format(name, how))
+            await conn.flush()
+            await asyncio.sleep_ms(delay)
+            conn.put(_ERR_AUTH)
+            return
+        app.throttle.succeeded(self.peer)
+        if not app.storage_ready():
+            conn.put(_ERR_STORAGE)
+            return
+        if not app.store.lock(name):
+            self.log("login {}: mailbox in use".format(name))
+            conn.put(_ERR_IN_USE)
+            return
+        try:
+            self.drop = Maildrop(app.store, name, self.scratch)
+        except (OSError, ValueError) as e:
+            app.store.unlock(name)
+            app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
+            conn.put(_ERR_STORAGE)
+            return
+        self.name = name
+        self.state = _TRANSACTION
+        self.log("login {} ({}), {} messages".format(name, how, self.drop.count))
+        conn.put("+OK Logged in, {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
+
+    # ---- both states
+
+    async def cmd_capa(self, arg):
+        self.conn.put(_CAPABILITIES)
+
+    async def cmd_quit(self, arg):
+        conn = self.conn
+        if self.state == _TRANSACTION:
+            try:
+                deleted = self.drop.update()
+            except (OSError, ValueError) as e:
+                self.app.log.exception(self.NAME, "{} update failed for {}".format(self.peer, self.name), e)
+                conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
+                return True
+            self.log("logout {}, {} deleted".format(self.name, deleted))
+        conn.put(b"+OK Logging out.\r\n")
+        return True
+
+    # ---- TRANSACTION
+
+    def _message(self, arg):
+        """(n, seq, size) for a message-number argument, or None after answering an error."""
+        n = _number(arg)
+        if n is None:
+            self.conn.put(_ERR_SYNTAX)
+            return None
+        if not 1 <= n <= self.drop.count:
+            self.conn.put(_ERR_NO_MESSAGE)
+            return None
+        if self.drop.is_deleted(n):
+            self.conn.put(_ERR_DELETED)
+            return None
+        seq, size = self.drop.message(n)
+        return n, seq, size
+
+    async def cmd_stat(self, arg):
+        count, octets = self.drop.visible()
+        self.conn.put("+OK {} {}\r\n".format(count, octets).encode())
+
+    async def cmd_list(self, arg):
+        await self._listing(arg, False)
+
+    async def cmd_uidl(self, arg):
+        await self._listing(arg, True)
+
+    async def _listing(self, arg, uids):
+        conn = self.conn
+        drop = self.drop
+        if arg:
+            found = self._message(arg)
+            if found:
+                n, seq, size = found
+                conn.put("+OK {} {}\r\n".format(n, drop.uid(seq) if uids else size).encode())
+            return
+        if uids:
+            conn.put(b"+OK Unique-ID listing follows\r\n")
+        else:
+            count, octets = drop.visible()
+            conn.put("+OK {} messages ({} octets)\r\n".format(count, octets).encode())
+        for n, seq, size in drop.listing():
+            conn.put("{} {}\r\n".format(n, drop.uid(seq) if uids else size).encode())
+            if conn.full():
+                await conn.flush()
+        conn.put(b".\r\n")
+
+    async def cmd_retr(self, arg):
+        found = self._message(arg)
+        if found:
+            await self._send(found, "+OK {} octets\r\n".format(found[2]).encode(), -1)
+
+    async def cmd_top(self, arg):
+        parts = arg.split(" ")
+        lines = _number(parts[1]) if len(parts) == 2 else None
+        if lines is None:
+            self.conn.put(_ERR_SYNTAX)
+            return
+        found = self._message(parts[0])
+        if found:
+            await self._send(found, b"+OK Top of message follows\r\n", lines)
+
+    async def _send(self, found, status, body_lines):
+        conn = self.conn
+        try:
+            f = open(self.drop.path(found[1]), "rb")
+        except OSError as e:
+            self.app.log.exception(self.NAME, "{} cannot open message {}".format(self.peer, found[1]), e)
+            conn.put(b"-ERR [SYS/TEMP] Cannot read the message.\r\n")
+            return
+        try:
+            conn.put(status)
+            if body_lines < 0:
+                await send_file(conn, f, self.scratch)
+            else:
+                await send_top(conn, f, self.scratch, body_lines)
+        finally:
+            f.close()
+
+    async def cmd_dele(self, arg):
+        found = self._message(arg)
+        if found:
+            self.drop.mark_deleted(found[0], found[2])
+            self.conn.put(b"+OK Marked to be deleted.\r\n")
+
+    async def cmd_noop(self, arg):
+        self.conn.put(b"+OK\r\n")
+
+    async def cmd_rset(self, arg):
+        self.drop.unmark_all()
+        self.conn.put("+OK {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
+
+
+async def _refuse(*args):
+    return False
+
+
+# verb: (handler, states where it is allowed)
+_COMMANDS = {
+    "USER": (Pop3Session.cmd_user, _AUTHORIZATION),
+    "PASS": (Pop3Session.cmd_pass, _AUTHORIZATION),
+    "APOP": (Pop3Session.cmd_apop, _AUTHORIZATION),
+    "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
+    "CAPA": (Pop3Session.cmd_capa, _ANY),
+    "QUIT": (Pop3Session.cmd_quit, _ANY),
+    "STAT": (Pop3Session.cmd_stat, _TRANSACTION),
+    "LIST": (Pop3Session.cmd_list, _TRANSACTION),
+    "RETR": (Pop3Session.cmd_retr, _TRANSACTION),
+    "DELE": (Pop3Session.cmd_dele, _TRANSACTION),
+    "NOOP": (Pop3Session.cmd_noop, _TRANSACTION),
+    "RSET": (Pop3Session.cmd_rset, _TRANSACTION),
+    "TOP": (Pop3Session.cmd_top, _TRANSACTION),
+    "UIDL": (Pop3Session.cmd_uidl, _TRANSACTION),
+}

@@ -1,0 +1,399 @@
+# The SMTP server (RFC 5321) for local delivery, with SIZE (RFC 1870), 8BITMIME (RFC 6152),
+# PIPELINING (RFC 2920), ENHANCEDSTATUSCODES (RFC 2034, RFC 3463) and AUTH PLAIN / LOGIN
+# (RFC 4954). Mail is accepted only for users of the local domains: never an open relay.
+import asyncio
+import os
+import time
+
+from micropython import const
+
+from . import sasl
+from .config import valid_domain
+from .server import Session
+from .transparency import receive_data
+from .users import valid_name
+
+# Every command line, AUTH responses included, must fit here (RFC 5321 §4.5.3.1.4 sets 512 for
+# plain commands; RFC 4954 asks servers to take longer AUTH lines).
+_MAX_LINE = const(1024)
+# RFC 5321 §4.5.3.1: local part 64, domain 255, path 256 octets (with the angle brackets).
+_MAX_LOCAL = const(64)
+_MAX_DOMAIN = const(255)
+_MAX_PATH = const(256)
+_ENOSPC = const(28)
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+_OK = b"250 2.0.0 Ok\r\n"
+_ERR_UNKNOWN = b"500 5.5.2 Error: command not recognized\r\n"
+_ERR_TOO_LONG = b"500 5.5.2 Error: line too long\r\n"
+_ERR_BAD_TEXT = b"500 5.5.2 Error: command contains invalid characters\r\n"
+_ERR_NO_HELO = b"503 5.5.1 Error: send HELO/EHLO first\r\n"
+_ERR_STORAGE = b"451 4.3.0 Mail storage is not available, try again later\r\n"
+
+
+def rfc5322_date(seconds):
+    t = time.gmtime(seconds)
+    return "{}, {} {} {} {:02d}:{:02d}:{:02d} +0000".format(
+        _DAYS[t[6]], t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5]
+    )
+
+
+def _printable(text):
+    """True when text is printable ASCII (no control characters, no 8-bit)."""
+    for c in text:
+        if not " " <= c <= "~":
+            return False
+    return True
+
+
+def parse_path(text):
+    """Splits "<address> params" into (address, params); address "" for "<>". Returns None
+    when the path is malformed or longer than RFC 5321 allows."""
+    text = text.lstrip(" ")
+    if not text.startswith("<"):
+        return None
+    end = text.find(">")
+    if end < 0 or end + 1 > _MAX_PATH or (end + 1 < len(text) and text[end + 1] != " "):
+        return None
+    address = text[1:end]
+    if address.startswith("@"):  # a source route (RFC 5321 §4.1.2): ignored
+        colon = address.find(":")
+        if colon < 0:
+            return None
+        address = address[colon + 1 :]
+    if address and not _valid_address(address):
+        return None
+    return address, text[end + 1 :].split()
+
+
+def _valid_address(address):
+    local, at, domain = address.rpartition("@")
+    if not at or not 0 < len(local) <= _MAX_LOCAL or not 0 < len(domain) <= _MAX_DOMAIN:
+        return False
+    if not _printable(local) or " " in local:
+        return False
+    if domain.startswith("[") and domain.endswith("]"):  # an address literal
+        return _printable(domain) and " " not in domain
+    return valid_domain(domain.lower())
+
+
+class SmtpSession(Session):
+    NAME = "smtp"
+    TIMEOUT_KEY = "smtp_timeout"
+    BUSY_REPLY = b"421 4.3.2 Too many connections, try again later\r\n"
+
+    def __init__(self, app, conn, peer):
+        super().__init__(app, conn, peer)
+        self.helo = None
+        self.esmtp = False
+        self.auth_user = None
+        self._reset()
+
+    def _reset(self):
+        self.sender = None  # the reverse-path of the transaction, "" for the null sender
+        self.recipients = 0  # accepted RCPT commands
+        self.first_recipient = None
+        self.mailboxes = []  # distinct mailboxes to deliver to
+
+    def reply(self, text):
+        self.conn.put(text.encode() + b"\r\n")
+
+    # ---- session loop
+
+    async def run(self):
+        conn = self.conn
+        self.log("connect")
+        self.reply("220 {} ESMTP pocketpost".format(self.app.config["hostname"]))
+        while True:
+            line = await conn.readline(_MAX_LINE)
+            if line is None:
+                if self._bad(_ERR_TOO_LONG):
+                    return
+                continue
+            try:
+                text = str(line, "utf-8")
+            except UnicodeError:
+                text = None
+            if text is None or not _printable(text):
+                if self._bad(_ERR_BAD_TEXT):
+                    return
+                continue
+            verb, _, arg = text.partition(" ")
+            handler = _COMMANDS.get(verb.upper())
+            if handler is None:
+                if self._bad(_ERR_UNKNOWN):
+                    return
+                continue
+            if await handler(self, arg):
+                return  # QUIT
+
+    def _bad(self, reply):
+        """Answers a bad command; True when the client has used up its bad commands."""
+        self.bad_commands += 1
+        if self.bad_commands >= self.app.config["max_bad_commands"]:
+            self.reply("421 4.7.0 {} Error: too many errors".format(self.app.config["hostname"]))
+            self.log("too many bad commands")
+            return True
+        self.conn.put(reply)
+        return False
+
+    async def timed_out(self):
+        self.reply("421 4.4.2 {} Error: timeout exceeded".format(self.app.config["hostname"]))
+
+    # ---- greeting commands
+
+    async def cmd_ehlo(self, arg):
+        if not arg.strip():
+            self.conn.put(b"501 5.5.4 Syntax: EHLO hostname\r\n")
+            return
+        self.helo = arg.strip()
+        self.esmtp = True
+        self._reset()
+        config = self.app.config
+        self.reply(
+            "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n"
+            "250-AUTH PLAIN LOGIN\r\n250 HELP".format(config["hostname"], config["max_message_size"])
+        )
+
+    async def cmd_helo(self, arg):
+        if not arg.strip():
+            self.conn.put(b"501 5.5.4 Syntax: HELO hostname\r\n")
+            return
+        self.helo = arg.strip()
+        self.esmtp = False
+        self._reset()
+        self.reply("250 {}".format(self.app.config["hostname"]))
+
+    # ---- the mail transaction
+
+    async def cmd_mail(self, arg):
+        if self.helo is None:
+            self.conn.put(_ERR_NO_HELO)
+            return
+        if self.sender is not None:
+            self.conn.put(b"503 5.5.1 Error: nested MAIL command\r\n")
+            return
+        if arg[:5].upper() != "FROM:":
+            self.conn.put(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
+            return
+        parsed = parse_path(arg[5:])
+        if parsed is None:
+            self.conn.put(b"501 5.1.7 Bad sender address syntax\r\n")
+            return
+        address, params = parsed
+        limit = self.app.config["max_message_size"]
+        for param in params:
+            if not self.esmtp:
+                self.conn.put(b"555 5.5.4 Error: parameters need EHLO\r\n")
+                return
+            key, _, value = param.partition("=")
+            key = key.upper()
+            if key == "SIZE" and value.isdigit() and len(value) <= 20:
+                if int(value) > limit:
+                    self.conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+                    return
+            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
+                pass
+            elif key == "AUTH" and value:
+                pass  # RFC 4954 §5: the original submitter; nothing is relayed, so unused
+            else:
+                self.reply("555 5.5.4 Unsupported option: {}".format(param))
+                return
+        if not self.app.storage_ready():
+            self.conn.put(_ERR_STORAGE)
+            return
+        self.sender = address
+        self.conn.put(b"250 2.1.0 Ok\r\n")
+
+    async def cmd_rcpt(self, arg):
+        app = self.app
+        if self.sender is None:
+            self.conn.put(b"503 5.5.1 Error: need MAIL command\r\n")
+            return
+        if arg[:3].upper() != "TO:":
+            self.conn.put(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n")
+            return
+        parsed = parse_path(arg[3:])
+        if parsed is None or parsed[1]:
+            self.conn.put(b"501 5.1.3 Bad recipient address syntax\r\n")
+            return
+        address = parsed[0]
+        if self.recipients >= app.config["max_recipients"]:
+            self.conn.put(b"452 4.5.3 Error: too many recipients\r\n")
+            return
+        local, at, domain = address.rpartition("@")
+        if not at:
+            local = address  # "<postmaster>" with no domain (RFC 5321 §4.5.1)
+        elif domain.lower() not in app.config["domains"]:
+            self.log("relay denied: <{}>".format(address))
+            self.reply("550 5.7.1 <{}>: Relay access denied".format(address))
+            return
+        local = local.lower()
+        if local == "postmaster":
+            mailbox = app.config["postmaster"]
+        elif at and valid_name(local) and app.users.get(local) is not None:
+            mailbox = local
+        else:
+            self.reply("550 5.1.1 <{}>: Recipient address rejected: User unknown".format(address))
+            return
+        self.recipients += 1
+        if self.first_recipient is None:
+            self.first_recipient = address
+        if mailbox not in self.mailboxes:
+            self.mailboxes.append(mailbox)
+        self.conn.put(b"250 2.1.5 Ok\r\n")
+
+    async def cmd_data(self, arg):
+        app = self.app
+        conn = self.conn
+        if arg:
+            conn.put(b"501 5.5.4 Syntax: DATA\r\n")
+            return
+        if self.sender is None:
+            conn.put(b"503 5.5.1 Error: need MAIL command\r\n")
+            return
+        if not self.mailboxes:
+            conn.put(b"554 5.5.1 Error: no valid recipients\r\n")
+            return
+        if not app.storage_ready():
+            conn.put(_ERR_STORAGE)
+            return
+        queue_id = "{:08X}".format(int.from_bytes(os.urandom(4), "big"))
+        incoming = app.store.incoming()
+        incoming.write(self._trace(queue_id))
+        conn.put(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        limit = app.config["max_message_size"]
+        try:
+            size = await receive_data(conn, incoming, limit)
+        except BaseException:
+            incoming.discard()  # the client went away or timed out: nothing is kept
+            raise
+        sender = self.sender
+        mailboxes = self.mailboxes
+        self._reset()
+        if size > limit:
+            incoming.discard()
+            self.log("message from <{}> too big: {} octets".format(sender, size))
+            conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+            return
+        try:
+            await incoming.commit(mailboxes, conn.slot.scratch)
+        except OSError as e:
+            app.log.exception(self.NAME, "{} delivery {} failed".format(self.peer, queue_id), e)
+            if e.errno == _ENOSPC:
+                conn.put(b"452 4.3.1 Insufficient system storage\r\n")
+            else:
+                conn.put(b"451 4.3.0 Local error in processing\r\n")
+            return
+        self.log("delivered {} from <{}> to {} ({} octets)".format(queue_id, sender, ",".join(mailboxes), size))
+        self.reply("250 2.0.0 Ok: queued as {}".format(queue_id))
+
+    def _trace(self, queue_id):
+        """The Return-Path and Received header fields (RFC 5321 §4.4) put before the message."""
+        proto = "ESMTPA" if self.auth_user else ("ESMTP" if self.esmtp else "SMTP")
+        recipient = "\r\n\tfor <{}>".format(self.first_recipient) if self.recipients == 1 else ""
+        return "Return-Path: <{}>\r\nReceived: from {} ({} [{}])\r\n\tby {} (pocketpost) with {} id {}{};\r\n\t{}\r\n".format(
+            self.sender,
+            self.helo,
+            self.peer,
+            self.peer,
+            self.app.config["hostname"],
+            proto,
+            queue_id,
+            recipient,
+            rfc5322_date(int(time.time())),
+        ).encode()
+
+    # ---- other commands
+
+    async def cmd_rset(self, arg):
+        self._reset()
+        self.conn.put(_OK)
+
+    async def cmd_noop(self, arg):
+        self.conn.put(_OK)
+
+    async def cmd_quit(self, arg):
+        self.conn.put(b"221 2.0.0 Bye\r\n")
+        return True
+
+    async def cmd_vrfy(self, arg):
+        if not arg:
+            self.conn.put(b"501 5.5.4 Syntax: VRFY address\r\n")
+            return
+        # RFC 5321 §3.5.3: do not confirm or deny addresses to strangers.
+        self.conn.put(b"252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n")
+
+    async def cmd_expn(self, arg):
+        self.conn.put(b"502 5.5.1 Error: EXPN is not supported\r\n")
+
+    async def cmd_help(self, arg):
+        self.conn.put(b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH\r\n")
+
+    async def cmd_auth(self, arg):
+        app = self.app
+        conn = self.conn
+        if not self.esmtp:
+            conn.put(b"503 5.5.1 Error: send EHLO first\r\n")
+            return
+        if self.auth_user is not None:
+            conn.put(b"503 5.5.1 Error: already authenticated\r\n")
+            return
+        if self.sender is not None:
+            conn.put(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
+            return
+        parts = arg.split()
+        if not parts or len(parts) > 2 or parts[0].upper() not in sasl.MECHANISMS:
+            conn.put(b"504 5.5.4 Unrecognized authentication type\r\n")
+            return
+        mechanism = parts[0].upper()
+        if app.throttle.locked_out(self.peer):
+            self.log("AUTH refused (too many failures)")
+            conn.put(b"454 4.7.0 Temporary authentication failure\r\n")
+            return
+        try:
+            name, password = await sasl.credentials(
+                mechanism, parts[1] if len(parts) == 2 else None, self._challenge
+            )
+        except sasl.Cancelled:
+            conn.put(b"501 5.7.0 Authentication aborted\r\n")
+            return
+        except sasl.Malformed:
+            conn.put(b"501 5.5.2 Cannot decode response\r\n")
+            return
+        if name is None or not await app.users.verify(name, password):
+            delay = app.throttle.failed(self.peer)
+            self.log("AUTH {} failed: {}".format(mechanism, name))
+            await conn.flush()
+            await asyncio.sleep_ms(delay)
+            conn.put(b"535 5.7.8 Authentication credentials invalid\r\n")
+            return
+        app.throttle.succeeded(self.peer)
+        self.auth_user = name
+        self.log("AUTH {} as {}".format(mechanism, name))
+        conn.put(b"235 2.7.0 Authentication successful\r\n")
+
+    async def _challenge(self, prompt):
+        self.reply("334 " + prompt)
+        line = await self.conn.readline(_MAX_LINE)
+        if line is None:
+            raise sasl.Malformed()
+        return str(line, "ascii")
+
+
+_COMMANDS = {
+    "EHLO": SmtpSession.cmd_ehlo,
+    "HELO": SmtpSession.cmd_helo,
+    "MAIL": SmtpSession.cmd_mail,
+    "RCPT": SmtpSession.cmd_rcpt,
+    "DATA": SmtpSession.cmd_data,
+    "RSET": SmtpSession.cmd_rset,
+    "NOOP": SmtpSession.cmd_noop,
+    "QUIT": SmtpSession.cmd_quit,
+    "VRFY": SmtpSession.cmd_vrfy,
+    "EXPN": SmtpSession.cmd_expn,
+    "HELP": SmtpSession.cmd_help,
+    "AUTH": SmtpSession.cmd_auth,
+}

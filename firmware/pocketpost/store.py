@@ -1,0 +1,201 @@
+# The mail store on the SD card: mailboxes, the temp folder where messages are written before
+# they become visible, the boot check, and the per-user maildrop locks.
+#
+#   <root>/mail/<user>/...  one mailbox per user (see mailbox.py)
+#   <root>/tmp/             messages being received; emptied at boot
+import asyncio
+import os
+
+from micropython import const
+
+from .mailbox import RECORD, Mailbox
+
+_ENOSPC = const(28)
+# Free space kept beyond a message's copies before a multi-recipient delivery starts: FAT needs
+# clusters for folders and index growth too.
+_SPACE_MARGIN = const(65536)
+
+
+class StorageError(Exception):
+    """The store cannot take or give mail right now (card missing, full, or failing)."""
+
+
+class MailStore:
+    def __init__(self, root, log):
+        self.root = root
+        self.mail = root + "/mail"
+        self.tmp = root + "/tmp"
+        self.log = log
+        self.locked = set()  # users with a POP3 session open
+        self._tmp_counter = 0
+        self.rec = bytearray(RECORD)  # scratch for single-record reads (no awaits while in use)
+
+    def prepare(self, buf):
+        """Boot check: makes the folders, empties the temp folder, repairs every mailbox."""
+        for path in (self.mail, self.tmp):
+            try:
+                os.mkdir(path)
+            except OSError:
+                pass
+        leftovers = 0
+        for entry in os.ilistdir(self.tmp):
+            try:
+                os.remove("{}/{}".format(self.tmp, entry[0]))
+                leftovers += 1
+            except OSError as e:
+                self.log.error("store", "cannot remove tmp/{}: {}".format(entry[0], e))
+        if leftovers:
+            self.log.warn("store", "removed {} partly received messages".format(leftovers))
+        for entry in os.ilistdir(self.mail):
+            if entry[1] == 0x4000:
+                try:
+                    for what in self.mailbox(entry[0]).recover(buf):
+                        self.log.warn("store", "{}: {}".format(entry[0], what))
+                except OSError as e:
+                    self.log.error("store", "{}: boot check failed: {}".format(entry[0], e))
+
+    def mailbox(self, name):
+        return Mailbox(self.mail, name)
+
+    def existing_mailbox(self, name):
+        """The user's mailbox, created (empty) if it does not exist yet."""
+        box = self.mailbox(name)
+        if not box.exists():
+            box.create()
+        return box
+
+    def space(self):
+        """(total, free) octets on the card."""
+        st = os.statvfs(self.root)
+        return st[0] * st[2], st[0] * st[3]
+
+    # ---- maildrop locks (RFC 1939: exclusive access for the whole session)
+
+    def lock(self, name):
+        if name in self.locked:
+            return False
+        self.locked.add(name)
+        return True
+
+    def unlock(self, name):
+        self.locked.discard(name)
+
+    # ---- receiving
+
+    def incoming(self):
+        self._tmp_counter += 1
+        return Incoming(self, "{}/m{}".format(self.tmp, self._tmp_counter))
+
+    def remove_mailbox(self, name):
+        """Deletes a mailbox folder and everything in it."""
+        box = self.mailbox(name)
+        _remove_tree(box.dir)
+
+
+def _remove_tree(path):
+    for entry in os.ilistdir(path):
+        child = "{}/{}".format(path, entry[0])
+        if entry[1] == 0x4000:
+            _remove_tree(child)
+        else:
+            os.remove(child)
+    os.rmdir(path)
+
+
+class Incoming:
+    """A message being received: written to a temp file, then moved into each recipient's
+    mailbox. Until `commit` returns it is visible nowhere."""
+
+    def __init__(self, store, path):
+        self.store = store
+        self.path = path
+        self.size = 0
+        self.error = None
+        try:
+            self.file = open(path, "wb")
+        except OSError as e:
+            self.file = None
+            self.error = e
+
+    def write(self, data):
+        """Appends to the message; after a write error the rest is counted but not written."""
+        self.size += len(data)
+        if self.error is None:
+            try:
+                self.file.write(data)
+            except OSError as e:
+                self.error = e
+
+    def no_space(self):
+        return self.error is not None and self.error.errno == _ENOSPC
+
+    def discard(self):
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+    async def commit(self, names, buf):
+        """Delivers one copy to each named mailbox (`buf` is scratch space for making copies);
+        returns {name: seq}. On error nothing
+        that was not yet delivered becomes visible, and the error is raised."""
+        store = self.store
+        if self.error is None:
+            try:
+                self.file.close()  # FatFS writes the data and the folder entry here
+            except OSError as e:
+                self.error = e
+            self.file = None
+        if self.error is not None:
+            self.discard()
+            raise self.error
+        copies = [self.path]
+        try:
+            if len(names) > 1:
+                total, free = store.space()
+                if free < self.size * (len(names) - 1) + _SPACE_MARGIN:
+                    raise OSError(_ENOSPC)
+                for _ in range(len(names) - 1):
+                    copy = store.incoming().path
+                    copies.append(copy)
+                    await _copy_file(self.path, copy, buf)
+        except OSError:
+            for path in copies:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+            raise
+        # Every copy is complete; now they become visible, without yielding to other tasks.
+        delivered = {}
+        for i, name in enumerate(names):
+            try:
+                box = store.existing_mailbox(name)
+                delivered[name] = box.deliver(copies[i], self.size, store.rec)
+            except OSError:
+                for path in copies[i:]:
+                    try:
+                        os.remove(path)
+                    except OSError:
+                        pass
+                if delivered:
+                    store.log.error("store", "delivery failed part-way; delivered to {}".format(", ".join(delivered)))
+                raise
+        return delivered
+
+
+async def _copy_file(src, dst, buf):
+    mv = memoryview(buf)
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while True:
+            n = fin.readinto(buf)
+            if not n:
+                break
+            fout.write(mv[:n])
+            await asyncio.sleep_ms(0)  # let other clients run during a long copy

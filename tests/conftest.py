@@ -1,0 +1,37 @@
+import pytest
+
+from pocketpost_host import firmware
+
+from emulated_board import EmulatedBoard
+
+
+@pytest.fixture(scope="session")
+def app_dir(tmp_path_factory):
+    """The firmware compiled with mpy-cross, as it goes onto a board."""
+    out = tmp_path_factory.mktemp("app")
+    firmware.compile_tree(firmware.source_dir(), out)
+    return out
+
+
+@pytest.fixture
+def make_board(app_dir, tmp_path):
+    """Makes emulated boards (each with its own data folder unless given one); stops them after
+    the test."""
+    boards = []
+
+    def make(data=None, **options):
+        board = EmulatedBoard(app_dir, data or tmp_path / f"board{len(boards)}", **options)
+        boards.append(board)
+        return board
+
+    yield make
+    for board in boards:
+        board.stop()
+
+
+@pytest.fixture
+def board(make_board):
+    """A started emulated board with user alice (password "wonderland")."""
+    b = make_board().start()
+    b.add_user("alice", "wonderland")
+    return b

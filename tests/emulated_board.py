@@ -1,0 +1,174 @@
+"""The test harness: the firmware running on the unix board in a real MicroPython process, its
+console on pipes, its servers on free loopback ports."""
+
+import os
+import poplib
+import queue
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from pocketpost_host import firmware
+from pocketpost_host.console import ConsoleClient
+from pocketpost_host.passwords import hash_password
+
+ROOT = Path(__file__).resolve().parents[1]
+# The heap the firmware gets in tests: the README's stated floor unless overridden.
+HEAP = os.environ.get("POCKETPOST_TEST_HEAP", firmware.DEFAULT_HEAP)
+# Tests store hashes with the fewest iterations the firmware accepts, to keep logins fast.
+TEST_ITERATIONS = 1000
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QueuePort:
+    """The pyserial-like port the console client reads: chunks the output thread queued."""
+
+    def __init__(self, chunks, write):
+        self.chunks = chunks
+        self._write = write
+        self.timeout = 1.0
+        self.in_waiting = 0
+
+    def read(self, n=1):
+        try:
+            return self.chunks.get(timeout=self.timeout)
+        except queue.Empty:
+            return b""
+
+    def write(self, data):
+        self._write(data)
+        return len(data)
+
+
+class EmulatedBoard:
+    def __init__(self, app_dir, data_dir, heap=HEAP, **options):
+        self.app_dir = app_dir
+        self.data = Path(data_dir)
+        self.heap = heap
+        self.options = {"bind": "127.0.0.1", "pop3_port": free_port(), "smtp_port": free_port()}
+        self.options.update(options)
+        self.proc = None
+        self.lines = []  # every console line since the first start
+        self.exit_codes = []
+
+    @property
+    def pop3_port(self):
+        return self.options["pop3_port"]
+
+    @property
+    def smtp_port(self):
+        return self.options["smtp_port"]
+
+    def start(self, timeout=30):
+        cmd = firmware.board_command(firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        chunks = queue.Queue()
+        self._reader = threading.Thread(target=self._read_output, args=(self.proc, chunks), daemon=True)
+        self._reader.start()
+        self.console = ConsoleClient(QueuePort(chunks, self._write_console), timeout=20)
+        self.console.on_line = lambda line: None
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.console.read_line(min(deadline, time.monotonic() + 0.5))
+            if line is None and (time.monotonic() > deadline or self.proc.poll() is not None):
+                time.sleep(0.2)
+                raise AssertionError("firmware did not start:\n" + "\n".join(self.lines[-30:]))
+            if line is not None and "INFO boot: ready" in line:
+                return self
+
+    def _read_output(self, proc, chunks):
+        partial = b""
+        while True:
+            data = proc.stdout.read1(65536)
+            if not data:
+                break
+            chunks.put(data)
+            partial += data
+            *complete, partial = partial.split(b"\n")
+            self.lines.extend(line.decode("utf-8", "replace").rstrip("\r") for line in complete)
+
+    def _write_console(self, data):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def request(self, command, **args):
+        return self.console.request(command, args)
+
+    def add_user(self, name, password, apop=None):
+        args = {"name": name, "hash": hash_password(password, TEST_ITERATIONS)}
+        if apop is not None:
+            args["apop"] = apop
+        return self.request("user.add", **args)
+
+    def set_config(self, **values):
+        for key, value in values.items():
+            self.request("config.set", key=key, value=value)
+
+    def log_has(self, text):
+        return any(text in line for line in self.lines)
+
+    def heap_free(self):
+        return self.request("info")["heap_free"]
+
+    # ---- clients
+
+    def pop3(self, timeout=20):
+        return poplib.POP3("127.0.0.1", self.pop3_port, timeout=timeout)
+
+    def smtp(self, timeout=20):
+        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=timeout)
+
+    def connect(self, port, timeout=20):
+        return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+    # ---- stopping
+
+    def stop(self, timeout=15):
+        """Ctrl-C on the console, as on a board: the firmware stops and unmounts its storage."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self._write_console(b"\x03")
+            except (BrokenPipeError, ValueError):
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("firmware did not stop on Ctrl-C")
+        return self._finish()
+
+    def kill(self):
+        """Power cut: SIGKILL, nothing written back."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        return self._finish()
+
+    def wait_exit(self, timeout=15):
+        self.proc.wait(timeout)
+        return self._finish()
+
+    def _finish(self):
+        code = self.proc.returncode
+        self._reader.join(5)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self.proc = None
+        self.exit_codes.append(code)
+        return code
+
+    def restart(self):
+        self.stop()
+        return self.start()
