@@ -2,7 +2,16 @@ import pytest
 
 from pocketpost_host import firmware
 
+import wire
 from emulated_board import EmulatedBoard
+
+
+@pytest.fixture(autouse=True)
+def close_wires():
+    """Closes the raw connections a test left open."""
+    yield
+    while wire.OPEN:
+        wire.OPEN.pop().close()
 
 
 @pytest.fixture(scope="session")

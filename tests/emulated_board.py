@@ -116,6 +116,15 @@ class EmulatedBoard:
     def log_has(self, text):
         return any(text in line for line in self.lines)
 
+    def wait_log(self, text, timeout=5):
+        """True once a console line contains `text` (lines arrive through a reader thread)."""
+        deadline = time.monotonic() + timeout
+        while not self.log_has(text):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def heap_free(self):
         return self.request("info")["heap_free"]
 
