@@ -19,7 +19,7 @@ from .users import Users
 class App:
     def __init__(self, board):
         self.board = board
-        self.log = Log(board.console_write)
+        self.log = Log(board.console_out)
         self.sessions = []  # [session, task, timed out] of every open client connection
         self.free_slots = []  # buffers for client connections not in use
         self.accepting = False
@@ -64,7 +64,7 @@ class App:
                 self.store = store
             except OSError as e:
                 log.exception("store", "the SD card cannot be used", e)
-        console = Console(self, board.console_stream(), board.console_write)
+        console = Console(self, board.console_stream(), board.console_out)
         tasks = [asyncio.create_task(console.serve())]
         self.address = await board.network_up(self.config, log)
         for cls, key in ((Pop3Session, "pop3_port"), (SmtpSession, "smtp_port")):

@@ -6,6 +6,7 @@
 # control characters, so no frame ever holds a line end or Ctrl-C. See docs/console-protocol.md.
 import gc
 import json
+import sys
 
 from micropython import const
 
@@ -38,10 +39,10 @@ def _arg(args, key, kind, required=True):
 
 
 class Console:
-    def __init__(self, app, stream, write):
+    def __init__(self, app, stream, out):
         self.app = app
         self.stream = stream  # an asyncio stream over the console input
-        self.write = write  # writes one line of text to the console
+        self.out = out  # the console output, a text stream
         self.buf = bytearray(MAX_REQUEST)
         self.handlers = {
             "hello": self.hello,
@@ -100,7 +101,10 @@ class Console:
             if handler is None:
                 raise RequestError("UNKNOWN", "unknown command; known: " + " ".join(sorted(self.handlers)))
             result = handler(args)
-            self.write("PP< {} ok {}".format(rid, json.dumps(result)))
+            # Written in pieces: a large reply never needs one large block of heap.
+            self.out.write("PP< {} ok ".format(rid))
+            json.dump(result, self.out)
+            self.out.write("\n")
         except RequestError as e:
             self._error(rid, e.code, str(e))
         except UserError as e:
@@ -110,11 +114,12 @@ class Console:
         except OSError as e:
             self._error(rid, "STORAGE", "storage error {}".format(e))
         except Exception as e:
+            sys.print_exception(e)  # the traceback goes to the console for whoever looks
             self.app.log.exception("console", "request failed", e)
             self._error(rid, "INTERNAL", "{}: {}".format(type(e).__name__, e))
 
     def _error(self, rid, code, message):
-        self.write("PP< {} err {} {}".format(rid, code, json.dumps(message)))
+        self.out.write("PP< {} err {} {}\n".format(rid, code, json.dumps(message)))
 
     # ---- requests
 

@@ -13,8 +13,8 @@ class Log:
     # Longest line; longer messages are cut and marked with "...".
     MAX_LINE = 240
 
-    def __init__(self, write=print):
-        self.write = write
+    def __init__(self, out):
+        self.out = out  # the console: a text stream
         self.ring = bytearray(self.RING_SIZE)
         self.pos = 0  # where the next line goes
         self.wrapped = False
@@ -32,7 +32,8 @@ class Log:
         # can never be mistaken for, or break, a console frame.
         if "\n" in line or "\r" in line or "\x03" in line:
             line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x03", "^C")
-        self.write(line)
+        self.out.write(line)
+        self.out.write("\n")
         self._keep(line.encode() + b"\n")
 
     def _keep(self, data):
@@ -60,11 +61,29 @@ class Log:
         self._line("ERROR", source, "{}: {}: {}".format(text, type(exc).__name__, exc))
 
     def tail(self, n):
-        """The last `n` lines kept (oldest first)."""
+        """The last `n` lines kept (oldest first). Reads the ring in place, one line at a time,
+        so no copy of the whole ring is ever made."""
+        ring = self.ring
         if self.wrapped:
-            data = bytes(self.ring[self.pos :]) + bytes(self.ring[: self.pos])
-            data = data[data.find(b"\n") + 1 :]  # the oldest line is partly overwritten
+            parts = ((self.pos, len(ring)), (0, self.pos))
         else:
-            data = bytes(self.ring[: self.pos])
-        lines = data.decode().split("\n")[:-1]
-        return lines[-n:] if n else []
+            parts = ((0, self.pos),)
+        lines = []
+        pending = b""
+        skip = self.wrapped  # the oldest line is partly overwritten
+        for start, end in parts:
+            while start < end:
+                nl = ring.find(b"\n", start, end)
+                if nl < 0:
+                    pending = bytes(ring[start:end])  # continues after the wrap
+                    break
+                line = pending + ring[start:nl]
+                pending = b""
+                start = nl + 1
+                if skip:
+                    skip = False
+                elif n > 0:
+                    lines.append(str(line, "utf-8"))
+                    if len(lines) > n:
+                        lines.pop(0)
+        return lines

@@ -63,7 +63,8 @@ def parse_path(text):
         if colon < 0:
             return None
         address = address[colon + 1 :]
-    if address and not _valid_address(address):
+    # "<Postmaster>" without a domain is the one address RFC 5321 (§4.1.1.3) allows bare.
+    if address and not _valid_address(address) and address.lower() != "postmaster":
         return None
     return address, text[end + 1 :].split()
 

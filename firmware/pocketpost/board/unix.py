@@ -188,9 +188,8 @@ class UnixBoard:
     def console_stream():
         return asyncio.StreamReader(sys.stdin.buffer)
 
-    @staticmethod
-    def console_write(line):
-        print(line)
+    # The console output: log lines and console replies.
+    console_out = sys.stdout
 
     def info(self):
         return {"sd_image": self.sd_image, "flash_image": self.flash_image}
