@@ -1,15 +1,11 @@
-# Start-up, the running appliance, and shutdown: wires the board to the store, the accounts, the
-# servers and the console service.
+# The running appliance and its shutdown: wires the board to the store, the accounts, the
+# servers and the console service (boot.py starts it).
 import asyncio
 import gc
-import sys
 
-from . import VERSION
-from .config import Config
 from .console import Console
-from .log import Log
 from .pop3 import Pop3Session
-from .server import Listener, make_slots, reap_idle
+from .server import Listener, reap_idle
 from .smtp import SmtpSession
 from .store import MailStore
 from .throttle import LoginThrottle
@@ -17,11 +13,15 @@ from .users import Users
 
 
 class App:
-    def __init__(self, board):
+    def __init__(self, board, log, config, flash, sd, slots):
         self.board = board
-        self.log = Log(board.console_out)
+        self.log = log
+        self.config = config
+        self.sd = sd
+        self.users = Users(flash)
+        self.throttle = LoginThrottle(config)
+        self.free_slots = slots  # buffers for client connections not in use
         self.sessions = []  # [session, task, timed out] of every open client connection
-        self.free_slots = []  # buffers for client connections not in use
         self.accepting = False
         self.address = None
         self.store = None
@@ -49,16 +49,8 @@ class App:
     async def run(self):
         board = self.board
         log = self.log
-        log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))
-        # Large, long-lived blocks first, while the heap is still in one piece.
-        flash = board.mount_flash(log)
-        sd = board.mount_sd(log)
-        self.config = Config(flash, board.overrides)
-        self.free_slots = make_slots(self.config["max_clients"])
-        self.users = Users(flash)
-        self.throttle = LoginThrottle(self.config)
-        if sd is not None:
-            store = MailStore(sd, log)
+        if self.sd is not None:
+            store = MailStore(self.sd, log)
             try:
                 store.prepare(self.free_slots[0].scratch)  # no client yet
                 self.store = store
@@ -93,23 +85,3 @@ class App:
                 break
             await asyncio.sleep_ms(50)
         self.log.info("boot", "stopped")
-
-
-def main(board):
-    """Runs the appliance on `board` until it stops; then reboots, or returns after Ctrl-C."""
-    app = App(board)
-    try:
-        reboot = asyncio.run(app.run())
-    except KeyboardInterrupt:
-        app.log.info("boot", "interrupted (Ctrl-C)")
-        board.unmount()
-        return
-    except Exception as e:
-        sys.print_exception(e)
-        app.log.exception("boot", "crashed", e)
-        board.unmount()
-        board.reset("crash")
-        return
-    board.unmount()
-    if reboot:
-        board.reset("reboot")

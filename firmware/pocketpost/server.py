@@ -5,7 +5,7 @@ import gc
 import sys
 import time
 
-from .netio import Closed, Connection, Slot, set_nodelay
+from .netio import Closed, Connection, set_nodelay
 
 
 class Session:
@@ -106,10 +106,6 @@ async def _refuse(cls, stream, peer, app):
         await stream.wait_closed()
     except OSError:
         pass
-
-
-def make_slots(count):
-    return [Slot() for _ in range(count)]
 
 
 async def reap_idle(app):

@@ -1,0 +1,43 @@
+# Start-up. The order matters on a small heap: the large blocks that live as long as the
+# firmware (file systems, client buffers, the log ring) are allocated first, while the heap is
+# still in one piece; the protocol code, imported after them, would otherwise leave it in
+# fragments too small for a 1 KB buffer.
+import gc
+import sys
+
+from . import VERSION
+from .config import Config
+from .log import Log
+from .netio import Slot
+
+
+def main(board):
+    """Runs the appliance on `board` until it stops; then reboots, or returns after Ctrl-C."""
+    log = Log(board.console_out)
+    log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))
+    flash = board.mount_flash(log)
+    sd = board.mount_sd(log)
+    config = Config(flash, board.overrides)
+    slots = [Slot() for _ in range(config["max_clients"])]
+    gc.collect()
+
+    import asyncio
+
+    from .app import App
+
+    app = App(board, log, config, flash, sd, slots)
+    try:
+        reboot = asyncio.run(app.run())
+    except KeyboardInterrupt:
+        log.info("boot", "interrupted (Ctrl-C)")
+        board.unmount()
+        return
+    except Exception as e:
+        sys.print_exception(e)
+        log.exception("boot", "crashed", e)
+        board.unmount()
+        board.reset("crash")
+        return
+    board.unmount()
+    if reboot:
+        board.reset("reboot")

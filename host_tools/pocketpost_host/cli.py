@@ -1,0 +1,400 @@
+"""The `pocketpost` command line: the simulator and provisioning over a board's console.
+
+Thin click commands over the library (provision.Board, sim.Simulator); `main(argv)` runs it and
+returns the exit code. Errors are one line on stderr and a non-zero exit:
+1 other failures, 2 bad usage or input (nothing was sent), 3 the board did not answer,
+4 the board refused the request, 5 the port cannot be found or opened.
+"""
+
+import json
+import re
+import sys
+
+import click
+
+from . import __version__, firmware, sim
+from .check import check_command
+from .errors import PocketpostError
+from .provision import (
+    CONFIG_KEYS,
+    DEFAULT_TIMEOUT,
+    Board,
+    check_config_key,
+    check_password,
+    check_user_name,
+    convert_config_value,
+)
+
+APOP_WARNING = (
+    "warning: APOP needs the password itself: it is sent to the board in clear text and stored "
+    "there unhashed"
+)
+
+
+class Failure(click.ClickException):
+    """A PocketpostError or a refused value, shown as one line with its exit code."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    """A command group whose failures are one line each (no usage text for a bad value)."""
+
+    group_class = type  # subgroups are of this class too
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PocketpostError as e:
+            raise Failure(str(e), e.exit_code) from None
+        except click.BadParameter as e:
+            raise Failure(e.format_message(), e.exit_code) from None
+
+
+# ---- parameter types
+
+
+class UserName(click.ParamType):
+    name = "name"
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_user_name(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class ConfigKeyName(click.ParamType):
+    name = "key"
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_config_key(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(key) for key in sorted(CONFIG_KEYS) if key.startswith(incomplete)]
+
+
+class DemoUser(click.ParamType):
+    name = "name:password"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, password = value.partition(":")
+        if not sep:
+            self.fail("expected NAME:PASSWORD", param, ctx)
+        try:
+            return check_user_name(name), check_password(password)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class Size(click.ParamType):
+    """An amount of memory as MicroPython and the unix board write it: 64M, 512K, 160k, 4096."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value):
+            self.fail(f"{value!r} is not a size such as 64M, 512K or 4096", param, ctx)
+        return value
+
+
+class IPv4Address(click.ParamType):
+    name = "address"
+
+    def convert(self, value, param, ctx):
+        try:
+            return CONFIG_KEYS["bind"].convert(value)
+        except ValueError as e:
+            self.fail(f"{value!r} {e}", param, ctx)
+
+
+class DomainList(click.ParamType):
+    name = "domain[,domain]"
+
+    def convert(self, value, param, ctx):
+        try:
+            return ",".join(CONFIG_KEYS["domains"].convert(value))
+        except ValueError as e:
+            self.fail(f"{value!r} {e}", param, ctx)
+
+
+TCP_PORT = click.IntRange(1, 65535)
+
+
+# ---- output
+
+
+def echo_json(value):
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def show_value(value):
+    """A configuration value as a person types it."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def echo_table(rows, headers=None):
+    """Rows of cells in aligned columns, under a header line if given."""
+    rows = [headers, *rows] if headers else rows
+    widths = [max(len(str(cell)) for cell in column) for column in zip(*rows)]
+    for row in rows:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def show_octets(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def read_password(from_stdin):
+    """The password from one line of stdin, or typed twice without echo."""
+    if from_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt="Repeat the password")
+    try:
+        return check_password(password)
+    except ValueError as e:
+        raise Failure(str(e), 2) from None
+
+
+# ---- commands
+
+
+class Settings:
+    """The global options, and the board session opened by the first command that needs it."""
+
+    def __init__(self, port, timeout):
+        self.port = port
+        self.timeout = timeout
+
+
+def open_board() -> Board:
+    """The board of the current command line, opened once; closed when the command ends."""
+    ctx = click.get_current_context().find_root()
+    settings = ctx.obj
+    if not hasattr(settings, "board"):
+        settings.board = ctx.with_resource(Board.open(settings.port, settings.timeout))
+    return settings.board
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-p", "--port", envvar="POCKETPOST_PORT", show_envvar=True, metavar="PORT",
+    help="The board's console: a serial device, a simulator's DATA/console, or a pyserial URL "
+    "(socket://HOST:PORT, rfc2217://HOST:PORT). Default: the one ESP32 USB serial adapter plugged in.",
+)
+@click.option(
+    "--timeout", envvar="POCKETPOST_TIMEOUT", show_envvar=True, type=click.FloatRange(min=0.1),
+    default=DEFAULT_TIMEOUT, show_default=True, help="Seconds to wait for each answer of the board.",
+)
+@click.version_option(__version__, prog_name="pocketpost")
+@click.pass_context
+def cli(ctx, port, timeout):
+    """pocketpost: provision a pocketpost mail appliance over its serial console, or run one in
+    the simulator."""
+    ctx.obj = Settings(port, timeout)
+
+
+@cli.group()
+def user():
+    """Mail users: add, list, delete, change passwords."""
+
+
+@user.command("add")
+@click.argument("name", type=UserName())
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@click.option("--apop", is_flag=True, help="Also let the user log in with APOP (stores the password on the board).")
+def user_add(name, password_stdin, apop):
+    """Add user NAME; the password is hashed on this computer."""
+    password = read_password(password_stdin)
+    if apop:
+        click.echo(APOP_WARNING, err=True)
+    open_board().add_user(name, password, apop=apop)
+    click.echo(f"user {name} added")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def user_list(as_json):
+    """List the users with their number of messages."""
+    users = open_board().list_users()
+    if as_json:
+        echo_json(users)
+    elif not users:
+        click.echo("no users")
+    else:
+        echo_table([[u["name"], "yes" if u["apop"] else "no", u["messages"]] for u in users], ["NAME", "APOP", "MESSAGES"])
+
+
+@user.command("del")
+@click.argument("name", type=UserName())
+@click.option("--purge", is_flag=True, help="Delete the user's mailbox too.")
+def user_del(name, purge):
+    """Delete user NAME (its mail stays on the card unless --purge)."""
+    open_board().delete_user(name, purge=purge)
+    click.echo(f"user {name} deleted" + (" with its mailbox" if purge else ""))
+
+
+@user.command("passwd")
+@click.argument("name", type=UserName())
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+def user_passwd(name, password_stdin):
+    """Change the password of user NAME (and its APOP secret, if it has one)."""
+    password = read_password(password_stdin)
+    if open_board().change_password(name, password):
+        click.echo(APOP_WARNING, err=True)
+    click.echo(f"password of {name} changed")
+
+
+@cli.group()
+def config():
+    """The board's settings."""
+
+
+@config.command("get")
+@click.argument("key", type=ConfigKeyName(), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def config_get(key, as_json):
+    """Show all settings, or the value of KEY."""
+    reply = open_board().get_config(key)
+    if as_json:
+        echo_json(reply)
+    elif key is not None:
+        click.echo(show_value(reply["value"]))
+    else:
+        overridden = set(reply["overridden"])
+        echo_table(
+            [[k, show_value(v), "(set by the board's command line)" if k in overridden else ""]
+             for k, v in sorted(reply["config"].items())],
+            ["KEY", "VALUE", ""],
+        )
+
+
+def _config_value(ctx, param, value):
+    key = ctx.params.get("key")
+    if key is None:
+        return value
+    try:
+        return convert_config_value(key, value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
+@config.command("set")
+@click.argument("key", type=ConfigKeyName())
+@click.argument("value", callback=_config_value)
+def config_set(key, value):
+    """Set KEY to VALUE (lists comma-separated)."""
+    reply = open_board().set_config(key, value)
+    when = "now" if reply["applies"] == "now" else "after a reboot"
+    click.echo(f"{key} = {show_value(reply['value'])} (takes effect {when})")
+    if reply["overridden"]:
+        click.echo(f"note: the board's command line sets {key} for this run; the stored value applies without it", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info(as_json):
+    """Show the board's status."""
+    status = dict(open_board().info())
+    if as_json:
+        echo_json(status)
+        return
+    rows = [
+        ["firmware", f"{status.pop('firmware')} on board {status.pop('board')}"],
+        ["uptime", f"{status.pop('uptime_s')} s"],
+        ["heap", f"{status.pop('heap_free')} bytes free, {status.pop('heap_used')} used"],
+        ["hostname", status.pop("hostname")],
+        ["domains", show_value(status.pop("domains"))],
+    ]
+    ports = status.pop("ports")
+    rows.append(["listening", f"{status.pop('bind')}: POP3 {ports['pop3']}, SMTP {ports['smtp']}"])
+    rows.append(["clients", str(status.pop("clients"))])
+    rows.append(["users", str(status.pop("users"))])
+    storage = status.pop("storage")
+    if "free" in storage:
+        rows.append(["storage", f"{storage['state']}, {show_octets(storage['free'])} free of {show_octets(storage['total'])}"])
+    else:
+        rows.append(["storage", storage["state"]])
+    rows += [[key, show_value(value)] for key, value in sorted(status.items())]  # board fields
+    echo_table(rows)
+
+
+@cli.command()
+@click.option("-n", "lines", type=click.IntRange(min=0), default=20, show_default=True, help="How many of the last lines.")
+@click.option("-f", "--follow", is_flag=True, help="Then print the board's lines as they come, until Ctrl-C.")
+def logs(lines, follow):
+    """Show the board's recent log lines."""
+    board = open_board()
+    if not follow:
+        for line in board.log_tail(lines):
+            click.echo(line)
+        return
+    try:
+        board.follow_logs(lines, lambda line: click.echo(line))
+    except KeyboardInterrupt:
+        pass  # the way to end --follow
+
+
+@cli.command()
+def reboot():
+    """Restart the board (the servers stop cleanly first)."""
+    open_board().reboot()
+    click.echo("rebooting")
+
+
+@cli.command("sim")
+@click.option("--data", type=click.Path(file_okay=False), default=sim.DEFAULT_DATA, show_default=True,
+              help="Folder of the SD and flash images, the console link and the compiled firmware; kept across runs.")
+@click.option("--micropython", envvar="POCKETPOST_MICROPYTHON", show_envvar=True, metavar="PATH",
+              help="The MicroPython unix port to run (default: the one installed with pocketpost).")
+@click.option("--bind", type=IPv4Address(), default=sim.DEFAULT_BIND, show_default=True, help="Address the servers listen on.")
+@click.option("--pop3-port", type=TCP_PORT, default=sim.DEFAULT_POP3_PORT, show_default=True)
+@click.option("--smtp-port", type=TCP_PORT, default=sim.DEFAULT_SMTP_PORT, show_default=True)
+@click.option("--domain", type=DomainList(), default=sim.DEFAULT_DOMAIN, show_default=True, help="Local mail domains, comma-separated.")
+@click.option("--sd-size", type=Size(), default=sim.DEFAULT_SD_SIZE, show_default=True, help="Size of the SD image when it is created.")
+@click.option("--heap", type=Size(), default=firmware.DEFAULT_HEAP, show_default=True, help="MicroPython heap size.")
+@click.option("--demo-user", type=DemoUser(), metavar="NAME:PASSWORD", help="A user created at start if missing.")
+def sim_command(data, micropython, bind, pop3_port, smtp_port, domain, sd_size, heap, demo_user):
+    """Run the firmware on the emulated board (MicroPython's unix port) in the foreground.
+
+    Its console is a pseudo-terminal at DATA/console: use it as the --port of pocketpost, or
+    with picocom, screen or `mpremote connect DATA/console`. Ctrl-C stops the board cleanly."""
+    sim.Simulator(
+        data, micropython, bind, pop3_port, smtp_port, domain, sd_size, heap, demo_user
+    ).run()
+
+
+cli.add_command(check_command)
+
+
+def main(argv=None) -> int:
+    """Runs the command line with `argv` (default: sys.argv[1:]); returns the exit code."""
+    try:
+        cli.main(args=argv, prog_name="pocketpost")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        click.echo(e.code, err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Provisioning a board over its console: users, configuration, status, logs, reboot.
+
+Everything a request carries is checked here first, with the firmware's own rules, so bad input
+is refused on the host before anything is sent; the board checks again.
+"""
+
+import re
+import time
+from dataclasses import dataclass
+
+import serial
+
+from .console import REPLY_PREFIX, ConsoleClient
+from .errors import BoardTimeout, PocketpostError
+from .passwords import DEFAULT_ITERATIONS, hash_password
+from .transport import PortError, open_port
+
+# The console protocol version this host speaks (docs/console-protocol.md).
+PROTOCOL = 1
+DEFAULT_TIMEOUT = 5.0
+# Seconds between greetings while a board does not answer: one that is booting loses what
+# arrives before its console runs.
+HELLO_INTERVAL = 1.0
+# The firmware's limits (firmware/pocketpost/users.py).
+MAX_USER_NAME = 64
+USER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_APOP_SECRET = 256
+
+# ---- validation
+
+
+def check_user_name(name: str) -> str:
+    """Returns `name` if the firmware accepts it as a user name; raises ValueError otherwise."""
+    if not 0 < len(name) <= MAX_USER_NAME or name.startswith(".") or not set(name) <= USER_NAME_CHARS:
+        raise ValueError(f"{name!r} is not a user name: 1-{MAX_USER_NAME} of a-z 0-9 . _ -, not starting with '.'")
+    return name
+
+
+def _valid_domain(name: str) -> bool:
+    """A DNS name as the firmware's config.valid_domain takes it."""
+    if not 0 < len(name) <= 255:
+        return False
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    return all(
+        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-" and set(label) <= allowed
+        for label in name.split(".")
+    )
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """A configuration key as the firmware's config.SCHEMA defines it."""
+
+    default: object
+    kind: str  # int, text, domain, domains, address or user
+    applies: str  # "now" or "reboot"
+    lo: int = 0  # int: the range; text: hi is the longest value
+    hi: int = 0
+    secret: bool = False
+
+    def convert(self, text: str):
+        """The value to send for `text` typed by a person; raises ValueError saying what is
+        allowed."""
+        if self.kind == "int":
+            if not re.fullmatch(r"[0-9]+", text) or not self.lo <= int(text) <= self.hi:
+                raise ValueError(f"must be an integer {self.lo}..{self.hi}")
+            return int(text)
+        if self.kind == "domains":
+            names = [part.strip().lower() for part in text.split(",") if part.strip()]
+            if not 0 < len(names) <= 8 or not all(_valid_domain(n) for n in names):
+                raise ValueError("must be 1..8 domain names, comma-separated")
+            return names
+        if self.kind == "domain":
+            if not _valid_domain(text.lower()):
+                raise ValueError("must be a domain name such as mail.example.org")
+            return text.lower()
+        if self.kind == "address":
+            parts = text.split(".")
+            if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+                raise ValueError("must be an IPv4 address such as 0.0.0.0")
+            return text
+        if self.kind == "user":
+            try:
+                return check_user_name(text)
+            except ValueError:
+                raise ValueError("must be a user name (a-z 0-9 . _ -)") from None
+        if len(text) > self.hi or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ValueError(f"must be text of at most {self.hi} characters, no control characters")
+        return text
+
+
+# The firmware's configuration keys (firmware/pocketpost/config.py SCHEMA; a test keeps the two
+# equal).
+CONFIG_KEYS = {
+    "hostname": ConfigKey("pocketpost", "domain", "reboot"),
+    "domains": ConfigKey(["pocketpost.local"], "domains", "now"),
+    "postmaster": ConfigKey("postmaster", "user", "now"),
+    "bind": ConfigKey("0.0.0.0", "address", "reboot"),
+    "pop3_port": ConfigKey(110, "int", "reboot", 1, 65535),
+    "smtp_port": ConfigKey(25, "int", "reboot", 1, 65535),
+    "max_clients": ConfigKey(4, "int", "reboot", 1, 12),
+    "max_message_size": ConfigKey(10240000, "int", "now", 1024, 2147483647),
+    "max_recipients": ConfigKey(100, "int", "now", 100, 1000),
+    "max_bad_commands": ConfigKey(10, "int", "now", 1, 100),
+    "pop3_idle_timeout": ConfigKey(600, "int", "now", 10, 86400),
+    "smtp_timeout": ConfigKey(300, "int", "now", 10, 86400),
+    "auth_fail_delay_ms": ConfigKey(2000, "int", "now", 0, 60000),
+    "auth_max_failures": ConfigKey(10, "int", "now", 1, 1000),
+    "auth_lockout": ConfigKey(300, "int", "now", 1, 86400),
+    "wifi_ssid": ConfigKey("", "text", "reboot", 0, 32),
+    "wifi_password": ConfigKey("", "text", "reboot", 0, 64, secret=True),
+}
+
+
+def check_config_key(key: str) -> str:
+    """Returns `key` if the firmware knows it; raises ValueError listing the known keys."""
+    if key not in CONFIG_KEYS:
+        raise ValueError(f"unknown key {key!r}; known: {', '.join(sorted(CONFIG_KEYS))}")
+    return key
+
+
+def convert_config_value(key: str, text: str):
+    """The JSON value `config.set` sends for `text`; raises ValueError saying what is allowed."""
+    try:
+        return CONFIG_KEYS[check_config_key(key)].convert(text)
+    except ValueError as e:
+        raise ValueError(f"{key} {e}") from None
+
+
+def check_password(password: str) -> str:
+    """Returns `password` if it can be used; raises ValueError otherwise."""
+    if not password:
+        raise ValueError("the password is empty")
+    if any(c in password for c in "\r\n\x00"):
+        raise ValueError("the password contains a line end or NUL")
+    return password
+
+
+# ---- the session
+
+
+class Board:
+    """A provisioning session over a board's console. Opening it checks that the board speaks
+    the console protocol, greeting it until it answers or `timeout` seconds passed; every
+    request then waits at most `timeout` seconds for its reply."""
+
+    def __init__(self, port, timeout: float = DEFAULT_TIMEOUT, name: str = "the board"):
+        self.port = port
+        self.name = name
+        self.timeout = timeout
+        self.recent_lines = []  # the last non-frame lines, to explain a silent board
+        self.on_line = None  # called with every non-frame line (log lines, the REPL)
+        self.client = ConsoleClient(port, timeout=timeout, on_line=self._line)
+        hello = self._greet()
+        if hello.get("protocol") != PROTOCOL:
+            raise PocketpostError(
+                f"{self.name} speaks console protocol {hello.get('protocol')}; this pocketpost speaks {PROTOCOL}"
+            )
+        self.firmware = hello.get("firmware")
+
+    @classmethod
+    def open(cls, url: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> "Board":
+        """Opens the console at `url` (auto-detected when None) and starts a session."""
+        port = open_port(url)
+        try:
+            return cls(port, timeout, name=port.name or url or "the board")
+        except BaseException:
+            port.close()
+            raise
+
+    def close(self):
+        self.port.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _greet(self):
+        deadline = time.monotonic() + self.timeout
+        while True:
+            # A fresh line first: whatever someone typed before (a terminal, a REPL) must not
+            # prefix the request, or the board would not see "PP> " at a line start.
+            self._write(b"\n")
+            left = deadline - time.monotonic()
+            try:
+                return self.request("hello", timeout=min(HELLO_INTERVAL, left))
+            except BoardTimeout:
+                if left <= HELLO_INTERVAL:
+                    raise BoardTimeout(self._silence(f"did not answer within {self.timeout:g} s")) from None
+
+    def _silence(self, what):
+        """Why the board did not answer, as far as its other output tells."""
+        if any(line.startswith(">>> ") for line in self.recent_lines):
+            return (
+                f"{self.name} shows the MicroPython REPL, pocketpost is not running there "
+                "(Ctrl-D at the REPL or `mpremote reset` starts it again)"
+            )
+        return f"{self.name} is not answering: it {what}"
+
+    def _line(self, text):
+        self.recent_lines = (self.recent_lines + [text])[-20:]
+        if self.on_line is not None:
+            self.on_line(text)
+
+    def _write(self, data):
+        try:
+            self.port.write(data)
+            self.port.flush()
+        except (serial.SerialException, OSError) as e:
+            raise PortError(f"{self.name}: {e}") from None
+
+    def request(self, command: str, args: dict | None = None, timeout: float | None = None):
+        """Sends one console request and returns its reply; raises BoardError with the board's
+        message, BoardTimeout when it does not answer, PortError when the port fails."""
+        try:
+            return self.client.request(command, args, timeout)
+        except BoardTimeout:
+            wait = self.timeout if timeout is None else timeout
+            raise BoardTimeout(self._silence(f"did not answer {command} within {wait:g} s")) from None
+        except (serial.SerialException, OSError) as e:
+            raise PortError(f"{self.name}: {e}") from None
+
+    # ---- users
+
+    def add_user(self, name: str, password: str, apop: bool = False, iterations: int = DEFAULT_ITERATIONS):
+        """Creates user `name`; the password is hashed here. With `apop` the password also goes
+        to the board in clear text as the user's APOP secret (APOP needs the secret)."""
+        args = {"name": check_user_name(name), "hash": hash_password(check_password(password), iterations)}
+        if apop:
+            args["apop"] = password
+        return self.request("user.add", args)
+
+    def list_users(self) -> list[dict]:
+        """The users: [{"name", "apop", "messages"}]."""
+        return self.request("user.list")["users"]
+
+    def delete_user(self, name: str, purge: bool = False):
+        """Deletes user `name`; with `purge` its mailbox too."""
+        return self.request("user.del", {"name": check_user_name(name), "purge": purge})
+
+    def change_password(self, name: str, password: str, iterations: int = DEFAULT_ITERATIONS) -> bool:
+        """Sets a new password for `name`. A user with an APOP secret gets the new password as
+        its secret too (the old secret would otherwise still log in); returns whether it did."""
+        check_user_name(name)
+        check_password(password)
+        has_apop = any(u["name"] == name and u["apop"] for u in self.list_users())
+        args = {"name": name, "hash": hash_password(password, iterations)}
+        if has_apop:
+            args["apop"] = password
+        self.request("user.passwd", args)  # the board answers NOTFOUND for an unknown user
+        return has_apop
+
+    # ---- configuration and status
+
+    def get_config(self, key: str | None = None) -> dict:
+        """All settings ({"config", "overridden"}) or one ({"key", "value", "overridden"})."""
+        if key is None:
+            return self.request("config.get")
+        return self.request("config.get", {"key": check_config_key(key)})
+
+    def set_config(self, key: str, value) -> dict:
+        """Sets `key` to `value`, given as text (converted and checked here as the firmware
+        would) or as its JSON value; returns {"key", "value", "applies", "overridden"}."""
+        if isinstance(value, str):
+            value = convert_config_value(key, value)
+        return self.request("config.set", {"key": check_config_key(key), "value": value})
+
+    def info(self) -> dict:
+        """The board's status: firmware, uptime, heap, network, storage."""
+        return self.request("info")
+
+    def log_tail(self, n: int = 20) -> list[str]:
+        """The board's last `n` log lines, oldest first."""
+        return self.request("log.tail", {"n": n})["lines"]
+
+    def follow_logs(self, n: int, emit, until=None):
+        """Calls `emit` with the last `n` log lines, then with every line the board prints
+        (logs, tracebacks, the REPL) until `until()` is true (checked twice a second) or
+        forever."""
+        saved = self.on_line
+        self.on_line = None  # lines printed before the tail's reply are part of the tail
+        try:
+            for line in self.log_tail(n):
+                emit(line)
+        finally:
+            self.on_line = saved
+        while until is None or not until():
+            try:
+                line = self.client.read_line(time.monotonic() + 0.5)
+            except (serial.SerialException, OSError) as e:
+                raise PortError(f"{self.name}: {e}") from None
+            if line is not None and not line.startswith(REPLY_PREFIX):
+                emit(line)
+
+    def reboot(self):
+        """Asks the board to shut its servers down cleanly and restart."""
+        return self.request("reboot")
