@@ -122,7 +122,9 @@ class ReferenceServers:
     Dovecot's POP3 maildrop lock (off by default in Dovecot: then a second session logs in);
     `long_lines` lets aiosmtpd take lines over 1000 octets."""
 
-    def __init__(self, user="alice", password="wonderland", domain="reference.test", lock_session=True, long_lines=True):
+    def __init__(
+        self, user="alice", password="wonderland", domain="reference.test", lock_session=True, long_lines=True
+    ):
         self.user = user
         self.password = password
         self.domain = domain
@@ -156,13 +158,14 @@ class ReferenceServers:
             )
             self._wait_for_pop3()
             controller = LongLineController if self.long_lines else Controller
-            self.smtp = controller(
+            smtp = controller(
                 MaildirDelivery(self.maildir, self.user, self.domain, owner),
                 hostname="127.0.0.1",
                 port=self.smtp_port,
                 server_hostname=self.domain,
             )
-            self.smtp.start()
+            smtp.start()
+            self.smtp = smtp  # stop() may stop only a started controller
         except BaseException:
             self.stop()
             raise
@@ -212,7 +215,12 @@ userdb {{
   driver = passwd-file
   args = {self.dir}/users
 }}
+# No chroot: an unprivileged Dovecot may not chroot, and these processes need none.
+service anvil {{
+  chroot =
+}}
 service pop3-login {{
+  chroot =
   inet_listener pop3 {{
     address = 127.0.0.1
     port = {self.pop3_port}
@@ -247,10 +255,6 @@ service pop3-login {{
         if log.exists():
             text += log.read_text("utf-8", "replace")
         return text[-4000:]
-
-    def messages(self):
-        """The Maildir's messages as Dovecot stores them (LF line ends), by file name."""
-        return {p.name: p.read_bytes() for sub in ("new", "cur") for p in (self.maildir / sub).iterdir()}
 
     def stop(self):
         if self.smtp is not None:

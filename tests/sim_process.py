@@ -1,7 +1,6 @@
 """`pocketpost sim` as the tests run it: a real subprocess on free loopback ports with its own
 data folder, its output lines collected as they come."""
 
-import os
 import poplib
 import signal
 import subprocess
@@ -96,8 +95,12 @@ class SimProcess:
 
     def pop3_login(self, user, password):
         client = poplib.POP3("127.0.0.1", self.pop3_port, timeout=20)
-        client.user(user)
-        client.pass_(password)
+        try:
+            client.user(user)
+            client.pass_(password)
+        except BaseException:
+            client.close()
+            raise
         return client
 
 
@@ -119,7 +122,3 @@ def stop_quietly(sim):
         sim.proc.wait()
         sim._reader.join(5)
         sim.proc.stdout.close()
-
-
-def env_without(*names):
-    return {k: v for k, v in os.environ.items() if k not in names}

@@ -2,6 +2,7 @@
 with aiosmtpd delivering into its Maildir (tests/reference_servers.py)."""
 
 import json
+import re
 import smtplib
 
 import pytest
@@ -34,7 +35,7 @@ def deliver_other_messages(smtp_port, domain):
 
 def maildrop(pop3_port):
     """Every message in alice's maildrop, as RETR sends it (un-stuffed)."""
-    target = check.Target("127.0.0.1", "alice", "wonderland", "", pop3_port=pop3_port, timeout=20)
+    target = check.Target(host="127.0.0.1", user="alice", password="wonderland", domain="", pop3_port=pop3_port)
     pop = check.Pop3Client(target)
     assert pop.login("alice", "wonderland").ok
     count, _ = check.parse_stat(pop.ok("STAT"))
@@ -57,6 +58,26 @@ def command_line(smtp_port, pop3_port, domain, *extra):
     ]  # fmt: skip
 
 
+def invoke(arguments):
+    """Runs `pocketpost check` with the password on standard input; re-raises its crashes."""
+    result = CliRunner().invoke(check.check_command, arguments, input="wonderland\n")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def reference_target(ref):
+    return check.Target(
+        host="127.0.0.1",
+        user=ref.user,
+        password=ref.password,
+        domain=ref.domain,
+        pop3_port=ref.pop3_port,
+        smtp_port=ref.smtp_port,
+        timeout=20,
+    )
+
+
 def not_passed(results):
     """{check: (result, detail)} of the checks that did not pass."""
     return {r.name: (r.result, r.detail) for r in results if r.result != check.PASS}
@@ -67,9 +88,8 @@ def not_passed(results):
 
 def test_check_passes_on_the_emulated_board(board):
     deliver_other_messages(board.smtp_port, BOARD_DOMAIN)
-    result = CliRunner().invoke(
-        check.check_command, command_line(board.smtp_port, board.pop3_port, BOARD_DOMAIN, "--json"), input="wonderland\n"
-    )
+    arguments = command_line(board.smtp_port, board.pop3_port, BOARD_DOMAIN, "--json")
+    result = invoke(arguments)
     report = json.loads(result.stdout)
     assert {c["name"]: (c["result"], c["detail"]) for c in report["checks"] if c["result"] != "pass"} == {}
     assert [c["name"] for c in report["checks"]] == list(check.CHECKS)
@@ -84,10 +104,7 @@ def test_check_passes_on_the_emulated_board(board):
 def test_check_passes_on_the_reference_servers():
     with ReferenceServers(lock_session=True, long_lines=True) as ref:
         deliver_other_messages(ref.smtp_port, ref.domain)
-        target = check.Target(
-            "127.0.0.1", "alice", "wonderland", ref.domain, pop3_port=ref.pop3_port, smtp_port=ref.smtp_port, timeout=20
-        )
-        report = check.run_checks(target)
+        report = check.run_checks(reference_target(ref))
         # aiosmtpd handles pipelined commands but does not advertise PIPELINING.
         assert {name: result for name, (result, _) in not_passed(report.results).items()} == {
             "smtp-pipelining": check.UNSUPPORTED
@@ -101,7 +118,7 @@ def test_check_reports_what_default_reference_servers_lack():
     # over 1000 octets by default. Both are allowed by the RFCs: "unsupported", not "fail".
     with ReferenceServers(lock_session=False, long_lines=False) as ref:
         arguments = command_line(ref.smtp_port, ref.pop3_port, ref.domain)
-        result = CliRunner().invoke(check.check_command, arguments, input="wonderland\n")
+        result = invoke(arguments)
         rows = [line.split(None, 2) for line in result.stdout.splitlines()[1:-1]]
         assert [row[0] for row in rows] == list(check.CHECKS)
         assert {row[0]: row[1] for row in rows if row[1] != "pass"} == {
@@ -112,13 +129,33 @@ def test_check_reports_what_default_reference_servers_lack():
         assert result.exit_code == 1
         assert result.stdout.splitlines()[-1].startswith("22 passed, 0 failed, 3 unsupported")
 
-        allowed = CliRunner().invoke(check.check_command, arguments + ["--allow-unsupported"], input="wonderland\n")
+        allowed = invoke(arguments + ["--allow-unsupported"])
         assert allowed.exit_code == 0, allowed.stdout
+
+
+def test_check_fails_when_delivery_loses_leading_dots(monkeypatch):
+    # A delivery that un-stuffs twice, dropping the dot that starts a line.
+    deliver = reference_servers.MaildirDelivery.deliver
+
+    def deliver_without_leading_dots(self, message):
+        deliver(self, re.sub(rb"(?m)^\.", b"", message))
+
+    monkeypatch.setattr(reference_servers.MaildirDelivery, "deliver", deliver_without_leading_dots)
+    with ReferenceServers(lock_session=False) as ref:
+        report = check.run_checks(reference_target(ref))
+    failed = {name: detail for name, (result, detail) in not_passed(report.results).items() if result == check.FAIL}
+    assert sorted(failed) == ["content-8bit", "content-dot-lines", "content-large", "content-long-lines"]
+    assert failed["content-dot-lines"].startswith("differs at octet")
 
 
 def test_check_fails_a_wrong_password_without_crashing(board):
     target = check.Target(
-        "127.0.0.1", "alice", "not-the-password", BOARD_DOMAIN, pop3_port=board.pop3_port, smtp_port=board.smtp_port
+        host="127.0.0.1",
+        user="alice",
+        password="not-the-password",
+        domain=BOARD_DOMAIN,
+        pop3_port=board.pop3_port,
+        smtp_port=board.smtp_port,
     )
     board.set_config(auth_fail_delay_ms=0)
     report = check.run_checks(target)
@@ -148,6 +185,7 @@ def test_content_may_follow_prepended_header_fields_only():
     assert check.compare_content(sent, trace + sent) is None
     assert "not a header field" in check.compare_content(sent, b"junk line\r\n" + sent)
     assert "not a header field" in check.compare_content(sent, b"\tcontinued\r\n" + sent)
+    assert "joined" in check.compare_content(sent, b"X-Trace: 1" + sent)
 
 
 def test_content_differences_are_located():

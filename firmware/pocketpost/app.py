@@ -2,6 +2,7 @@
 # servers and the console service (boot.py starts it).
 import asyncio
 import gc
+import sys
 
 from .console import Console
 from .pop3 import Pop3Session
@@ -13,7 +14,7 @@ from .users import Users
 
 
 class App:
-    def __init__(self, board, log, config, flash, sd, slots):
+    def __init__(self, board, log, config, flash, sd, slots, console_buffer):
         self.board = board
         self.log = log
         self.config = config
@@ -28,6 +29,7 @@ class App:
         self.listeners = []
         self._stop = asyncio.Event()
         self.reboot_requested = False
+        self.console_buffer = console_buffer
 
     def storage_ready(self):
         return self.store is not None
@@ -51,12 +53,17 @@ class App:
         log = self.log
         if self.sd is not None:
             store = MailStore(self.sd, log)
+            from . import recovery
+
             try:
-                store.prepare(self.free_slots[0].scratch)  # no client yet
+                recovery.check_store(store, self.free_slots[0].scratch)  # no client yet
                 self.store = store
             except OSError as e:
                 log.exception("store", "the SD card cannot be used", e)
-        console = Console(self, board.console_stream(), board.console_out)
+            # The boot check runs once: unloading it gives its code's heap back.
+            del sys.modules[recovery.__name__]
+            del recovery
+        console = Console(self, board.console_stream(), board.console_out, self.console_buffer)
         tasks = [asyncio.create_task(console.serve())]
         self.address = await board.network_up(self.config, log)
         for cls, key in ((Pop3Session, "pop3_port"), (SmtpSession, "smtp_port")):

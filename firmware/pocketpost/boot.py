@@ -7,6 +7,7 @@ import sys
 
 from . import VERSION
 from .config import Config
+from .console import MAX_REQUEST
 from .log import Log
 from .netio import Slot
 
@@ -19,13 +20,14 @@ def main(board):
     sd = board.mount_sd(log)
     config = Config(flash, board.overrides)
     slots = [Slot() for _ in range(config["max_clients"])]
+    console_buffer = bytearray(MAX_REQUEST)
     gc.collect()
 
     import asyncio
 
     from .app import App
 
-    app = App(board, log, config, flash, sd, slots)
+    app = App(board, log, config, flash, sd, slots, console_buffer)
     try:
         reboot = asyncio.run(app.run())
     except KeyboardInterrupt:

@@ -39,11 +39,11 @@ def _arg(args, key, kind, required=True):
 
 
 class Console:
-    def __init__(self, app, stream, out):
+    def __init__(self, app, stream, out, buf):
         self.app = app
         self.stream = stream  # an asyncio stream over the console input
         self.out = out  # the console output, a text stream
-        self.buf = bytearray(MAX_REQUEST)
+        self.buf = buf  # MAX_REQUEST octets for the request being read
         self.handlers = {
             "hello": self.hello,
             "info": self.info,

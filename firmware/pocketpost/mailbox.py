@@ -23,7 +23,7 @@ _SHARD = const(1000)
 _MAX_SEQ = const(99999999)
 
 
-def _exists(path):
+def path_exists(path):
     try:
         os.stat(path)
         return True
@@ -74,7 +74,7 @@ class Mailbox:
     # ---- layout
 
     def exists(self):
-        return _exists(self.index)
+        return path_exists(self.index)
 
     def create(self):
         """Makes the folder and an empty index with a new generation."""
@@ -93,7 +93,7 @@ class Mailbox:
     def message_path(self, seq):
         return "{}/{}/{}".format(self.dir, seq // _SHARD, seq)
 
-    def _header(self, f, rec):
+    def read_header(self, f, rec):
         f.seek(0)
         if f.readinto(rec) != RECORD or rec[0] != 35 or rec[9] != 32 or rec[19] != 10:
             raise ValueError("bad index header")
@@ -102,7 +102,7 @@ class Mailbox:
     def uid_prefix(self, rec):
         """The UID prefix of this mailbox: its generation in hex and a dot."""
         with open(self.index, "rb") as f:
-            gen, _ = self._header(f, rec)
+            gen, _ = self.read_header(f, rec)
         return "{:08x}.".format(gen)
 
     def count(self):
@@ -114,7 +114,7 @@ class Mailbox:
     def next_seq(self, rec):
         """The lowest sequence number that is neither indexed nor reserved by the header."""
         with open(self.index, "rb") as f:
-            _, next_seq = self._header(f, rec)
+            _, next_seq = self.read_header(f, rec)
             f.seek(0, 2)
             end = f.tell()
             if end >= 2 * RECORD:
@@ -190,16 +190,16 @@ class Mailbox:
         """Completes a journaled deletion; returns how many message files were removed."""
         journal = self.dir + "/purge"
         new = self.index + ".new"
-        if _exists(new):
-            if _exists(self.index):
+        if path_exists(new):
+            if path_exists(self.index):
                 os.remove(new)  # an interrupted rewrite: redo it from the old index
             else:
                 os.rename(new, self.index)  # the rewrite finished but was not renamed yet
-        if not _exists(journal):
+        if not path_exists(journal):
             return 0
         rec = bytearray(RECORD)
         with open(journal, "rb") as purge, open(self.index, "rb") as old, open(new, "wb") as out:
-            gen, next_seq = self._header(old, rec)
+            gen, next_seq = self.read_header(old, rec)
             gone = self._next_purged(purge, rec)
             out.write(self._header_bytes(gen, next_seq))  # rewritten below with the final value
             for off in read_records(old, buf):
@@ -234,83 +234,3 @@ class Mailbox:
         if f.readinto(mv) != 9 or rec[8] != 10:
             return None
         return int(mv[:8])
-
-    # ---- boot check
-
-    def recover(self, buf):
-        """Repairs what an interrupted change left: finishes a journaled deletion, trims a
-        damaged index tail, indexes a delivered message whose record was not written. Returns a
-        list of what was done, for the log."""
-        done = []
-        if _exists(self.dir + "/purge.new"):
-            os.remove(self.dir + "/purge.new")  # a journal never completed: nothing was deleted
-        if _exists(self.dir + "/purge") or _exists(self.index + ".new"):
-            done.append("finished a deletion ({} files)".format(self.finish_purge(buf)))
-        if not self.exists():
-            self.create()
-            done.append("made a new index (the old one was missing)")
-            self._reindex(done)
-            return done
-        rec = bytearray(RECORD)
-        try:
-            with open(self.index, "rb") as f:
-                self._header(f, rec)
-        except ValueError:
-            os.remove(self.index)
-            self.create()
-            done.append("made a new index (the old header was damaged)")
-            self._reindex(done)
-            return done
-        kept = self._valid_records(buf)
-        if kept < self.count():
-            self._truncate(kept, buf)
-            done.append("trimmed a damaged index tail to {} records".format(kept))
-        seq = self.next_seq(rec)
-        while True:
-            try:
-                size = os.stat(self.message_path(seq))[6]
-            except OSError:
-                break
-            self.append(seq, size)
-            done.append("indexed message {} found after a crash".format(seq))
-            seq += 1
-        return done
-
-    def _valid_records(self, buf):
-        kept = 0
-        with open(self.index, "rb") as f:
-            f.seek(RECORD)
-            for off in read_records(f, buf):
-                try:
-                    parse_record(buf, off)
-                except ValueError:
-                    break
-                kept += 1
-        return kept
-
-    def _truncate(self, kept, buf):
-        new = self.index + ".new"
-        mv = memoryview(buf)
-        left = (kept + 1) * RECORD
-        with open(self.index, "rb") as old, open(new, "wb") as out:
-            while left:
-                n = old.readinto(mv[: min(left, len(buf))])
-                out.write(mv[:n])
-                left -= n
-        os.remove(self.index)
-        os.rename(new, self.index)
-
-    def _reindex(self, done):
-        # The index is gone: rebuild it from the shard folders, in sequence order.
-        shards = [int(e[0]) for e in os.ilistdir(self.dir) if e[1] == 0x4000 and e[0].isdigit()]
-        shards.sort()
-        count = 0
-        for shard in shards:
-            folder = "{}/{}".format(self.dir, shard)
-            entries = [(int(e[0]), e[3]) for e in os.ilistdir(folder) if e[0].isdigit()]
-            entries.sort()
-            for seq, size in entries:
-                self.append(seq, size)
-                count += 1
-        if count:
-            done.append("re-indexed {} messages from the folders".format(count))

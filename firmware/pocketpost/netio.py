@@ -41,7 +41,7 @@ class Slot:
     # Octets of replies coalesced before a write.
     OUT_SIZE = 1024
     # Octets read from a file at a time (RETR, TOP, the index, copies).
-    SCRATCH_SIZE = 1024
+    SCRATCH_SIZE = 512
 
     def __init__(self):
         self.inbuf = bytearray(self.IN_SIZE)

@@ -60,6 +60,7 @@ class Pop3Session(Session):
     NAME = "pop3"
     TIMEOUT_KEY = "pop3_idle_timeout"
     BUSY_REPLY = b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n"
+    FAILED_REPLY = b"-ERR [SYS/TEMP] Local error, closing connection.\r\n"
 
     def __init__(self, app, conn, peer):
         super().__init__(app, conn, peer)

@@ -17,6 +17,8 @@ class Session:
     NAME = ""
     # Sent to a client beyond the client limit, which is then closed.
     BUSY_REPLY = b""
+    # Sent when the session cannot go on (out of memory, an internal error) before it closes.
+    FAILED_REPLY = b""
 
     def __init__(self, app, conn, peer):
         self.app = app
@@ -86,6 +88,12 @@ class Listener:
         except Exception as e:
             app.log.exception(cls.NAME, "{} session failed".format(peer), e)
             sys.print_exception(e)
+            try:
+                conn.outlen = 0  # whatever was half-written is dropped
+                conn.put(cls.FAILED_REPLY)
+                await conn.flush()
+            except Exception:
+                pass
         finally:
             session.finish()
             app.sessions.remove(entry)

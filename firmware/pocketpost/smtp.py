@@ -84,6 +84,7 @@ class SmtpSession(Session):
     NAME = "smtp"
     TIMEOUT_KEY = "smtp_timeout"
     BUSY_REPLY = b"421 4.3.2 Too many connections, try again later\r\n"
+    FAILED_REPLY = b"421 4.3.0 Local error, closing connection\r\n"
 
     def __init__(self, app, conn, peer):
         super().__init__(app, conn, peer)

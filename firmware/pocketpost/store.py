@@ -16,10 +16,6 @@ _ENOSPC = const(28)
 _SPACE_MARGIN = const(65536)
 
 
-class StorageError(Exception):
-    """The store cannot take or give mail right now (card missing, full, or failing)."""
-
-
 class MailStore:
     def __init__(self, root, log):
         self.root = root
@@ -29,30 +25,6 @@ class MailStore:
         self.locked = set()  # users with a POP3 session open
         self._tmp_counter = 0
         self.rec = bytearray(RECORD)  # scratch for single-record reads (no awaits while in use)
-
-    def prepare(self, buf):
-        """Boot check: makes the folders, empties the temp folder, repairs every mailbox."""
-        for path in (self.mail, self.tmp):
-            try:
-                os.mkdir(path)
-            except OSError:
-                pass
-        leftovers = 0
-        for entry in os.ilistdir(self.tmp):
-            try:
-                os.remove("{}/{}".format(self.tmp, entry[0]))
-                leftovers += 1
-            except OSError as e:
-                self.log.error("store", "cannot remove tmp/{}: {}".format(entry[0], e))
-        if leftovers:
-            self.log.warn("store", "removed {} partly received messages".format(leftovers))
-        for entry in os.ilistdir(self.mail):
-            if entry[1] == 0x4000:
-                try:
-                    for what in self.mailbox(entry[0]).recover(buf):
-                        self.log.warn("store", "{}: {}".format(entry[0], what))
-                except OSError as e:
-                    self.log.error("store", "{}: boot check failed: {}".format(entry[0], e))
 
     def mailbox(self, name):
         return Mailbox(self.mail, name)
@@ -125,9 +97,6 @@ class Incoming:
                 self.file.write(data)
             except OSError as e:
                 self.error = e
-
-    def no_space(self):
-        return self.error is not None and self.error.errno == _ENOSPC
 
     def discard(self):
         if self.file is not None:

@@ -209,6 +209,8 @@ def compare_content(sent, retrieved):
     like); otherwise a description of where they differ."""
     if retrieved.endswith(sent):
         prepended = retrieved[: len(retrieved) - len(sent)]
+        if prepended and not prepended.endswith(b"\r\n"):
+            return f"the server joined {prepended[-40:]!r} to the message's first line"
         for i, line in enumerate(prepended.split(b"\r\n")[:-1]):
             if not (HEADER_FIELD.match(line) or (i and line[:1] in (b" ", b"\t"))):
                 return f"the server put a line that is not a header field before the message: {line[:80]!r}"
@@ -386,12 +388,11 @@ class Pop3Client:
         self.conn.send(line.encode() + b"\r\n")
         return self.read_status()
 
-    def ok(self, line, shown=None):
-        """Sends `line`; returns the +OK status line or fails naming the command (as `shown`,
-        so a password never appears in a report)."""
+    def ok(self, line):
+        """Sends `line`; returns the +OK status line or fails naming the command."""
         status = self.command(line)
         if not status.ok:
-            raise CheckFailed(f"{shown or line}: {status.text}")
+            raise CheckFailed(f"{line}: {status.text}")
         return status.text
 
     def read_body(self):
@@ -560,7 +561,6 @@ class CheckRun:
         self.progress = progress or (lambda index, total, name, result: None)
         self.results = []
         self.messages = build_messages(self.token, target.user, target.domain, target.large_size)
-        self.smtp_extensions = {}
         self.capabilities = None  # CAPA's capabilities by name, once CAPA answered
         # The current POP3 session and what it lists.
         self.pop = None
@@ -572,7 +572,7 @@ class CheckRun:
         self.numbers = {}  # test message name: its number in the current session
         # From the first session.
         self.first_uidls = {}  # test message name: unique-id
-        self.others = {}  # unique-id: size of each message that is not a test message
+        self.other_uidls = set()  # unique-ids of the messages that are not test messages
         self.others_count = 0
         self.retrieved = {}  # test message name: the message as RETR sent it, un-stuffed
 
@@ -626,7 +626,6 @@ class CheckRun:
 
     def check_smtp_greeting(self):
         with self.smtp() as smtp:
-            self.smtp_extensions = smtp.extensions
             smtp.quit()
         listed = " ".join(f"{k} {v}".strip() for k, v in sorted(smtp.extensions.items()))
         return f"EHLO extensions: {listed or 'none'}"
@@ -644,13 +643,13 @@ class CheckRun:
         answers = []
         with self.smtp() as smtp:
             for label, line in bad:
-                answers.append(f"{label} → {smtp.expect(smtp.command(line), 5, line).code}")
+                answers.append(f"{label} -> {smtp.expect(smtp.command(line), 5, line).code}")
                 smtp.expect(smtp.command("NOOP"), 2, f"NOOP after {line!r}")
             smtp.conn.assert_quiet("the bad commands")
             smtp.expect(smtp.command(smtp.mail_from_line()), 2, "MAIL FROM after the bad commands")
             smtp.expect(smtp.command("RSET"), 2, "RSET")
             smtp.quit()
-        return "; ".join(answers) + "; NOOP → 250 after each"
+        return "; ".join(answers) + "; NOOP -> 250 after each"
 
     def check_smtp_relay_denied(self):
         outside = [
@@ -669,7 +668,7 @@ class CheckRun:
                     smtp.command("RSET")  # never send DATA: nothing may go out
                     raise CheckFailed(f"open relay: RCPT TO:<{address}> accepted ({reply})")
                 smtp.expect(reply, 5, f"RCPT TO:<{address}>")
-                answers.append(f"<{address}> → {reply}")
+                answers.append(f"<{address}> -> {reply}")
             smtp.expect(smtp.command("RSET"), 2, "RSET")
             smtp.quit()
         return "; ".join(answers)
@@ -683,12 +682,12 @@ class CheckRun:
                 raise CheckFailed(f"RCPT TO:<{address}>: expected 550, got {reply}")
             smtp.expect(smtp.command("RSET"), 2, "RSET")
             smtp.quit()
-        return f"<{address}> → {reply}"
+        return f"<{address}> -> {reply}"
 
     def check_smtp_size(self):
-        if "SIZE" not in self.smtp_extensions:
-            raise Unsupported("EHLO does not advertise SIZE (RFC 1870)")
         with self.smtp() as smtp:
+            if "SIZE" not in smtp.extensions:
+                raise Unsupported("EHLO does not advertise SIZE (RFC 1870)")
             limit = smtp.size_limit()
             if not limit:
                 raise Unsupported("EHLO advertises SIZE without a fixed limit: no maximum to check")
@@ -700,16 +699,21 @@ class CheckRun:
             smtp.expect(smtp.command(smtp.mail_from_line(size=limit)), 2, f"MAIL FROM SIZE={limit} (the limit)")
             smtp.expect(smtp.command("RSET"), 2, "RSET")
             smtp.quit()
-        return f"limit {limit} octets; SIZE={limit + 1} → {over}"
+        return f"limit {limit} octets; SIZE={limit + 1} -> {over}"
 
     def check_smtp_pipelining(self):
-        if "PIPELINING" not in self.smtp_extensions:
-            raise Unsupported("EHLO does not advertise PIPELINING (RFC 2920); the plain message goes unpipelined")
         message = self.messages["plain"]
         outside = f"check-{self.token}@example.com"
         with self.smtp() as smtp:
+            if "PIPELINING" not in smtp.extensions:
+                raise Unsupported("EHLO does not advertise PIPELINING (RFC 2920); the plain message goes unpipelined")
             # RFC 2920 §3.1: DATA may end a group; a refused RCPT in it must not break the rest.
-            group = [smtp.mail_from_line(size=len(message.data)), f"RCPT TO:<{outside}>", f"RCPT TO:<{self.recipient}>", "DATA"]
+            group = [
+                smtp.mail_from_line(size=len(message.data)),
+                f"RCPT TO:<{outside}>",
+                f"RCPT TO:<{self.recipient}>",
+                "DATA",
+            ]
             smtp.conn.send("".join(line + "\r\n" for line in group).encode())
             replies = [smtp.read_reply() for _ in group]
             for line, reply, code_class in zip(group, replies, (2, 5, 2, 3)):
@@ -891,7 +895,7 @@ class CheckRun:
             time.sleep(0.5)
         self.first_uidls = {name: self.uidls[n] for name, n in found.items() if n in self.uidls}
         ours = set(found.values())
-        self.others = {uid: self.sizes[n] for n, uid in self.uidls.items() if n not in ours}
+        self.other_uidls = {uid for n, uid in self.uidls.items() if n not in ours}
         self.others_count = len(self.sizes) - len(ours)
         missing = sorted(set(names) - set(found))
         if missing:
@@ -909,7 +913,9 @@ class CheckRun:
                 raise CheckFailed("the refused second login released the lock: a third session logged in")
             if status.response_code() != "IN-USE":
                 if self.capabilities is None or "RESP-CODES" not in self.capabilities:
-                    raise Unsupported(f"{attempt} login refused without [IN-USE] (no RESP-CODES in CAPA): {status.text}")
+                    raise Unsupported(
+                        f"{attempt} login refused without [IN-USE] (no RESP-CODES in CAPA): {status.text}"
+                    )
                 raise CheckFailed(f"{attempt} login: expected -ERR [IN-USE] (RFC 2449 §8.1.2), got {status.text}")
         first.ok("NOOP")
         return f"{status.text} (twice); the first session carries on"
@@ -945,12 +951,15 @@ class CheckRun:
         self.pop.conn.assert_quiet("the pipelined commands")
         if parse_stat(replies["STAT"])[0] != len(self.sizes):
             raise CheckFailed(f"STAT (pipelined): {replies['STAT']}, LIST lists {len(self.sizes)} messages")
-        if replies[f"LIST {plain}"].split(" ")[1:3] != [str(plain), str(self.sizes[plain])]:
-            raise CheckFailed(f"LIST {plain} (pipelined): {replies[f'LIST {plain}']}, the listing says {plain} {self.sizes[plain]}")
+        list_reply = replies[f"LIST {plain}"]
+        if list_reply.split(" ")[1:3] != [str(plain), str(self.sizes[plain])]:
+            raise CheckFailed(f"LIST {plain} (pipelined): {list_reply}, the listing says {plain} {self.sizes[plain]}")
         for name, n in retrieve:
             body = replies[f"RETR {n}"]
             if len(body) != self.sizes[n] or header_field(body, "Message-ID") != self.messages[name].message_id:
-                raise CheckFailed(f"RETR {n} (pipelined) sent {len(body)} octets, not the {name} test message of {self.sizes[n]}")
+                raise CheckFailed(
+                    f"RETR {n} (pipelined) sent {len(body)} octets, not the {name} test message of {self.sizes[n]}"
+                )
         if top and replies[top[0]] != top_of(replies[f"RETR {plain}"], 0):
             raise CheckFailed(f"TOP {plain} 0 (pipelined) is not the header RETR {plain} sent")
         return f"{len(lines)} commands in one write ({', '.join(lines)}): answered in order"
@@ -960,7 +969,7 @@ class CheckRun:
         count, octets = parse_stat(pop.ok("STAT"))
         listed = (len(self.sizes), sum(self.sizes.values()))
         if (count, octets) != listed:
-            raise CheckFailed(f"STAT says {count} messages, {octets} octets; LIST lists {listed[0]}, {listed[1]} octets")
+            raise CheckFailed(f"STAT says {count} messages, {octets} octets; LIST lists {listed[0]}, {listed[1]}")
         wrong = []
         for name, n in self.numbers.items():
             self.retrieved[name] = pop.multiline(f"RETR {n}")
@@ -1036,14 +1045,15 @@ class CheckRun:
         status = pop.command(f"LIST {beyond}")
         if status.ok:
             raise CheckFailed(f"LIST {beyond} (no such message): {status.text}")
-        return f"LIST n agrees for {len(self.numbers)} messages; LIST {beyond} → {status.text}"
+        return f"LIST n agrees for {len(self.numbers)} messages; LIST {beyond} -> {status.text}"
 
     def check_pop3_bad_commands(self):
         pop = self.session()
         beyond = max(self.sizes, default=0) + 1
         n = min(self.sizes, default=1)
         # RFC 1939 §3: unknown commands, bad arguments and commands of the wrong state get -ERR.
-        for line in ("XYZZY", "RETR", "RETR one", f"RETR {beyond}", "LIST 0", f"TOP {n}", "DELE", f"USER {self.target.user}"):
+        bad = ("XYZZY", "RETR", "RETR one", f"RETR {beyond}", "LIST 0", f"TOP {n}", "DELE", f"USER {self.target.user}")
+        for line in bad:
             status = pop.command(line)
             if status.ok:
                 raise CheckFailed(f"{line} (TRANSACTION state): {status.text}")
@@ -1081,7 +1091,7 @@ class CheckRun:
             text = self.pop.ok(f"UIDL {n}")
             if text.split(" ")[1:3] != [str(n), self.first_uidls[name]]:
                 raise CheckFailed(f"UIDL {n}: {text!r}, the listing says '{n} {self.first_uidls[name]}'")
-        return f"{len(uids)} unique-ids, well-formed and distinct; the test messages keep theirs in a new session; UIDL n agrees"
+        return f"{len(uids)} unique-ids, well-formed and distinct; the test messages keep theirs; UIDL n agrees"
 
     def check_pop3_dele_rset(self):
         if "dot-lines" not in self.retrieved:
@@ -1141,10 +1151,10 @@ class CheckRun:
         left = self.locate(names)
         if left:
             raise CheckFailed(f"still in the maildrop after DELE and QUIT: {', '.join(sorted(left))}")
-        if self.uidls and self.others:
-            lost = set(self.others) - set(self.uidls.values())
+        if self.uidls and self.other_uidls:
+            lost = self.other_uidls - set(self.uidls.values())
             if lost:
-                raise CheckFailed(f"{len(lost)} messages that were not from this run are gone (unique-ids {sorted(lost)[:3]})")
+                raise CheckFailed(f"{len(lost)} messages not from this run are gone (unique-ids {sorted(lost)[:3]})")
         elif len(self.sizes) < self.others_count:
             raise CheckFailed(f"{self.others_count} other messages before the run, {len(self.sizes)} after")
         self.pop.quit()
@@ -1197,6 +1207,9 @@ def report_json(report, target, allow_unsupported):
     )
 
 
+PORT = click.IntRange(1, 65535)
+
+
 def _print_progress(index, total, name, result):
     if result is None:
         click.echo(f"[{index:2}/{total}] {name} ... ", err=True, nl=False)
@@ -1206,6 +1219,7 @@ def _print_progress(index, total, name, result):
 
 @click.command(
     "check",
+    short_help="Protocol checks of a board's POP3 and SMTP servers over the network.",
     help=(
         "Protocol checks of a board on Wi-Fi or the simulator: sends test messages by SMTP to "
         "USER@DOMAIN, fetches them by POP3 and compares them byte for byte, and checks errors, "
@@ -1215,10 +1229,10 @@ def _print_progress(index, total, name, result):
         "--allow-unsupported is given)."
     ),
 )
-@click.option("--host", envvar="POCKETPOST_HOST", required=True, help="The board's address or name. [env POCKETPOST_HOST]")
-@click.option("--pop3-port", type=click.IntRange(1, 65535), default=110, show_default=True, envvar="POCKETPOST_POP3_PORT")
-@click.option("--smtp-port", type=click.IntRange(1, 65535), default=25, show_default=True, envvar="POCKETPOST_SMTP_PORT")
-@click.option("--user", envvar="POCKETPOST_USER", required=True, help="The mailbox to check. [env POCKETPOST_USER]")
+@click.option("--host", envvar="POCKETPOST_HOST", show_envvar=True, required=True, help="The board's address or name.")
+@click.option("--pop3-port", type=PORT, default=110, show_default=True, envvar="POCKETPOST_POP3_PORT", show_envvar=True)
+@click.option("--smtp-port", type=PORT, default=25, show_default=True, envvar="POCKETPOST_SMTP_PORT", show_envvar=True)
+@click.option("--user", envvar="POCKETPOST_USER", show_envvar=True, required=True, help="The mailbox to check.")
 @click.option(
     "--password-stdin",
     is_flag=True,
@@ -1230,9 +1244,12 @@ def _print_progress(index, total, name, result):
     default="pocketpost.local",
     show_default=True,
     envvar="POCKETPOST_DOMAIN",
-    help="The mail domain of USER (the board's `domains`). [env POCKETPOST_DOMAIN]",
+    show_envvar=True,
+    help="The mail domain of USER (one of the board's `domains`).",
 )
-@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Seconds to wait for any reply.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Seconds to wait for any reply."
+)
 @click.option(
     "--large-size",
     type=click.IntRange(min=65536),
@@ -1242,12 +1259,27 @@ def _print_progress(index, total, name, result):
 )
 @click.option("--allow-unsupported", is_flag=True, help="Exit 0 when no check failed, even if some were unsupported.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
-def check_command(host, pop3_port, smtp_port, user, password_stdin, domain, timeout, large_size, allow_unsupported, as_json):
+def check_command(
+    host, pop3_port, smtp_port, user, password_stdin, domain, timeout, large_size, allow_unsupported, as_json
+):
     if password_stdin:
         password = click.get_text_stream("stdin").readline().rstrip("\r\n")
     else:
         password = click.prompt(f"Password for {user}", hide_input=True, err=True)
-    target = Target(host, user, password, domain, pop3_port, smtp_port, timeout, large_size)
+    target = Target(
+        host=host,
+        user=user,
+        password=password,
+        domain=domain,
+        pop3_port=pop3_port,
+        smtp_port=smtp_port,
+        timeout=timeout,
+        large_size=large_size,
+    )
     report = run_checks(target, _print_progress)
     click.echo(report_json(report, target, allow_unsupported) if as_json else format_table(report))
     sys.exit(0 if report.passed(allow_unsupported) else 1)
+
+
+if __name__ == "__main__":
+    check_command()

@@ -8,9 +8,9 @@ returns the exit code. Errors are one line on stderr and a non-zero exit:
 
 import json
 import re
-import sys
 
 import click
+from click.shell_completion import CompletionItem
 
 from . import __version__, firmware, sim
 from .check import check_command
@@ -56,77 +56,51 @@ class Group(click.Group):
 # ---- parameter types
 
 
-class UserName(click.ParamType):
-    name = "name"
+class Checked(click.ParamType):
+    """A value checked (and normalized) by a function that raises ValueError saying why not."""
+
+    def __init__(self, name, check, completions=()):
+        self.name = name
+        self.check = check
+        self.completions = completions
 
     def convert(self, value, param, ctx):
         try:
-            return check_user_name(value)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
-
-
-class ConfigKeyName(click.ParamType):
-    name = "key"
-
-    def convert(self, value, param, ctx):
-        try:
-            return check_config_key(value)
+            return self.check(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
 
     def shell_complete(self, ctx, param, incomplete):
-        from click.shell_completion import CompletionItem
-
-        return [CompletionItem(key) for key in sorted(CONFIG_KEYS) if key.startswith(incomplete)]
+        return [CompletionItem(c) for c in self.completions if c.startswith(incomplete)]
 
 
-class DemoUser(click.ParamType):
-    name = "name:password"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        name, sep, password = value.partition(":")
-        if not sep:
-            self.fail("expected NAME:PASSWORD", param, ctx)
-        try:
-            return check_user_name(name), check_password(password)
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
+def parse_demo_user(text):
+    """(name, password) from "NAME:PASSWORD"."""
+    name, sep, password = text.partition(":")
+    if not sep:
+        raise ValueError("expected NAME:PASSWORD")
+    return check_user_name(name), check_password(password)
 
 
-class Size(click.ParamType):
-    """An amount of memory as MicroPython and the unix board write it: 64M, 512K, 160k, 4096."""
+def check_size(units):
+    """A check of an amount of memory as MicroPython and the unix board write it (64M, 160k,
+    4096), with the unit letters its consumer understands."""
 
-    name = "size"
+    def check(text):
+        if not re.fullmatch(rf"[1-9][0-9]*[{units}]?", text):
+            raise ValueError(f"{text!r} is not a size such as 64M, 160k or 4096")
+        return text
 
-    def convert(self, value, param, ctx):
-        if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", value):
-            self.fail(f"{value!r} is not a size such as 64M, 512K or 4096", param, ctx)
-        return value
-
-
-class IPv4Address(click.ParamType):
-    name = "address"
-
-    def convert(self, value, param, ctx):
-        try:
-            return CONFIG_KEYS["bind"].convert(value)
-        except ValueError as e:
-            self.fail(f"{value!r} {e}", param, ctx)
+    return check
 
 
-class DomainList(click.ParamType):
-    name = "domain[,domain]"
-
-    def convert(self, value, param, ctx):
-        try:
-            return ",".join(CONFIG_KEYS["domains"].convert(value))
-        except ValueError as e:
-            self.fail(f"{value!r} {e}", param, ctx)
+def join_domains(text):
+    """The domains of a comma-separated list, checked, as the unix board's --domain takes them."""
+    return ",".join(CONFIG_KEYS["domains"].convert(text))
 
 
+USER_NAME = Checked("name", check_user_name)
+CONFIG_KEY = Checked("key", check_config_key, sorted(CONFIG_KEYS))
 TCP_PORT = click.IntRange(1, 65535)
 
 
@@ -155,6 +129,7 @@ def echo_table(rows, headers=None):
 
 
 def show_octets(n):
+    """An amount of storage for people: 512 bytes, 63.9 MiB."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -170,7 +145,7 @@ def read_password(from_stdin):
     try:
         return check_password(password)
     except ValueError as e:
-        raise Failure(str(e), 2) from None
+        raise Failure(str(e), click.UsageError.exit_code) from None
 
 
 # ---- commands
@@ -182,13 +157,14 @@ class Settings:
     def __init__(self, port, timeout):
         self.port = port
         self.timeout = timeout
+        self.board = None
 
 
 def open_board() -> Board:
     """The board of the current command line, opened once; closed when the command ends."""
     ctx = click.get_current_context().find_root()
     settings = ctx.obj
-    if not hasattr(settings, "board"):
+    if settings.board is None:
         settings.board = ctx.with_resource(Board.open(settings.port, settings.timeout))
     return settings.board
 
@@ -217,7 +193,7 @@ def user():
 
 
 @user.command("add")
-@click.argument("name", type=UserName())
+@click.argument("name", type=USER_NAME)
 @click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
 @click.option("--apop", is_flag=True, help="Also let the user log in with APOP (stores the password on the board).")
 def user_add(name, password_stdin, apop):
@@ -239,11 +215,12 @@ def user_list(as_json):
     elif not users:
         click.echo("no users")
     else:
-        echo_table([[u["name"], "yes" if u["apop"] else "no", u["messages"]] for u in users], ["NAME", "APOP", "MESSAGES"])
+        rows = [[u["name"], "yes" if u["apop"] else "no", u["messages"]] for u in users]
+        echo_table(rows, ["NAME", "APOP", "MESSAGES"])
 
 
 @user.command("del")
-@click.argument("name", type=UserName())
+@click.argument("name", type=USER_NAME)
 @click.option("--purge", is_flag=True, help="Delete the user's mailbox too.")
 def user_del(name, purge):
     """Delete user NAME (its mail stays on the card unless --purge)."""
@@ -252,7 +229,7 @@ def user_del(name, purge):
 
 
 @user.command("passwd")
-@click.argument("name", type=UserName())
+@click.argument("name", type=USER_NAME)
 @click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
 def user_passwd(name, password_stdin):
     """Change the password of user NAME (and its APOP secret, if it has one)."""
@@ -268,7 +245,7 @@ def config():
 
 
 @config.command("get")
-@click.argument("key", type=ConfigKeyName(), required=False)
+@click.argument("key", type=CONFIG_KEY, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def config_get(key, as_json):
     """Show all settings, or the value of KEY."""
@@ -297,7 +274,7 @@ def _config_value(ctx, param, value):
 
 
 @config.command("set")
-@click.argument("key", type=ConfigKeyName())
+@click.argument("key", type=CONFIG_KEY)
 @click.argument("value", callback=_config_value)
 def config_set(key, value):
     """Set KEY to VALUE (lists comma-separated)."""
@@ -305,7 +282,10 @@ def config_set(key, value):
     when = "now" if reply["applies"] == "now" else "after a reboot"
     click.echo(f"{key} = {show_value(reply['value'])} (takes effect {when})")
     if reply["overridden"]:
-        click.echo(f"note: the board's command line sets {key} for this run; the stored value applies without it", err=True)
+        click.echo(
+            f"note: the board's command line sets {key} for this run; the stored value applies without it",
+            err=True,
+        )
 
 
 @cli.command()
@@ -329,7 +309,8 @@ def info(as_json):
     rows.append(["users", str(status.pop("users"))])
     storage = status.pop("storage")
     if "free" in storage:
-        rows.append(["storage", f"{storage['state']}, {show_octets(storage['free'])} free of {show_octets(storage['total'])}"])
+        space = f"{show_octets(storage['free'])} free of {show_octets(storage['total'])}"
+        rows.append(["storage", f"{storage['state']}, {space}"])
     else:
         rows.append(["storage", storage["state"]])
     rows += [[key, show_value(value)] for key, value in sorted(status.items())]  # board fields
@@ -337,8 +318,10 @@ def info(as_json):
 
 
 @cli.command()
-@click.option("-n", "lines", type=click.IntRange(min=0), default=20, show_default=True, help="How many of the last lines.")
-@click.option("-f", "--follow", is_flag=True, help="Then print the board's lines as they come, until Ctrl-C.")
+@click.option(
+    "-n", "lines", type=click.IntRange(min=0), default=20, show_default=True, help="How many of the last lines."
+)
+@click.option("-f", "--follow", is_flag=True, help="Then print the board's lines as they come until Ctrl-C.")
 def logs(lines, follow):
     """Show the board's recent log lines."""
     board = open_board()
@@ -347,7 +330,7 @@ def logs(lines, follow):
             click.echo(line)
         return
     try:
-        board.follow_logs(lines, lambda line: click.echo(line))
+        board.follow_logs(lines, click.echo)
     except KeyboardInterrupt:
         pass  # the way to end --follow
 
@@ -360,24 +343,45 @@ def reboot():
 
 
 @cli.command("sim")
-@click.option("--data", type=click.Path(file_okay=False), default=sim.DEFAULT_DATA, show_default=True,
-              help="Folder of the SD and flash images, the console link and the compiled firmware; kept across runs.")
-@click.option("--micropython", envvar="POCKETPOST_MICROPYTHON", show_envvar=True, metavar="PATH",
-              help="The MicroPython unix port to run (default: the one installed with pocketpost).")
-@click.option("--bind", type=IPv4Address(), default=sim.DEFAULT_BIND, show_default=True, help="Address the servers listen on.")
+@click.option(
+    "--data", type=click.Path(file_okay=False), default=sim.DEFAULT_DATA, show_default=True,
+    envvar="POCKETPOST_SIM_DATA", show_envvar=True,
+    help="Folder of the SD and flash images, the console link and the compiled firmware; kept across runs.",
+)
+@click.option(
+    "--micropython", envvar="POCKETPOST_MICROPYTHON", show_envvar=True, metavar="PATH",
+    help="The MicroPython unix port to run (default: the one installed with pocketpost).",
+)
+@click.option(
+    "--bind", type=Checked("address", CONFIG_KEYS["bind"].convert), default=sim.DEFAULT_BIND,
+    show_default=True, help="Address the servers listen on.",
+)
 @click.option("--pop3-port", type=TCP_PORT, default=sim.DEFAULT_POP3_PORT, show_default=True)
 @click.option("--smtp-port", type=TCP_PORT, default=sim.DEFAULT_SMTP_PORT, show_default=True)
-@click.option("--domain", type=DomainList(), default=sim.DEFAULT_DOMAIN, show_default=True, help="Local mail domains, comma-separated.")
-@click.option("--sd-size", type=Size(), default=sim.DEFAULT_SD_SIZE, show_default=True, help="Size of the SD image when it is created.")
-@click.option("--heap", type=Size(), default=firmware.DEFAULT_HEAP, show_default=True, help="MicroPython heap size.")
-@click.option("--demo-user", type=DemoUser(), metavar="NAME:PASSWORD", help="A user created at start if missing.")
+@click.option(
+    "--domain", type=Checked("domain[,domain]", join_domains), default=sim.DEFAULT_DOMAIN,
+    show_default=True, help="Local mail domains, comma-separated.",
+)
+@click.option(
+    "--sd-size", type=Checked("size", check_size("kKmMgG")), default=sim.DEFAULT_SD_SIZE,
+    show_default=True, help="Size of the SD image when it is created.",
+)
+@click.option(
+    "--heap", type=Checked("size", check_size("kKmM")), default=firmware.DEFAULT_HEAP,
+    show_default=True, help="MicroPython heap size.",
+)
+@click.option(
+    "--demo-user", type=Checked("name:password", parse_demo_user), metavar="NAME:PASSWORD",
+    help="A user created at start if missing.",
+)
 def sim_command(data, micropython, bind, pop3_port, smtp_port, domain, sd_size, heap, demo_user):
     """Run the firmware on the emulated board (MicroPython's unix port) in the foreground.
 
     Its console is a pseudo-terminal at DATA/console: use it as the --port of pocketpost, or
     with picocom, screen or `mpremote connect DATA/console`. Ctrl-C stops the board cleanly."""
     sim.Simulator(
-        data, micropython, bind, pop3_port, smtp_port, domain, sd_size, heap, demo_user
+        data=data, micropython=micropython, bind=bind, pop3_port=pop3_port, smtp_port=smtp_port,
+        domain=domain, sd_size=sd_size, heap=heap, demo_user=demo_user,
     ).run()
 
 
@@ -389,12 +393,7 @@ def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="pocketpost")
     except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        click.echo(e.code, err=True)
-        return 1
+        if isinstance(e.code, int):
+            return e.code
+        return 0 if e.code is None else 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

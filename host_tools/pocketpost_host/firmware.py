@@ -17,7 +17,7 @@ MPY_VERSION = 6
 MPY_SUBVERSION = 3
 # The heap of the emulated board: the smallest limit the whole test suite passes with (see the
 # README's "Memory" section), stricter than an ESP32's ~100 KB since the unix port is 64-bit.
-DEFAULT_HEAP = "160k"
+DEFAULT_HEAP = "144k"
 # The firmware's exit codes (firmware/pocketpost/board/unix.py).
 EXIT_STOPPED = 0
 EXIT_CRASH = 70

@@ -144,12 +144,11 @@ class Board:
     the console protocol, greeting it until it answers or `timeout` seconds passed; every
     request then waits at most `timeout` seconds for its reply."""
 
-    def __init__(self, port, timeout: float = DEFAULT_TIMEOUT, name: str = "the board"):
+    def __init__(self, port, timeout: float = DEFAULT_TIMEOUT, name: str = "the console"):
         self.port = port
-        self.name = name
+        self.name = name  # of the port, for messages
         self.timeout = timeout
-        self.recent_lines = []  # the last non-frame lines, to explain a silent board
-        self.on_line = None  # called with every non-frame line (log lines, the REPL)
+        self.recent_lines = []  # the last lines that were not replies, to explain a silent board
         self.client = ConsoleClient(port, timeout=timeout, on_line=self._line)
         hello = self._greet()
         if hello.get("protocol") != PROTOCOL:
@@ -163,7 +162,7 @@ class Board:
         """Opens the console at `url` (auto-detected when None) and starts a session."""
         port = open_port(url)
         try:
-            return cls(port, timeout, name=port.name or url or "the board")
+            return cls(port, timeout, name=port.name or url)
         except BaseException:
             port.close()
             raise
@@ -188,21 +187,19 @@ class Board:
                 return self.request("hello", timeout=min(HELLO_INTERVAL, left))
             except BoardTimeout:
                 if left <= HELLO_INTERVAL:
-                    raise BoardTimeout(self._silence(f"did not answer within {self.timeout:g} s")) from None
+                    raise BoardTimeout(self._silence(f"within {self.timeout:g} s")) from None
 
-    def _silence(self, what):
+    def _silence(self, detail):
         """Why the board did not answer, as far as its other output tells."""
         if any(line.startswith(">>> ") for line in self.recent_lines):
             return (
-                f"{self.name} shows the MicroPython REPL, pocketpost is not running there "
+                f"the board on {self.name} shows the MicroPython REPL: pocketpost is not running "
                 "(Ctrl-D at the REPL or `mpremote reset` starts it again)"
             )
-        return f"{self.name} is not answering: it {what}"
+        return f"the board on {self.name} is not answering (no reply {detail})"
 
     def _line(self, text):
         self.recent_lines = (self.recent_lines + [text])[-20:]
-        if self.on_line is not None:
-            self.on_line(text)
 
     def _write(self, data):
         try:
@@ -218,7 +215,7 @@ class Board:
             return self.client.request(command, args, timeout)
         except BoardTimeout:
             wait = self.timeout if timeout is None else timeout
-            raise BoardTimeout(self._silence(f"did not answer {command} within {wait:g} s")) from None
+            raise BoardTimeout(self._silence(f"to {command} within {wait:g} s")) from None
         except (serial.SerialException, OSError) as e:
             raise PortError(f"{self.name}: {e}") from None
 
@@ -275,20 +272,15 @@ class Board:
         """The board's last `n` log lines, oldest first."""
         return self.request("log.tail", {"n": n})["lines"]
 
-    def follow_logs(self, n: int, emit, until=None):
+    def follow_logs(self, n: int, emit):
         """Calls `emit` with the last `n` log lines, then with every line the board prints
-        (logs, tracebacks, the REPL) until `until()` is true (checked twice a second) or
-        forever."""
-        saved = self.on_line
-        self.on_line = None  # lines printed before the tail's reply are part of the tail
-        try:
-            for line in self.log_tail(n):
-                emit(line)
-        finally:
-            self.on_line = saved
-        while until is None or not until():
+        (logs, tracebacks, the REPL), until interrupted (KeyboardInterrupt) or the port fails."""
+        # Lines the board prints before the tail's reply are in the tail; those after it are new.
+        for line in self.log_tail(n):
+            emit(line)
+        while True:
             try:
-                line = self.client.read_line(time.monotonic() + 0.5)
+                line = self.client.read_line(time.monotonic() + 1.0)
             except (serial.SerialException, OSError) as e:
                 raise PortError(f"{self.name}: {e}") from None
             if line is not None and not line.startswith(REPLY_PREFIX):

@@ -187,13 +187,13 @@ class Simulator:
         """Runs until stopped; raises SimError when the firmware cannot start."""
         self.exe = firmware.find_micropython(self.micropython)
         firmware.check_micropython(self.exe)
-        self.data.mkdir(parents=True, exist_ok=True)
-        self._lock_data()
         try:
-            firmware.compile_tree(firmware.source_dir(), self.app_dir)
-            self.rom_dir.mkdir(exist_ok=True)
-            (self.rom_dir / "machine.py").write_text(MACHINE_MODULE)
-            self._open_console_link()
+            self.data.mkdir(parents=True, exist_ok=True)
+            self._lock_data()
+        except OSError as e:
+            raise SimError(f"cannot use {self.data} for the board's data: {e.strerror}") from None
+        try:
+            self._prepare()
             self._catch_signals()
             self._start_firmware()
             self.pump(BOOT_TIMEOUT, lambda: self.ready)
@@ -211,6 +211,17 @@ class Simulator:
             self._say(f"sim: the board stopped; its data stays in {self.data}")
         finally:
             self._close()
+
+    def _prepare(self):
+        """The compiled firmware, the `machine` module for the REPL and the console link."""
+        try:
+            firmware.compile_tree(firmware.source_dir(), self.app_dir)
+            self.rom_dir.mkdir(exist_ok=True)
+            (self.rom_dir / "machine.py").write_text(MACHINE_MODULE)
+            self._open_console_link()
+        except OSError as e:
+            where = e.filename2 or e.filename or self.data  # a rename names its target second
+            raise SimError(f"cannot prepare {where}: {e.strerror}") from None
 
     def stop(self):
         """Asks the simulator to stop the board cleanly and return from run()."""

@@ -78,9 +78,13 @@ def open_port(url: str | None, timeout: float = 1.0):
                 f"port {url} is busy: another program has it open (a terminal, mpremote, another pocketpost?)"
             ) from None
         if code == errno.ENOENT:
-            raise PortError(f"port {url} does not exist (is the board plugged in, or `pocketpost sim` running?)") from None
+            raise PortError(
+                f"port {url} does not exist (is the board plugged in, or `pocketpost sim` running?)"
+            ) from None
         if code == errno.EACCES:
-            raise PortError(f"no permission to open {url} (on Linux, join the group that owns it, e.g. dialout)") from None
+            raise PortError(
+                f"no permission to open {url} (on Linux, join the group that owns it, e.g. dialout)"
+            ) from None
         if code == errno.ENOTTY or "Inappropriate ioctl" in str(e):
             raise PortError(f"{url} is not a serial port") from None
         raise PortError(f"cannot open {url}: {e}") from None

@@ -1,0 +1,112 @@
+# The boot check of the mail store: repairs what an interrupted change left on the card. It runs
+# once at boot; app.py then drops this module so its code does not occupy the heap afterwards.
+import os
+
+from .mailbox import RECORD, parse_record, path_exists, read_records
+
+
+def check_store(store, buf):
+    """Makes the folders, empties the temp folder, repairs every mailbox; logs what it did."""
+    log = store.log
+    for path in (store.mail, store.tmp):
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass
+    leftovers = 0
+    for entry in os.ilistdir(store.tmp):
+        try:
+            os.remove("{}/{}".format(store.tmp, entry[0]))
+            leftovers += 1
+        except OSError as e:
+            log.error("store", "cannot remove tmp/{}: {}".format(entry[0], e))
+    if leftovers:
+        log.warn("store", "removed {} partly received messages".format(leftovers))
+    for entry in os.ilistdir(store.mail):
+        if entry[1] == 0x4000:
+            try:
+                for what in recover(store.mailbox(entry[0]), buf):
+                    log.warn("store", "{}: {}".format(entry[0], what))
+            except (OSError, ValueError) as e:
+                log.error("store", "{}: boot check failed: {}".format(entry[0], e))
+
+
+def recover(box, buf):
+    """Finishes a journaled deletion, trims a damaged index tail, indexes a delivered message
+    whose record was not written. Returns what was done, for the log."""
+    done = []
+    if path_exists(box.dir + "/purge.new"):
+        os.remove(box.dir + "/purge.new")  # a journal never completed: nothing was deleted
+    if path_exists(box.dir + "/purge") or path_exists(box.index + ".new"):
+        done.append("finished a deletion ({} files)".format(box.finish_purge(buf)))
+    if not box.exists():
+        box.create()
+        done.append("made a new index (the old one was missing)")
+        _reindex(box, done)
+        return done
+    rec = bytearray(RECORD)
+    try:
+        with open(box.index, "rb") as f:
+            box.read_header(f, rec)
+    except ValueError:
+        os.remove(box.index)
+        box.create()
+        done.append("made a new index (the old header was damaged)")
+        _reindex(box, done)
+        return done
+    kept = _valid_records(box, buf)
+    if kept < box.count() or os.stat(box.index)[6] % RECORD:
+        _truncate(box, kept, buf)
+        done.append("trimmed a damaged index tail to {} records".format(kept))
+    seq = box.next_seq(rec)
+    while True:
+        try:
+            size = os.stat(box.message_path(seq))[6]
+        except OSError:
+            break
+        box.append(seq, size)
+        done.append("indexed message {} found after a crash".format(seq))
+        seq += 1
+    return done
+
+
+def _valid_records(box, buf):
+    kept = 0
+    with open(box.index, "rb") as f:
+        f.seek(RECORD)
+        for off in read_records(f, buf):
+            try:
+                parse_record(buf, off)
+            except ValueError:
+                break
+            kept += 1
+    return kept
+
+
+def _truncate(box, kept, buf):
+    new = box.index + ".new"
+    mv = memoryview(buf)
+    left = (kept + 1) * RECORD
+    with open(box.index, "rb") as old, open(new, "wb") as out:
+        while left:
+            n = old.readinto(mv[: min(left, len(buf))])
+            out.write(mv[:n])
+            left -= n
+    os.remove(box.index)
+    os.rename(new, box.index)
+
+
+def _reindex(box, done):
+    # The index is gone: rebuild it from the shard folders, in sequence order.
+    shards = [int(e[0]) for e in os.ilistdir(box.dir) if e[1] == 0x4000 and e[0].isdigit()]
+    shards.sort()
+    count = 0
+    for shard in shards:
+        folder = "{}/{}".format(box.dir, shard)
+        entries = [(int(e[0]), e[3]) for e in os.ilistdir(folder) if e[0].isdigit()]
+        entries.sort()
+        for seq, size in entries:
+            box.append(seq, size)
+            count += 1
+    if count:
+        done.append("re-indexed {} messages from the folders".format(count))
