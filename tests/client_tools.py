@@ -9,6 +9,7 @@ fault cannot make a test pass."""
 
 import email.utils
 import os
+import random
 import re
 import shutil
 import smtplib
@@ -235,7 +236,8 @@ class RecordingSMTP(smtplib.SMTP):
         super().__init__(HOST, port, local_hostname="client.example", timeout=20, **kwargs)
 
     def data(self, msg):
-        self.sent.append(msg if isinstance(msg, bytes) else smtplib._fix_eols(msg).encode("ascii"))
+        assert isinstance(msg, bytes), "sendmail and send_message hand DATA bytes"
+        self.sent.append(msg)
         return super().data(msg)
 
 
@@ -287,8 +289,6 @@ def large_message(size, seed=0):
     """A CRLF message of about `size` octets that is hard on buffered transparency code: lines
     of every length (empty, one dot, dots leading, runs of dots, 8-bit text, lines far past 1,000
     octets), so dots and line ends land on every offset of the server's buffers."""
-    import random
-
     rnd = random.Random(seed)
     lines = [f"From: <{SENDER}>", f"To: <{ALICE}>", f"Subject: large message {seed}", ""]
     total = 0

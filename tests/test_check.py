@@ -149,17 +149,14 @@ def test_check_fails_when_delivery_loses_leading_dots(monkeypatch):
 
 
 def test_check_fails_a_wrong_password_without_crashing(board):
-    target = check.Target(
-        host="127.0.0.1",
-        user="alice",
-        password="not-the-password",
-        domain=BOARD_DOMAIN,
-        pop3_port=board.pop3_port,
-        smtp_port=board.smtp_port,
-    )
     board.set_config(auth_fail_delay_ms=0)
-    report = check.run_checks(target)
-    failed = not_passed(report.results)
+    arguments = command_line(board.smtp_port, board.pop3_port, BOARD_DOMAIN, "--json")
+    arguments.remove("--password-stdin")  # the password is prompted for
+    result = CliRunner().invoke(check.check_command, arguments, input="not-the-password\n")
+    assert "Password for alice:" in result.stderr and "not-the-password" not in result.stderr
+    assert result.exit_code == 1
+    checks = json.loads(result.stdout)["checks"]
+    failed = {c["name"]: (c["result"], c["detail"]) for c in checks if c["result"] != "pass"}
     assert failed["pop3-login"][0] == check.FAIL and "-ERR" in failed["pop3-login"][1]
     assert failed["cleanup"][0] == check.FAIL  # it could not log in to delete the test messages
     assert "smtp-send" not in failed  # SMTP needs no password

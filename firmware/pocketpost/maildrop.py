@@ -33,8 +33,8 @@ class Maildrop:
     def uid(self, seq):
         return self.uid_prefix + str(seq)
 
-    def listing(self):
-        """Yields (n, seq, size) of every message not deleted, in order."""
+    def _records(self):
+        """Yields (n, seq, size) of every message of this session, deleted or not."""
         buf = self.buf
         n = 0
         with open(self.box.index, "rb") as f:
@@ -43,9 +43,14 @@ class Maildrop:
                 n += 1
                 if n > self.count:
                     return
-                if not self.is_deleted(n):
-                    seq, size = parse_record(buf, off)
-                    yield n, seq, size
+                seq, size = parse_record(buf, off)
+                yield n, seq, size
+
+    def listing(self):
+        """Yields (n, seq, size) of every message not deleted, in order."""
+        for n, seq, size in self._records():
+            if not self.is_deleted(n):
+                yield n, seq, size
 
     def mark_deleted(self, n, size):
         self.deleted[(n - 1) >> 3] |= 1 << ((n - 1) & 7)
@@ -63,16 +68,9 @@ class Maildrop:
         return self.count - self.deleted_count, self.octets - self.deleted_octets
 
     def _deleted_seqs(self):
-        buf = self.buf
-        n = 0
-        with open(self.box.index, "rb") as f:
-            f.seek(RECORD)
-            for off in read_records(f, buf):
-                n += 1
-                if n > self.count:
-                    return
-                if self.is_deleted(n):
-                    yield parse_record(buf, off)[0]
+        for n, seq, _ in self._records():
+            if self.is_deleted(n):
+                yield seq
 
     def update(self):
         """The UPDATE state: removes the messages marked deleted; returns how many."""

@@ -164,15 +164,13 @@ class Pop3Session(Session):
         if not arg:
             conn.put(_MECHANISM_LIST)  # what Outlook sends first
             return
-        parts = arg.split()
-        mechanism = parts[0].upper()
-        if mechanism not in sasl.MECHANISMS or len(parts) > 2:
+        command = sasl.parse_command(arg)
+        if command is None:
             conn.put(b"-ERR Unsupported authentication mechanism.\r\n")
             return
+        mechanism, initial = command
         try:
-            name, password = await sasl.credentials(
-                mechanism, parts[1] if len(parts) == 2 else None, self._challenge
-            )
+            name, password = await sasl.credentials(mechanism, initial, self._challenge)
         except sasl.Cancelled:
             conn.put(b"-ERR Authentication cancelled.\r\n")
             return

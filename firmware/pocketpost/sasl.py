@@ -17,6 +17,15 @@ class Malformed(Exception):
     """The client's response is not valid base64 or not a valid message of the mechanism."""
 
 
+def parse_command(arg):
+    """(mechanism, initial response or None) from the argument of an AUTH command, or None when
+    it names no mechanism we offer."""
+    parts = arg.split()
+    if not 0 < len(parts) <= 2 or parts[0].upper() not in MECHANISMS:
+        return None
+    return parts[0].upper(), parts[1] if len(parts) == 2 else None
+
+
 def decode(text):
     """Decodes a base64 response ("=" is the empty response); raises Malformed."""
     if text == "=":

@@ -346,19 +346,17 @@ class SmtpSession(Session):
         if self.sender is not None:
             conn.put(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
             return
-        parts = arg.split()
-        if not parts or len(parts) > 2 or parts[0].upper() not in sasl.MECHANISMS:
+        command = sasl.parse_command(arg)
+        if command is None:
             conn.put(b"504 5.5.4 Unrecognized authentication type\r\n")
             return
-        mechanism = parts[0].upper()
+        mechanism, initial = command
         if app.throttle.locked_out(self.peer):
             self.log("AUTH refused (too many failures)")
             conn.put(b"454 4.7.0 Temporary authentication failure\r\n")
             return
         try:
-            name, password = await sasl.credentials(
-                mechanism, parts[1] if len(parts) == 2 else None, self._challenge
-            )
+            name, password = await sasl.credentials(mechanism, initial, self._challenge)
         except sasl.Cancelled:
             conn.put(b"501 5.7.0 Authentication aborted\r\n")
             return
