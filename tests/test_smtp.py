@@ -148,6 +148,21 @@ def test_postmaster_is_always_accepted_and_goes_to_the_configured_user(board):
     assert strip_trace(messages[0]) == b"Subject: to postmaster\r\n\r\nx\r\n"
 
 
+def test_quoted_local_part_is_the_same_address(board):
+    w = smtp_session(board.smtp_port)
+    assert w.cmd("MAIL FROM:<bob@example.org>").startswith("250")
+    assert w.cmd('RCPT TO:<"alice"@pocketpost.local>') == "250 2.1.5 Ok"
+    assert w.cmd('RCPT TO:<"al\\ice"@pocketpost.local>') == "250 2.1.5 Ok"
+    assert w.cmd('RCPT TO:<"al ice"@pocketpost.local>').startswith("550 5.1.1")
+
+
+def test_postmaster_mail_for_a_missing_user_is_kept_and_logged(board):
+    send_mail(board.smtp_port, b"Subject: pm\r\n\r\nx", rcpts=("postmaster@pocketpost.local",))
+    assert board.wait_log("WARN smtp: postmaster mail is kept for postmaster, which is not a user")
+    board.add_user("postmaster", "pm-password")
+    assert len(fetch_all(board, "postmaster", "pm-password")) == 1
+
+
 def test_one_copy_per_recipient_mailbox(board):
     board.add_user("bob", "builder")
     send_mail(

@@ -69,11 +69,26 @@ def parse_path(text):
     return address, text[end + 1 :].split()
 
 
+def _unquote(local):
+    """The local part without the quotes of a quoted string ("alice" is alice, RFC 5321 §4.1.2)."""
+    if len(local) < 2 or local[0] != '"' or local[-1] != '"':
+        return local
+    out = []
+    escaped = False
+    for c in local[1:-1]:
+        if c == "\\" and not escaped:
+            escaped = True
+            continue
+        out.append(c)
+        escaped = False
+    return "".join(out)
+
+
 def _valid_address(address):
     local, at, domain = address.rpartition("@")
     if not at or not 0 < len(local) <= _MAX_LOCAL or not 0 < len(domain) <= _MAX_DOMAIN:
         return False
-    if not _printable(local) or " " in local:
+    if not _printable(local) or (" " in local and local[0] != '"'):
         return False
     if domain.startswith("[") and domain.endswith("]"):  # an address literal
         return _printable(domain) and " " not in domain
@@ -232,9 +247,11 @@ class SmtpSession(Session):
             self.log("relay denied: <{}>".format(address))
             self.reply("550 5.7.1 <{}>: Relay access denied".format(address))
             return
-        local = local.lower()
+        local = _unquote(local).lower()
         if local == "postmaster":
             mailbox = app.config["postmaster"]
+            if app.users.get(mailbox) is None:
+                app.log.warn(self.NAME, "postmaster mail is kept for {}, which is not a user (set config postmaster)".format(mailbox))
         elif at and valid_name(local) and app.users.get(local) is not None:
             mailbox = local
         else:
