@@ -63,7 +63,7 @@ def test_restart_keeps_users_and_mail(make_sim, tmp_path):
     assert not any("user demo added" in line for line in again.lines)  # not created twice
     listing = again.cli("user", "list")
     assert listing.exit_code == 0
-    assert listing.stdout.split("\n")[1:3] == ["alice  no    1", "demo   no    0"]
+    assert sorted(row.split() for row in listing.stdout.splitlines()[1:]) == [["alice", "no", "1"], ["demo", "no", "0"]]
     pop3 = again.pop3_login("alice", "wonderland")
     assert pop3.retr(1)[1][-1] == b"still here"
     pop3.quit()
@@ -74,13 +74,13 @@ def test_restart_keeps_users_and_mail(make_sim, tmp_path):
 def test_console_reboot_restarts_the_firmware_behind_the_same_link(make_sim):
     sim = make_sim().start()
     assert sim.cli("user", "add", "alice", "--password-stdin", input="wonderland\n").exit_code == 0
+    before = sim.firmware_pid()
     result = sim.cli("reboot")
     assert (result.exit_code, result.stdout) == (0, "rebooting\n")
     restarted = sim.wait_for("sim: the firmware stopped (reboot); starting it again")
     sim.wait_for("INFO boot: ready", start=restarted)
-    info = sim.cli("info", "--json")
-    assert info.exit_code == 0, info.stderr
-    assert '"uptime_s": 0' in info.stdout or '"uptime_s": 1' in info.stdout
+    assert sim.firmware_pid() != before
+    assert sim.cli("info").exit_code == 0  # through the same console link
     sim.pop3_login("alice", "wonderland").quit()
 
 

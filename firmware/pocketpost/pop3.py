@@ -122,6 +122,7 @@ class Pop3Session(Session):
         # A session that ends without QUIT (dropped, timed out) deletes nothing.
         if self.name is not None:
             self.app.store.unlock(self.name)
+            self.name = None
             self.drop = None
 
     # ---- AUTHORIZATION
@@ -239,6 +240,7 @@ class Pop3Session(Session):
                 conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
                 return True
             self.log("logout {}, {} deleted".format(self.name, deleted))
+            self.finish()  # unlocked before the reply: the client may log in again at once
         conn.put(b"+OK Logging out.\r\n")
         return True
 

@@ -207,7 +207,10 @@ class SmtpSession(Session):
                 return
             key, _, value = param.partition("=")
             key = key.upper()
-            if key == "SIZE" and value.isdigit() and len(value) <= 20:
+            if key == "SIZE":
+                if not value.isdigit() or len(value) > 20:
+                    self.conn.put(b"501 5.5.4 Syntax error in parameters: SIZE=number\r\n")
+                    return
                 if int(value) > limit:
                     self.conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
                     return
@@ -233,8 +236,11 @@ class SmtpSession(Session):
             self.conn.put(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n")
             return
         parsed = parse_path(arg[3:])
-        if parsed is None or parsed[1]:
+        if parsed is None:
             self.conn.put(b"501 5.1.3 Bad recipient address syntax\r\n")
+            return
+        if parsed[1]:  # no RCPT parameter is offered (no DSN)
+            self.reply("555 5.5.4 Unsupported option: {}".format(parsed[1][0]))
             return
         address = parsed[0]
         if self.recipients >= app.config["max_recipients"]:

@@ -41,33 +41,33 @@ PASS = "pass"
 FAIL = "fail"
 UNSUPPORTED = "unsupported"
 
-# The checks, in the order they run, with what each verifies.
+# The checks, in the order they run, with what each verifies (listed by --help).
 CHECKS = {
-    "smtp-greeting": "220 greeting, EHLO answered 250 with its extensions, QUIT answered 221",
-    "smtp-bad-commands": "unknown or out-of-sequence commands get 5xx and the session stays in sync",
-    "smtp-relay-denied": "RCPT TO an outside domain (also by source route) gets 5xx",
-    "smtp-unknown-user": "RCPT TO an unknown local user gets 550",
-    "smtp-size": "EHLO advertises SIZE; MAIL FROM with a SIZE over it gets 552 (RFC 1870)",
-    "smtp-pipelining": "MAIL, RCPT, RCPT, DATA sent in one write are answered in order (RFC 2920)",
+    "smtp-greeting": "220 greeting; EHLO 250 and its extensions; QUIT 221",
+    "smtp-bad-commands": "bad or out-of-order commands: 5xx, session in sync",
+    "smtp-relay-denied": "RCPT TO outside domains (also source-routed): 5xx",
+    "smtp-unknown-user": "RCPT TO an unknown local user: 550",
+    "smtp-size": "SIZE advertised; MAIL FROM SIZE over it: 552 (RFC 1870)",
+    "smtp-pipelining": "MAIL, RCPT, RCPT, DATA in one write (RFC 2920)",
     "smtp-send": "the test messages are accepted (250 after DATA)",
-    "pop3-capa": "CAPA lists TOP, UIDL, USER, RESP-CODES, PIPELINING and SASL (RFC 2449)",
-    "pop3-login": "USER/PASS logs in; the test messages are in the maildrop",
-    "pop3-in-use": "a second login while a session holds the maildrop gets -ERR [IN-USE]",
-    "pop3-pipelining": "commands sent in one write are answered in order (RFC 2449)",
-    "pop3-sizes": "STAT equals LIST's totals; LIST's size of each test message is what RETR sends",
+    "pop3-capa": "CAPA: TOP UIDL USER RESP-CODES PIPELINING SASL",
+    "pop3-login": "USER/PASS; the test messages are in the maildrop",
+    "pop3-in-use": "a second login meanwhile: -ERR [IN-USE] (RFC 2449)",
+    "pop3-pipelining": "commands in one write answered in order (RFC 2449)",
+    "pop3-sizes": "STAT = LIST totals; RETR sends LIST's size",
     "content-plain": "a plain message comes back byte-exact",
-    "content-dot-lines": "lines starting with '.', lines that are just '.', CRLF.CRLF in content",
-    "content-8bit": "8-bit octets sent with BODY=8BITMIME come back byte-exact",
-    "content-long-lines": "lines of more than 1000 octets come back whole",
-    "content-large": "a multi-megabyte message comes back byte-exact",
-    "pop3-top": "TOP n m sends the header, the blank line and m body lines",
-    "pop3-list-n": "LIST n agrees with the LIST listing; LIST of no message gets -ERR",
-    "pop3-bad-commands": "bad commands get -ERR and the session stays in sync",
-    "pop3-uidl": "UIDL values are well-formed, unique and the same in the next session",
+    "content-dot-lines": "lines of and starting with '.', CRLF.CRLF inside",
+    "content-8bit": "8-bit octets with BODY=8BITMIME, byte-exact",
+    "content-long-lines": "lines over 1000 octets come back whole",
+    "content-large": "a multi-megabyte message, byte-exact",
+    "pop3-top": "TOP n m: header, blank line, m body lines",
+    "pop3-list-n": "LIST n agrees with LIST; no such message: -ERR",
+    "pop3-bad-commands": "bad commands: -ERR, session in sync",
+    "pop3-uidl": "unique-ids well-formed, distinct, kept next session",
     "pop3-dele-rset": "DELE hides a message, RSET brings it back",
-    "pop3-dele-drop": "DELE on a session that ends without QUIT deletes nothing",
-    "pop3-dele-quit": "DELE then QUIT removes the message for the next session",
-    "cleanup": "this run's messages are deleted; every other message is still there",
+    "pop3-dele-drop": "DELE, then no QUIT: nothing deleted",
+    "pop3-dele-quit": "DELE, then QUIT: gone in the next session",
+    "cleanup": "the run's messages deleted, all others untouched",
 }
 
 # The envelope sender and From of the test messages (example.org is reserved, RFC 2606).
@@ -84,7 +84,7 @@ QUIET_SECONDS = 0.3
 # RFC 1939 §7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 UNIQUE_ID = re.compile(r"[\x21-\x7e]{1,70}")
 # RFC 3463: class.subject.detail at the start of the reply text.
-ENHANCED_CODE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+ENHANCED_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?= |$)")
 # RFC 5322 §2.2: a field name is printable ASCII but colon, followed by a colon.
 HEADER_FIELD = re.compile(rb"[!-9;-~]+:")
 
@@ -270,7 +270,7 @@ class Reply:
     def enhanced(self):
         """The enhanced status code (RFC 3463) the reply text starts with, or None."""
         match = ENHANCED_CODE.match(self.lines[0])
-        return match.group(0).strip() if match else None
+        return match.group(0) if match else None
 
 
 class SmtpClient:
@@ -1228,6 +1228,7 @@ def _print_progress(index, total, name, result):
         "otherwise (a check the server does not support counts as not passed unless "
         "--allow-unsupported is given)."
     ),
+    epilog="\b\nChecks, in the order they run:\n" + "\n".join(f"  {name:<19} {what}" for name, what in CHECKS.items()),
 )
 @click.option("--host", envvar="POCKETPOST_HOST", show_envvar=True, required=True, help="The board's address or name.")
 @click.option("--pop3-port", type=PORT, default=110, show_default=True, envvar="POCKETPOST_POP3_PORT", show_envvar=True)

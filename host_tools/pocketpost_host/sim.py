@@ -207,10 +207,13 @@ class Simulator:
                 self.pump(None, lambda: False)
                 if not self.stop_requested:
                     self._after_exit()
-            self._stop_board()
-            self._say(f"sim: the board stopped; its data stays in {self.data}")
         finally:
-            self._close()
+            self.stop_requested = True
+            try:
+                self._stop_board()  # cleanly, also when something above failed
+            finally:
+                self._close()
+        self._say(f"sim: the board stopped; its data stays in {self.data}")
 
     def _prepare(self):
         """The compiled firmware, the `machine` module for the REPL and the console link."""
@@ -361,13 +364,15 @@ class Simulator:
         """Stops the board as a person at its console would: Ctrl-C makes the firmware unmount
         its storage and exit; at the REPL, Ctrl-C (and Ctrl-B to leave a raw REPL) then Ctrl-D.
         A board that does not react is killed."""
+        if self.board_fd is None:
+            return
         self.hold_input = True
         self.pending_input.clear()
-        if self.board_fd is not None and self.running_firmware:
+        if self.running_firmware:
             if not self.interrupted:
                 self.send_to_board(CTRL_C)
             self.pump(STOP_STEP_TIMEOUT, lambda: False)
-        elif self.board_fd is not None:
+        else:
             self.recent_output = b""
             self.send_to_board(CTRL_C + CTRL_B if self.raw_repl else CTRL_C)
             self.pump(STOP_STEP_TIMEOUT, lambda: self.recent_output.endswith(b">>> "))
