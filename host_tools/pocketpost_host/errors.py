@@ -22,3 +22,13 @@ class BoardError(PocketpostError):
         super().__init__(f"board error {code}: {message}")
         self.code = code
         self.board_message = message
+
+
+class PortError(PocketpostError):
+    """The console port cannot be found or opened."""
+
+    exit_code = 5
+
+
+class PortBusy(PortError):
+    """Another program has the port open."""

@@ -3,6 +3,7 @@
 and the MicroPython unix port that runs it on the emulated board."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -15,13 +16,33 @@ from .errors import PocketpostError
 MIN_MICROPYTHON = (1, 23)
 MPY_VERSION = 6
 MPY_SUBVERSION = 3
-# The heap of the emulated board: the smallest limit the whole test suite passes with (see the
-# README's "Memory" section), stricter than an ESP32's ~100 KB since the unix port is 64-bit.
-DEFAULT_HEAP = "144k"
 # The firmware's exit codes (firmware/pocketpost/board/unix.py).
 EXIT_STOPPED = 0
 EXIT_CRASH = 70
 EXIT_REBOOT = 75
+
+
+def boards_dir() -> Path:
+    """The board definitions: $POCKETPOST_BOARDS, else the checkout's boards/."""
+    env = os.environ.get("POCKETPOST_BOARDS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "boards"
+
+
+def board_definition(name: str) -> dict:
+    """The definition of board `name` (boards/NAME/board.json)."""
+    path = boards_dir() / name / "board.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PocketpostError(f"no board {name!r} (no {path})") from None
+    except ValueError as e:
+        raise PocketpostError(f"{path} is not valid JSON: {e}") from None
+
+
+# The heap of the emulated board (boards/unix/board.json): the smallest limit the whole test
+# suite passes with (the README's "Memory" section); the unix port is 64-bit, so this is
+# stricter than the same number on an ESP32.
+DEFAULT_HEAP = board_definition("unix")["heap"]
 
 
 def source_dir() -> Path:

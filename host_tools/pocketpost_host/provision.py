@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import serial
 
 from .console import REPLY_PREFIX, ConsoleClient
-from .errors import BoardTimeout, PocketpostError
+from .errors import BoardTimeout, PocketpostError, PortError
 from .passwords import DEFAULT_ITERATIONS, hash_password
-from .transport import PortError, open_port
+from .transport import open_port
 
 # The console protocol version this host speaks (docs/console-protocol.md).
 PROTOCOL = 1

@@ -41,11 +41,11 @@ from .errors import PocketpostError
 from .passwords import hash_password
 
 DEFAULT_DATA = "sim-data"
-DEFAULT_BIND = "127.0.0.1"
+DEFAULT_BIND = firmware.board_definition("unix")["network"]["default_bind"]
 DEFAULT_POP3_PORT = 1110
 DEFAULT_SMTP_PORT = 2525
 DEFAULT_DOMAIN = "pocketpost.local"
-DEFAULT_SD_SIZE = "64M"
+DEFAULT_SD_SIZE = firmware.board_definition("unix")["sd"]["default_size"]
 
 # Seconds the first boot may take before the simulator gives up.
 BOOT_TIMEOUT = 30.0

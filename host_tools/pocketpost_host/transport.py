@@ -7,7 +7,7 @@ import errno
 import serial
 import serial.tools.list_ports
 
-from .errors import PocketpostError
+from .errors import PortBusy, PortError
 
 # The console's speed on every pocketpost board (MicroPython's default UART0 / USB CDC speed).
 BAUDRATE = 115200
@@ -26,16 +26,6 @@ ESP32_USB_SERIAL = {
     (0x303A, 0x1001): "Espressif USB Serial/JTAG",
     (0x303A, 0x4001): "Espressif native USB (MicroPython)",
 }
-
-
-class PortError(PocketpostError):
-    """The console port cannot be found or opened."""
-
-    exit_code = 5
-
-
-class PortBusy(PortError):
-    """Another program has the port open."""
 
 
 def describe_port(info) -> str:
