@@ -23,6 +23,11 @@ _SHARD = const(1000)
 _MAX_SEQ = const(99999999)
 
 
+# os.sync writes back every mounted file system's caches. The ESP32 port has it; the unix port
+# has not (its block devices write straight to the image file).
+sync = getattr(os, "sync", None) or (lambda: None)
+
+
 def path_exists(path):
     try:
         os.stat(path)
@@ -225,6 +230,7 @@ class Mailbox:
                 if _remove(self.message_path(seq)):
                     removed += 1
         os.remove(journal)
+        sync()
         return removed
 
     @staticmethod

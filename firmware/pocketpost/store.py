@@ -8,7 +8,7 @@ import os
 
 from micropython import const
 
-from .mailbox import RECORD, Mailbox
+from .mailbox import RECORD, Mailbox, sync
 
 _ENOSPC = const(28)
 # Free space kept beyond a message's copies before a multi-recipient delivery starts: FAT needs
@@ -156,6 +156,7 @@ class Incoming:
                 if delivered:
                     store.log.error("store", "delivery failed part-way; delivered to {}".format(", ".join(delivered)))
                 raise
+        sync()  # on the card before the client hears 250
         return delivered
 
 

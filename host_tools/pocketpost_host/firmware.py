@@ -3,6 +3,7 @@
 and the MicroPython unix port that runs it on the emulated board."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -22,10 +23,19 @@ EXIT_CRASH = 70
 EXIT_REBOOT = 75
 
 
+def _installed(package: str) -> Path:
+    """The folder of a data package installed with pocketpost (the checkout's folder in an
+    editable install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PocketpostError(f"{package} is not installed: reinstall pocketpost (pip install .)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def boards_dir() -> Path:
-    """The board definitions: $POCKETPOST_BOARDS, else the checkout's boards/."""
+    """The board definitions: $POCKETPOST_BOARDS, else boards/ as installed."""
     env = os.environ.get("POCKETPOST_BOARDS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "boards"
+    return Path(env) if env else _installed("pocketpost_boards")
 
 
 def board_definition(name: str) -> dict:
@@ -46,9 +56,9 @@ DEFAULT_HEAP = board_definition("unix")["heap"]
 
 
 def source_dir() -> Path:
-    """The firmware source folder: $POCKETPOST_FIRMWARE, else the checkout's firmware/."""
+    """The firmware source folder: $POCKETPOST_FIRMWARE, else firmware/ as installed."""
     env = os.environ.get("POCKETPOST_FIRMWARE")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "firmware"
+    path = Path(env) if env else _installed("pocketpost_firmware")
     if not (path / "main.py").is_file() or not (path / "pocketpost").is_dir():
         raise PocketpostError(f"no firmware source at {path} (set POCKETPOST_FIRMWARE)")
     return path
