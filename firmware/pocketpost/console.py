@@ -6,6 +6,7 @@
 # control characters, so no frame ever holds a line end or Ctrl-C. See docs/console-protocol.md.
 import gc
 import json
+import micropython
 import sys
 
 from micropython import const
@@ -143,6 +144,11 @@ class Console:
             "users": len(app.users.names()),
         }
         info["storage"] = app.storage_info()
+        # Bytes allocated since boot and the heap's high-water mark, where the port counts them
+        # (MICROPY_MEM_STATS): allocation per message predicts GC pauses on a board.
+        if hasattr(micropython, "mem_total"):
+            info["heap_allocated_total"] = micropython.mem_total()
+            info["heap_peak"] = micropython.mem_peak()
         info.update(app.board.info())
         return info
 
