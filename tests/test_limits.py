@@ -29,11 +29,11 @@ def test_client_limit_refuses_the_extra_client_at_once(board):
     assert board.log_has("refused: 4 clients already")
 
 
-def send_big(port, message, results, key):
+def send_big(port, message, results, key, rcpt="alice@pocketpost.local"):
     try:
         w = smtp_session(port)
         assert w.cmd("MAIL FROM:<bob@example.org> SIZE={}".format(len(message))).startswith("250")
-        assert w.cmd("RCPT TO:<alice@pocketpost.local>").startswith("250")
+        assert w.cmd("RCPT TO:<{}>".format(rcpt)).startswith("250")
         assert w.cmd("DATA").startswith("354")
         w.send(stuff(message))
         results[key] = w.line()
@@ -58,6 +58,7 @@ def test_five_megabyte_message_in_and_out(board):
 
 def test_four_clients_moving_megabytes_at_once(board):
     board.add_user("bob", "builder")
+    board.add_user("carol", "secret")
     first = big_message(MB, b"first")
     results = {}
     send_big(board.smtp_port, first, results, "setup")
@@ -79,8 +80,8 @@ def test_four_clients_moving_megabytes_at_once(board):
 
     messages = [big_message(MB, bytes([65 + i])) for i in range(2)]
     threads = [
-        threading.Thread(target=send_big, args=(board.smtp_port, messages[0], results, "s0")),
-        threading.Thread(target=send_big, args=(board.smtp_port, messages[1], results, "s1")),
+        threading.Thread(target=send_big, args=(board.smtp_port, messages[0], results, "s0", "carol@pocketpost.local")),
+        threading.Thread(target=send_big, args=(board.smtp_port, messages[1], results, "s1", "carol@pocketpost.local")),
         threading.Thread(target=fetch, args=("alice", "wonderland", "alice")),
         threading.Thread(target=fetch, args=("bob", "builder", "bob")),
     ]
@@ -91,8 +92,13 @@ def test_four_clients_moving_megabytes_at_once(board):
     assert results["s0"].startswith("250 2.0.0") and results["s1"].startswith("250 2.0.0"), results
     assert results["alice"] == [first]
     assert results["bob"] == []
-    w = pop3_login(board.pop3_port)
-    assert w.cmd("STAT").startswith("+OK 3 ")
+    w = pop3_login(board.pop3_port, "carol", "secret")
+    assert w.cmd("STAT").startswith("+OK 2 ")
+    got = []
+    for n in (1, 2):
+        assert w.cmd("RETR {}".format(n)).startswith("+OK")
+        got.append(strip_trace(unstuff(w.multiline())))
+    assert sorted(got) == sorted(messages)
     w.cmd("QUIT")
     w.close()
     time.sleep(0.3)

@@ -56,7 +56,7 @@ class App:
             from . import recovery
 
             try:
-                recovery.check_store(store, self.free_slots[0].scratch)  # no client yet
+                recovery.check_store(store, self.free_slots[0].inbuf)  # no client yet
                 self.store = store
             except OSError as e:
                 log.exception("store", "the SD card cannot be used", e)

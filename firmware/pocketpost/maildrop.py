@@ -1,18 +1,22 @@
 # A POP3 session's view of a locked mailbox (RFC 1939): the messages present at login, numbered
 # from 1, and the deletion marks. Per message it keeps one bit in RAM; sequence numbers and sizes
 # are read from the index on the card when a command needs them.
-from .mailbox import RECORD, read_records, parse_record
+from micropython import const
+
+from .mailbox import RECORD, parse_record, read_records
+
+# Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
+_RECORDS_PER_READ = const(12)
 
 
 class Maildrop:
-    def __init__(self, store, name, buf):
-        """Opens the user's mailbox (creating it when new) and counts what is in it now. `buf`
-        is the session's scratch buffer for reading the index."""
+    def __init__(self, store, name):
+        """Opens the user's mailbox (creating it when new) and counts what is in it now."""
         self.box = store.existing_mailbox(name)
-        self.buf = buf
+        self.buf = bytearray(RECORD * _RECORDS_PER_READ)
         self.rec = bytearray(RECORD)
         self.uid_prefix = self.box.uid_prefix(self.rec)
-        self.count, self.octets = self.box.totals(buf)  # later deliveries wait for the next session
+        self.count, self.octets = self.box.totals(self.buf)  # later deliveries wait for the next session
         self.deleted = bytearray((self.count + 7) >> 3)
         self.deleted_count = 0
         self.deleted_octets = 0

@@ -1,12 +1,23 @@
-# A client connection: a bounded line reader and a coalescing writer over one asyncio stream.
+# A client connection: a bounded line reader and a coalescing writer over one socket.
 #
-# Every byte a client sends lands in one buffer allocated when the connection opens; lines are
-# found with bytearray.find (one read() per chunk, not one per byte as Stream.readline does) and
-# a line longer than the caller's limit is thrown away as it arrives, never accumulated.
-# Replies are copied into one output buffer and sent when the session next waits for input, so a
-# multi-line reply or a batch of pipelined replies leaves in one write (Nagle + delayed ACK cost
-# ~40 ms per extra write on loopback, and lwIP on the ESP32 has Nagle on too).
-import socket
+# Every byte a client sends lands in one buffer allocated at boot (a Slot); lines are found with
+# bytearray.find (one read() per chunk, not one per byte as Stream.readline does) and a line
+# longer than the caller's limit is thrown away as it arrives, never accumulated. Replies are
+# copied into one output buffer and sent when the session next waits for input, so a multi-line
+# reply or a batch of pipelined replies leaves in one write (Nagle + delayed ACK cost ~40 ms per
+# extra write on loopback, and lwIP on the ESP32 has Nagle on too).
+#
+# The socket itself (the asyncio stream's, which is non-blocking) is read and written directly
+# when it has data or room: MicroPython's readinto(buf) and write(buf, off, n) allocate nothing,
+# while each asyncio wait allocates a coroutine and an I/O-queue entry. So moving a message
+# allocates next to nothing while the peer keeps up, and the garbage collector stays idle
+# (on a board each collection of a ~100 KB heap pauses every client). The stream's own waits are
+# used only when the socket has nothing to read.
+#
+# MicroPython puts a function's frame on the heap when its locals, stack and exception handlers
+# exceed 11 words (VM_MAX_STATE_ON_STACK), so the per-chunk functions here have no try block:
+# a broken connection surfaces as OSError and ends the session in server.py.
+import asyncio
 import time
 
 from micropython import const
@@ -17,18 +28,13 @@ _CR = const(13)
 # the same on Linux and lwIP.
 _IPPROTO_TCP = const(6)
 _TCP_NODELAY = const(1)
+# Longest pause (ms) between attempts to write to a socket whose buffer is full. Waiting by
+# sleeping allocates nothing; the pause grows while the client reads nothing.
+_MAX_SEND_PAUSE_MS = const(50)
 
 
 class Closed(Exception):
     """The peer closed the connection (or reset it)."""
-
-
-def set_nodelay(stream):
-    # Reaches into the stream for its socket: asyncio streams expose no socket option API.
-    try:
-        stream.s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-    except (AttributeError, OSError):  # pragma: no cover - a port without the option
-        pass
 
 
 class Slot:
@@ -38,22 +44,24 @@ class Slot:
     # Octets of client input held at once: the longest command line and the chunk in which
     # DATA is read.
     IN_SIZE = 1024
-    # Octets of replies coalesced before a write.
+    # Octets of replies coalesced before a write; RETR reads the message into it, half of it
+    # at a time.
     OUT_SIZE = 1024
-    # Octets read from a file at a time (RETR, TOP, the index, copies).
-    SCRATCH_SIZE = 512
 
     def __init__(self):
         self.inbuf = bytearray(self.IN_SIZE)
         self.outbuf = bytearray(self.OUT_SIZE)
-        self.scratch = bytearray(self.SCRATCH_SIZE)
         self.inmv = memoryview(self.inbuf)
-        self.outmv = memoryview(self.outbuf)
 
 
 class Connection:
     def __init__(self, stream, slot):
         self.stream = stream
+        self.sock = stream.s  # asyncio streams expose no socket API: see the module comment
+        try:
+            self.sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - a port without the option
+            pass
         self.slot = slot
         self.inbuf = slot.inbuf
         self.inmv = slot.inmv
@@ -61,8 +69,9 @@ class Connection:
         self.head = 0
         self.tail = 0
         self.outbuf = slot.outbuf
-        self.outmv = slot.outmv
-        self.outlen = 0
+        self.outlen = 0  # octets queued in outbuf
+        self.sent = 0  # of those, octets already written
+        self.overflow = b""  # what did not fit in outbuf, sent after it
         # ticks_ms of the last progress in either direction; the server's reaper reads it.
         self.last_active = time.ticks_ms()
 
@@ -72,30 +81,40 @@ class Connection:
         """Number of received bytes not consumed yet."""
         return self.tail - self.head
 
-    async def fill(self):
-        """Reads at least one more byte after the unread ones; returns how many were read.
-
-        Pending output is sent first: a client that pipelines waits for those replies. Raises
-        Closed at end of stream. The caller must leave room (see `compact`)."""
-        if self.outlen:
-            await self.flush()
+    def _room(self):
+        # Where the next read goes: after the unread bytes, moved to the front when needed.
         if self.head == self.tail:
             self.head = self.tail = 0
         elif self.tail == len(self.inbuf):
             self.compact()
-        while True:
-            try:
-                n = await self.stream.readinto(self.inmv[self.tail :])
-            except OSError:  # ECONNRESET and friends end the session like a close
-                raise Closed()
+        return self.inbuf if self.tail == 0 else self.inmv[self.tail :]
+
+    def _got(self, n):
+        if n == 0:
+            raise Closed()
+        self.tail += n
+        self.last_active = time.ticks_ms()
+        return n
+
+    def take(self):
+        """Reads what the socket holds now, without waiting; returns how many bytes (0 when
+        nothing has arrived). Raises Closed at end of stream, OSError when the connection
+        broke. The caller leaves room."""
+        n = self.sock.readinto(self._room())
+        return 0 if n is None else self._got(n)
+
+    async def fill(self):
+        """Reads at least one more byte after the unread ones, waiting for it; returns how many.
+
+        Pending output is sent first: a client that pipelines waits for those replies."""
+        if self.outlen:
+            await self.flush()
+        n = self.take()
+        while not n:
+            n = await self.stream.readinto(self._room())
             # None is EAGAIN after a spurious wake-up; only 0 is the end of the stream.
-            if n is None:
-                continue
-            if n == 0:
-                raise Closed()
-            self.tail += n
-            self.last_active = time.ticks_ms()
-            return n
+            n = 0 if n is None else self._got(n)
+        return n
 
     def compact(self):
         """Moves the unread bytes to the start of the buffer."""
@@ -140,35 +159,63 @@ class Connection:
     # ---- output
 
     def put(self, data):
-        """Queues bytes for sending. Loops that queue a lot call `flush` when `full()`; a put
-        that does not fit hands the buffer to the stream at once, which keeps what the socket
-        does not take."""
+        """Queues bytes for sending (never waits). Loops that queue a lot send when `full()`;
+        what does not fit even then is kept aside and sent after the buffer."""
         n = len(data)
-        if self.outlen + n > len(self.outbuf):
-            self._spill()
-            if n > len(self.outbuf):
-                self.stream.write(data)
-                return
+        if not self.overflow and self.outlen + n > len(self.outbuf):
+            self.push()
+            if self.sent:  # keep what the socket did not take, at the front
+                rest = self.outlen - self.sent
+                view = memoryview(self.outbuf)
+                view[0:rest] = view[self.sent : self.outlen]
+                self.outlen = rest
+                self.sent = 0
+        if self.overflow or self.outlen + n > len(self.outbuf):
+            self.overflow += data  # rare: a slow client and a large reply
+            return
         self.outbuf[self.outlen : self.outlen + n] = data
         self.outlen += n
+
+    def queued(self, n):
+        """Declares n octets written straight into the (empty) output buffer as queued."""
+        self.outlen = n
+
+    def drop_output(self):
+        """Forgets everything queued and not sent yet."""
+        self.outlen = self.sent = 0
+        self.overflow = b""
 
     def full(self):
         """True when the output buffer is more than half full."""
         return self.outlen > len(self.outbuf) >> 1
 
-    def _spill(self):
-        if self.outlen:
-            self.stream.write(self.outmv[: self.outlen])
-            self.outlen = 0
+    def push(self):
+        """Writes what the socket takes now of the queued output; True when all of it went.
+        Raises OSError (EPIPE, ECONNRESET) when the peer is gone."""
+        while self.sent < self.outlen:
+            n = self.sock.write(self.outbuf, self.sent, self.outlen - self.sent)
+            if not n:
+                return False
+            self.sent += n
+            self.last_active = time.ticks_ms()
+        self.sent = self.outlen = 0
+        while self.overflow:
+            n = self.sock.write(self.overflow)
+            if not n:
+                return False
+            self.overflow = self.overflow[n:]
+            self.last_active = time.ticks_ms()
+        return True
 
     async def flush(self):
-        """Sends everything queued and waits until the socket has taken it."""
-        try:
-            self._spill()
-            await self.stream.drain()
-        except OSError:  # EPIPE / ECONNRESET: the peer is gone
-            raise Closed()
-        self.last_active = time.ticks_ms()
+        """Sends everything queued, waiting while the client does not read."""
+        pause = 0
+        while True:
+            progress = self.last_active
+            if self.push():
+                return
+            pause = 0 if self.last_active != progress else min(pause * 2 + 1, _MAX_SEND_PAUSE_MS)
+            await asyncio.sleep_ms(pause)
 
     async def close(self):
         try:

@@ -68,7 +68,6 @@ class Pop3Session(Session):
         self.user = None  # the name given by USER
         self.name = None  # the user logged in
         self.drop = None
-        self.scratch = conn.slot.scratch  # message and index reads
         self.timestamp = None  # the APOP timestamp of the greeting
 
     # ---- session loop
@@ -214,7 +213,7 @@ class Pop3Session(Session):
             conn.put(_ERR_IN_USE)
             return
         try:
-            self.drop = Maildrop(app.store, name, self.scratch)
+            self.drop = Maildrop(app.store, name)
         except (OSError, ValueError) as e:
             app.store.unlock(name)
             app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
@@ -317,9 +316,9 @@ class Pop3Session(Session):
         try:
             conn.put(status)
             if body_lines < 0:
-                await send_file(conn, f, self.scratch)
+                await send_file(conn, f)
             else:
-                await send_top(conn, f, self.scratch, body_lines)
+                await send_top(conn, f, self.drop.buf, body_lines)
         finally:
             f.close()
 

@@ -5,7 +5,7 @@ import gc
 import sys
 import time
 
-from .netio import Closed, Connection, set_nodelay
+from .netio import Closed, Connection
 
 
 class Session:
@@ -62,7 +62,6 @@ class Listener:
             return
         slot = app.free_slots.pop()
         try:
-            set_nodelay(reader)
             conn = Connection(reader, slot)
             session = cls(app, conn, peer)
         except MemoryError:
@@ -75,7 +74,7 @@ class Listener:
         try:
             await session.run()
             await conn.flush()
-        except Closed:
+        except (Closed, OSError):  # the peer closed, or the connection broke (ECONNRESET, EPIPE)
             pass
         except asyncio.CancelledError:
             if entry[2]:
@@ -89,7 +88,7 @@ class Listener:
             app.log.exception(cls.NAME, "{} session failed".format(peer), e)
             sys.print_exception(e)
             try:
-                conn.outlen = 0  # whatever was half-written is dropped
+                conn.drop_output()  # whatever was half-written goes
                 conn.put(cls.FAILED_REPLY)
                 await conn.flush()
             except Exception:

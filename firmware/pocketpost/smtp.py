@@ -287,7 +287,11 @@ class SmtpSession(Session):
             return
         queue_id = "{:08X}".format(int.from_bytes(os.urandom(4), "big"))
         incoming = app.store.incoming()
-        incoming.write(self._trace(queue_id))
+        trace = self._trace(queue_id)
+        try:
+            incoming.write(trace, 0, len(trace))
+        except OSError as e:
+            incoming.failed(e)  # answered after the data, which is read all the same
         conn.put(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         limit = app.config["max_message_size"]
         try:
@@ -304,7 +308,8 @@ class SmtpSession(Session):
             conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
             return
         try:
-            await incoming.commit(mailboxes, conn.slot.scratch)
+            # The output buffer is empty now (the 354 went out): it holds the copies' chunks.
+            await incoming.commit(mailboxes, conn.outbuf)
         except OSError as e:
             app.log.exception(self.NAME, "{} delivery {} failed".format(self.peer, queue_id), e)
             if e.errno == _ENOSPC:

@@ -54,9 +54,13 @@ class MailStore:
 
     # ---- receiving
 
-    def incoming(self):
+    def tmp_path(self):
+        """A new name in the temp folder."""
         self._tmp_counter += 1
-        return Incoming(self, "{}/m{}".format(self.tmp, self._tmp_counter))
+        return "{}/m{}".format(self.tmp, self._tmp_counter)
+
+    def incoming(self):
+        return Incoming(self, self.tmp_path())
 
     def remove_mailbox(self, name):
         """Deletes a mailbox folder and everything in it."""
@@ -89,14 +93,16 @@ class Incoming:
             self.file = None
             self.error = e
 
-    def write(self, data):
-        """Appends to the message; after a write error the rest is counted but not written."""
-        self.size += len(data)
+    def write(self, data, off, n):
+        """Appends data[off:off + n] to the message. Raises OSError when the card fails (no
+        try block here: see netio.py); the caller records it with `failed` and writes no more."""
         if self.error is None:
-            try:
-                self.file.write(data)
-            except OSError as e:
-                self.error = e
+            self.file.write(data, off, n)
+            self.size += n
+
+    def failed(self, error):
+        """Records a write error: the message is not stored, whatever comes next."""
+        self.error = error
 
     def discard(self):
         if self.file is not None:
@@ -131,7 +137,7 @@ class Incoming:
                 if free < self.size * (len(names) - 1) + _SPACE_MARGIN:
                     raise OSError(_ENOSPC)
                 for _ in range(len(names) - 1):
-                    copy = store.incoming().path
+                    copy = store.tmp_path()
                     copies.append(copy)
                     await _copy_file(self.path, copy, buf)
         except OSError:
