@@ -117,7 +117,7 @@ def test_config_get_and_set(board):
     config = board.request("config.get")
     assert config["config"]["max_clients"] == 4
     assert config["config"]["wifi_password"] == ""
-    assert sorted(config["overridden"]) == ["bind", "pop3_port", "smtp_port"]
+    assert sorted(config["overridden"]) == ["bind", "pop3_port", "pop3s_port", "smtp_port", "smtps_port", "submission_port"]
     assert board.request("config.set", key="max_message_size", value="20000") == {
         "key": "max_message_size", "value": 20000, "applies": "now", "overridden": False}
     assert board.request("config.get", key="max_message_size")["value"] == 20000

@@ -2,8 +2,8 @@
 # servers and the console service (boot.py starts it).
 import asyncio
 import gc
-import sys
 
+from . import requests, unload  # noqa: F401  (the console's handlers, loaded with the rest of the code)
 from .console import Console
 from .pop3 import Pop3Session
 from .server import Listener, reap_idle
@@ -14,7 +14,7 @@ from .users import Users
 
 
 class App:
-    def __init__(self, board, log, config, flash, sd, slots, console_buffer):
+    def __init__(self, board, log, config, flash, sd, slots, console_buffer, tls):
         self.board = board
         self.log = log
         self.config = config
@@ -30,6 +30,8 @@ class App:
         self._stop = asyncio.Event()
         self.reboot_requested = False
         self.console_buffer = console_buffer
+        self.flash = flash
+        self.tls = tls  # a tls.Tls once a certificate is installed, else None
 
     def storage_ready(self):
         return self.store is not None
@@ -61,16 +63,15 @@ class App:
             except OSError as e:
                 log.exception("store", "the SD card cannot be used", e)
             # The boot check runs once: unloading it gives its code's heap back.
-            del sys.modules[recovery.__name__]
+            unload(recovery.__name__)
             del recovery
         console = Console(self, board.console_stream(), board.console_out, self.console_buffer)
         tasks = [asyncio.create_task(console.serve())]
         self.address = await board.network_up(self.config, log)
-        for cls, key in ((Pop3Session, "pop3_port"), (SmtpSession, "smtp_port")):
-            listener = Listener(self, cls, self.config[key])
-            await listener.start(self.address)
-            self.listeners.append(listener)
-            log.info(cls.NAME, "listening on {}:{}".format(self.address, listener.port))
+        await self._listen(Pop3Session, "pop3_port")
+        await self._listen(SmtpSession, "smtp_port")
+        await self._listen(SmtpSession, "submission_port", submission=True)
+        await self.start_tls_listeners()
         tasks.append(asyncio.create_task(reap_idle(self)))
         self.accepting = True
         gc.collect()
@@ -78,6 +79,44 @@ class App:
         await self._stop.wait()
         await self._shutdown(tasks)
         return self.reboot_requested
+
+    async def _listen(self, cls, key, implicit_tls=False, submission=False):
+        port = self.config[key]
+        if not port or port in [listener.port for listener in self.listeners]:
+            return  # off, or running already
+        listener = Listener(self, cls, port, implicit_tls, submission)
+        try:
+            await listener.start(self.address)
+        except OSError as e:
+            self.log.exception(cls.NAME, "cannot listen on port {}".format(port), e)
+            return
+        self.listeners.append(listener)
+        what = " (TLS)" if implicit_tls else (" (submission)" if submission else "")
+        self.log.info(cls.NAME, "listening on {}:{}{}".format(self.address, port, what))
+
+    # ---- TLS
+
+    def load_tls(self):
+        """The TLS state, made (and its module imported) on first use."""
+        if self.tls is None:
+            from .tls import Tls
+
+            self.tls = Tls(self.flash, self.log)
+        return self.tls
+
+    def tls_ready(self):
+        """Whether a certificate is installed and loaded."""
+        return self.tls is not None and self.tls.context is not None
+
+    def tls_required_for_auth(self):
+        setting = self.config["require_tls_for_auth"]
+        return setting == "yes" or (setting == "auto" and self.tls_ready())
+
+    async def start_tls_listeners(self):
+        """POP3S and SMTPS listen once a certificate is loaded (at boot, or when installed)."""
+        if self.tls_ready():
+            await self._listen(Pop3Session, "pop3s_port", implicit_tls=True)
+            await self._listen(SmtpSession, "smtps_port", implicit_tls=True, submission=True)
 
     async def _shutdown(self, tasks):
         self.accepting = False

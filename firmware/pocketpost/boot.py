@@ -3,6 +3,7 @@
 # still in one piece; the protocol code, imported after them, would otherwise leave it in
 # fragments too small for a 1 KB buffer.
 import gc
+import os
 import sys
 
 from . import VERSION
@@ -21,13 +22,14 @@ def main(board):
     config = Config(flash, board.overrides)
     slots = [Slot() for _ in range(config["max_clients"])]
     console_buffer = bytearray(MAX_REQUEST)
+    tls = _load_tls(flash, log)
     gc.collect()
 
     import asyncio
 
     from .app import App
 
-    app = App(board, log, config, flash, sd, slots, console_buffer)
+    app = App(board, log, config, flash, sd, slots, console_buffer, tls)
     try:
         reboot = asyncio.run(app.run())
     except KeyboardInterrupt:
@@ -43,3 +45,19 @@ def main(board):
     board.unmount()
     if reboot:
         board.reset("reboot")
+
+
+def _load_tls(flash, log):
+    """The TLS state with its context, when a certificate is installed; else None."""
+    try:
+        os.stat(flash + "/tls/cert.der")
+    except OSError:
+        return None  # no certificate: the TLS code is not even imported
+    from .tls import Tls
+
+    tls = Tls(flash, log)
+    try:
+        tls.load()
+    except (OSError, ValueError) as e:
+        log.exception("tls", "the installed certificate cannot be used", e)
+    return tls

@@ -34,6 +34,10 @@ _DOMAIN = const(2)
 _DOMAINS = const(3)  # 1-8 domains, a list or comma-separated text
 _ADDRESS = const(4)  # an IPv4 address to listen on
 _USER = const(5)
+_CHOICE = const(6)  # one of the words in `hi`
+
+# Values of require_tls_for_auth: "auto" requires TLS for logins once a certificate is installed.
+TLS_AUTH_CHOICES = ("auto", "yes", "no")
 
 # key: (default, kind, lo, hi, when it takes effect, secret)
 SCHEMA = {
@@ -43,6 +47,15 @@ SCHEMA = {
     "bind": ("0.0.0.0", _ADDRESS, 0, 0, REBOOT, False),
     "pop3_port": (110, _INT, 1, 65535, REBOOT, False),
     "smtp_port": (25, _INT, 1, 65535, REBOOT, False),
+    # The TLS ports (0: off) listen only while a certificate is installed (pocketpost tls install).
+    "pop3s_port": (995, _INT, 0, 65535, REBOOT, False),
+    "smtps_port": (465, _INT, 0, 65535, REBOOT, False),
+    # Message submission (RFC 6409): STARTTLS, and AUTH before MAIL. 0: off.
+    "submission_port": (587, _INT, 0, 65535, REBOOT, False),
+    "require_tls_for_auth": ("auto", _CHOICE, 0, TLS_AUTH_CHOICES, NOW, False),
+    # TLS sessions at once: each costs ~20-36 KB of the ESP32's IDF heap during the session.
+    "tls_max_sessions": (1, _INT, 0, 12, NOW, False),
+    "tls_handshake_timeout": (30, _INT, 5, 300, NOW, False),
     "max_clients": (4, _INT, 1, 12, REBOOT, False),  # buffers are allocated at boot
     "max_message_size": (10240000, _INT, 1024, 2147483647, NOW, False),
     "max_recipients": (100, _INT, 100, 1000, NOW, False),
@@ -82,6 +95,10 @@ def check(key, value):
         parts = value.split(".")
         if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
             raise ValueError("must be an IPv4 address such as 0.0.0.0")
+        return value
+    if kind == _CHOICE:
+        if value not in hi:
+            raise ValueError("must be one of " + ", ".join(hi))
         return value
     if kind == _USER:
         from .users import valid_name

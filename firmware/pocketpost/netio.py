@@ -74,6 +74,7 @@ class Connection:
         self.overflow = b""  # what did not fit in outbuf, sent after it
         # ticks_ms of the last progress in either direction; the server's reaper reads it.
         self.last_active = time.ticks_ms()
+        self.handshaking = False  # a TLS handshake started and no data has come through yet
 
     # ---- input
 
@@ -94,6 +95,7 @@ class Connection:
             raise Closed()
         self.tail += n
         self.last_active = time.ticks_ms()
+        self.handshaking = False
         return n
 
     def take(self):
@@ -115,6 +117,16 @@ class Connection:
             # None is EAGAIN after a spurious wake-up; only 0 is the end of the stream.
             n = 0 if n is None else self._got(n)
         return n
+
+    def start_tls(self, tls):
+        """Continues the connection inside TLS (the handshake runs as data moves). What the
+        client sent before the handshake is dropped: with STARTTLS/STLS, plaintext pipelined
+        after the command must never count as protected (CVE-2011-0411). Queued output must
+        have been sent."""
+        self.head = self.tail = 0
+        self.sock = tls.wrap(self.sock)
+        self.stream.s = self.sock  # the stream's waits watch the TLS socket from now on
+        self.handshaking = True
 
     def compact(self):
         """Moves the unread bytes to the start of the buffer."""

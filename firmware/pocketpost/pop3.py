@@ -24,15 +24,15 @@ _CAPABILITIES = (
     "+OK Capability list follows\r\n"
     "TOP\r\n"
     "UIDL\r\n"
-    "USER\r\n"
     "RESP-CODES\r\n"
     "AUTH-RESP-CODE\r\n"
     "PIPELINING\r\n"
-    "SASL PLAIN LOGIN\r\n"
     "EXPIRE NEVER\r\n"
     "IMPLEMENTATION pocketpost-" + VERSION + "\r\n"
-    ".\r\n"
 ).encode()
+# Listed only while usable (RFC 2449 §5: capabilities may change with the state).
+_CAPA_LOGIN = b"USER\r\nSASL PLAIN LOGIN\r\n"
+_CAPA_STLS = b"STLS\r\n"
 _MECHANISM_LIST = b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"
 
 _ERR_AUTH = b"-ERR [AUTH] Authentication failed.\r\n"
@@ -47,6 +47,7 @@ _ERR_STATE = b"-ERR Command not valid in this state.\r\n"
 _ERR_TOO_LONG = b"-ERR Line too long.\r\n"
 _ERR_BAD_TEXT = b"-ERR Command is not valid text.\r\n"
 _ERR_TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
+_ERR_PLAINTEXT = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
 
 
 def _number(text):
@@ -62,8 +63,8 @@ class Pop3Session(Session):
     BUSY_REPLY = b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n"
     FAILED_REPLY = b"-ERR [SYS/TEMP] Local error, closing connection.\r\n"
 
-    def __init__(self, app, conn, peer):
-        super().__init__(app, conn, peer)
+    def __init__(self, app, conn, peer, submission=False):
+        super().__init__(app, conn, peer, submission)
         self.state = _AUTHORIZATION
         self.user = None  # the name given by USER
         self.name = None  # the user logged in
@@ -126,7 +127,27 @@ class Pop3Session(Session):
 
     # ---- AUTHORIZATION
 
+    async def cmd_stls(self, arg):
+        conn = self.conn
+        if not self.tls_offered():
+            conn.put(b"-ERR STLS is not available.\r\n")
+            return
+        if arg:
+            conn.put(_ERR_SYNTAX)
+            return
+        if not self.reserve_tls():
+            conn.put(b"-ERR [SYS/TEMP] Too many TLS sessions, try again later.\r\n")
+            return
+        conn.put(b"+OK Begin TLS negotiation.\r\n")
+        await conn.flush()
+        self.begin_tls()
+        self.user = None  # everything from before TLS is forgotten (RFC 2595 §4)
+        self.log("STLS")
+
     async def cmd_user(self, arg):
+        if not self.auth_allowed():
+            self.conn.put(_ERR_PLAINTEXT)
+            return
         if not arg:
             self.conn.put(_ERR_SYNTAX)
             return
@@ -134,6 +155,9 @@ class Pop3Session(Session):
         self.conn.put(b"+OK Send PASS.\r\n")
 
     async def cmd_pass(self, arg):
+        if not self.auth_allowed():
+            self.conn.put(_ERR_PLAINTEXT)
+            return
         if self.user is None:
             self.conn.put(b"-ERR No user name given.\r\n")
             return
@@ -161,6 +185,9 @@ class Pop3Session(Session):
 
     async def cmd_auth(self, arg):
         conn = self.conn
+        if not self.auth_allowed():
+            conn.put(_ERR_PLAINTEXT)
+            return
         if not arg:
             conn.put(_MECHANISM_LIST)  # what Outlook sends first
             return
@@ -227,7 +254,14 @@ class Pop3Session(Session):
     # ---- both states
 
     async def cmd_capa(self, arg):
-        self.conn.put(_CAPABILITIES)
+        conn = self.conn
+        conn.put(_CAPABILITIES)
+        if self.state == _AUTHORIZATION:
+            if self.tls_offered():
+                conn.put(_CAPA_STLS)
+            if self.auth_allowed():
+                conn.put(_CAPA_LOGIN)
+        conn.put(b".\r\n")
 
     async def cmd_quit(self, arg):
         conn = self.conn
@@ -346,6 +380,7 @@ _COMMANDS = {
     "PASS": (Pop3Session.cmd_pass, _AUTHORIZATION),
     "APOP": (Pop3Session.cmd_apop, _AUTHORIZATION),
     "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
+    "STLS": (Pop3Session.cmd_stls, _AUTHORIZATION),
     "CAPA": (Pop3Session.cmd_capa, _ANY),
     "QUIT": (Pop3Session.cmd_quit, _ANY),
     "STAT": (Pop3Session.cmd_stat, _TRANSACTION),

@@ -20,30 +20,65 @@ class Session:
     # Sent when the session cannot go on (out of memory, an internal error) before it closes.
     FAILED_REPLY = b""
 
-    def __init__(self, app, conn, peer):
+    def __init__(self, app, conn, peer, submission=False):
         self.app = app
         self.conn = conn
         self.peer = peer
+        self.submission = submission  # the submission port: AUTH before MAIL (SMTP)
+        self.secure = False  # inside TLS
+        self.tls_place = False  # holds one of the TLS session places
         self.bad_commands = 0
 
     def timeout_ms(self):
+        if self.conn.handshaking:
+            return self.app.config["tls_handshake_timeout"] * 1000
         return self.app.config[self.TIMEOUT_KEY] * 1000
 
-    async def timed_out(self):
-        """Called when the session was idle too long, before the connection closes."""
+    def auth_allowed(self):
+        """Whether logins are taken now: inside TLS, or where TLS is not required for them."""
+        return self.secure or not self.app.tls_required_for_auth()
+
+    def tls_offered(self):
+        """Whether STLS/STARTTLS can be used now."""
+        return not self.secure and self.app.tls_ready()
+
+    def reserve_tls(self):
+        """Takes one of the TLS session places; False when every place is taken."""
+        app = self.app
+        if not app.tls.acquire(app.config["tls_max_sessions"]):
+            return False
+        self.tls_place = True
+        return True
+
+    def begin_tls(self):
+        """Continues the session inside TLS (a place is reserved, the go-ahead reply sent)."""
+        self.conn.start_tls(self.app.tls)
+        self.secure = True
+
+    def timeout_reply(self):
+        """What is sent when the session was idle too long, before the connection closes."""
+        return b""
 
     def finish(self):
         """Called once when the session ends, however it ends."""
+
+    def release(self):
+        # After finish(): gives the TLS place back.
+        if self.tls_place:
+            self.tls_place = False
+            self.app.tls.release()
 
     def log(self, text):
         self.app.log.info(self.NAME, "{} {}".format(self.peer, text))
 
 
 class Listener:
-    def __init__(self, app, session_class, port):
+    def __init__(self, app, session_class, port, implicit_tls=False, submission=False):
         self.app = app
         self.session_class = session_class
         self.port = port
+        self.implicit_tls = implicit_tls  # POP3S and SMTPS: TLS from the first byte (RFC 8314)
+        self.submission = submission
         self.server = None
 
     async def start(self, address):
@@ -63,12 +98,20 @@ class Listener:
         slot = app.free_slots.pop()
         try:
             conn = Connection(reader, slot)
-            session = cls(app, conn, peer)
+            session = cls(app, conn, peer, self.submission)
         except MemoryError:
             app.free_slots.append(slot)
             gc.collect()
             await _refuse(cls, reader, peer, app)
             return
+        if self.implicit_tls:
+            if not session.reserve_tls():
+                # No TLS place free: nothing can be said before the handshake, so just close.
+                app.log.warn(cls.NAME, "{} refused: {} TLS sessions already".format(peer, app.tls.sessions))
+                app.free_slots.append(slot)
+                await conn.close()
+                return
+            session.begin_tls()
         entry = [session, asyncio.current_task(), False]  # session, task, timed out
         app.sessions.append(entry)
         try:
@@ -79,27 +122,30 @@ class Listener:
         except asyncio.CancelledError:
             if entry[2]:
                 session.log("idle time-out")
-                try:
-                    await session.timed_out()
-                    await conn.flush()
-                except (Closed, asyncio.CancelledError):
-                    pass
+                _last_word(conn, session.timeout_reply())
         except Exception as e:
             app.log.exception(cls.NAME, "{} session failed".format(peer), e)
             sys.print_exception(e)
-            try:
-                conn.drop_output()  # whatever was half-written goes
-                conn.put(cls.FAILED_REPLY)
-                await conn.flush()
-            except Exception:
-                pass
+            _last_word(conn, cls.FAILED_REPLY)
         finally:
             session.finish()
+            session.release()
             app.sessions.remove(entry)
             app.free_slots.append(slot)
             await conn.close()
             conn = session = entry = None
             gc.collect()
+
+
+def _last_word(conn, reply):
+    # A closing reply, sent only if the socket takes it now: the peer may be the reason the
+    # session ends (it reads nothing, or never finished a TLS handshake), so no waiting for it.
+    try:
+        conn.drop_output()  # whatever was half-written goes
+        conn.put(reply)
+        conn.push()
+    except Exception:
+        pass
 
 
 async def _refuse(cls, stream, peer, app):

@@ -101,8 +101,8 @@ class SmtpSession(Session):
     BUSY_REPLY = b"421 4.3.2 Too many connections, try again later\r\n"
     FAILED_REPLY = b"421 4.3.0 Local error, closing connection\r\n"
 
-    def __init__(self, app, conn, peer):
-        super().__init__(app, conn, peer)
+    def __init__(self, app, conn, peer, submission=False):
+        super().__init__(app, conn, peer, submission)
         self.helo = None
         self.esmtp = False
         self.auth_user = None
@@ -156,8 +156,9 @@ class SmtpSession(Session):
         self.conn.put(reply)
         return False
 
-    async def timed_out(self):
-        self.reply("421 4.4.2 {} Error: timeout exceeded".format(self.app.config["hostname"]))
+
+    def timeout_reply(self):
+        return "421 4.4.2 {} Error: timeout exceeded\r\n".format(self.app.config["hostname"]).encode()
 
     # ---- greeting commands
 
@@ -170,9 +171,16 @@ class SmtpSession(Session):
         self._reset()
         config = self.app.config
         self.reply(
-            "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n"
-            "250-AUTH PLAIN LOGIN\r\n250 HELP".format(config["hostname"], config["max_message_size"])
+            "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES".format(
+                config["hostname"], config["max_message_size"]
+            )
         )
+        # Only what can be used now (RFC 3207 §4.2, RFC 4954 §4).
+        if self.tls_offered():
+            self.conn.put(b"250-STARTTLS\r\n")
+        if self.auth_allowed():
+            self.conn.put(b"250-AUTH PLAIN LOGIN\r\n")
+        self.conn.put(b"250 HELP\r\n")
 
     async def cmd_helo(self, arg):
         if not arg.strip():
@@ -188,6 +196,9 @@ class SmtpSession(Session):
     async def cmd_mail(self, arg):
         if self.helo is None:
             self.conn.put(_ERR_NO_HELO)
+            return
+        if self.submission and self.auth_user is None:
+            self.conn.put(b"530 5.7.0 Authentication required\r\n")
             return
         if self.sender is not None:
             self.conn.put(b"503 5.5.1 Error: nested MAIL command\r\n")
@@ -322,7 +333,8 @@ class SmtpSession(Session):
 
     def _trace(self, queue_id):
         """The Return-Path and Received header fields (RFC 5321 §4.4) put before the message."""
-        proto = "ESMTPA" if self.auth_user else ("ESMTP" if self.esmtp else "SMTP")
+        # RFC 3848: ESMTP, with S inside TLS and A when authenticated.
+        proto = ("ESMTP" if self.esmtp else "SMTP") + ("S" if self.secure else "") + ("A" if self.auth_user else "")
         recipient = "\r\n\tfor <{}>".format(self.first_recipient) if self.recipients == 1 else ""
         return "Return-Path: <{}>\r\nReceived: from {} ({} [{}])\r\n\tby {} (pocketpost) with {} id {}{};\r\n\t{}\r\n".format(
             self.sender,
@@ -360,7 +372,7 @@ class SmtpSession(Session):
         self.conn.put(b"502 5.5.1 Error: EXPN is not supported\r\n")
 
     async def cmd_help(self, arg):
-        self.conn.put(b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH\r\n")
+        self.conn.put(b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS\r\n")
 
     async def cmd_auth(self, arg):
         app = self.app
@@ -373,6 +385,9 @@ class SmtpSession(Session):
             return
         if self.sender is not None:
             conn.put(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
+            return
+        if not self.auth_allowed():
+            conn.put(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
             return
         command = sasl.parse_command(arg)
         if command is None:
@@ -403,6 +418,30 @@ class SmtpSession(Session):
         self.log("AUTH {} as {}".format(mechanism, name))
         conn.put(b"235 2.7.0 Authentication successful\r\n")
 
+    async def cmd_starttls(self, arg):
+        conn = self.conn
+        if arg:
+            conn.put(b"501 5.5.4 Syntax: STARTTLS\r\n")
+            return
+        if not self.tls_offered():
+            conn.put(b"502 5.5.1 Error: STARTTLS is not available\r\n")
+            return
+        if not self.esmtp:
+            conn.put(b"503 5.5.1 Error: send EHLO first\r\n")
+            return
+        if not self.reserve_tls():
+            conn.put(b"454 4.7.0 TLS not available due to temporary reason\r\n")
+            return
+        conn.put(b"220 2.0.0 Ready to start TLS\r\n")
+        await conn.flush()
+        self.begin_tls()
+        # RFC 3207 §4.2: everything learned before TLS is discarded, the client starts with EHLO.
+        self.helo = None
+        self.esmtp = False
+        self.auth_user = None
+        self._reset()
+        self.log("STARTTLS")
+
     async def _challenge(self, prompt):
         self.reply("334 " + prompt)
         line = await self.conn.readline(_MAX_LINE)
@@ -424,4 +463,5 @@ _COMMANDS = {
     "EXPN": SmtpSession.cmd_expn,
     "HELP": SmtpSession.cmd_help,
     "AUTH": SmtpSession.cmd_auth,
+    "STARTTLS": SmtpSession.cmd_starttls,
 }

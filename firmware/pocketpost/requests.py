@@ -1,0 +1,221 @@
+# The console's requests (docs/console-protocol.md): what each does, apart from the framing
+# (console.py).
+import asyncio
+import gc
+import micropython
+
+from . import VERSION, unload
+from .config import SCHEMA
+from .console import PROTOCOL, RequestError
+from .users import valid_name
+
+
+def _arg(args, key, kind, required=True):
+    value = args.get(key)
+    if value is None:
+        if required:
+            raise RequestError("INVALID", "missing argument {}".format(key))
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RequestError("INVALID", "argument {} has the wrong type".format(key))
+    return value
+
+
+def hello(app, args):
+    return {"protocol": PROTOCOL, "firmware": VERSION, "board": app.board.name}
+
+
+def info(app, args):
+    gc.collect()
+    info = {
+        "firmware": VERSION,
+        "board": app.board.name,
+        "uptime_s": app.log.uptime_ms() // 1000,
+        "heap_free": gc.mem_free(),
+        "heap_used": gc.mem_alloc(),
+        "hostname": app.config["hostname"],
+        "domains": app.config["domains"],
+        "bind": app.address,
+        "ports": {"pop3": app.config["pop3_port"], "smtp": app.config["smtp_port"]},
+        "listening": sorted(listener.port for listener in app.listeners),
+        "tls": {
+            "certificate": app.tls_ready(),
+            "required_for_auth": app.tls_required_for_auth(),
+            "sessions": app.tls.sessions if app.tls else 0,
+        },
+        "clients": len(app.sessions),
+        "users": len(app.users.names()),
+    }
+    info["storage"] = app.storage_info()
+    # Bytes allocated since boot and the heap's high-water mark, where the port counts them
+    # (MICROPY_MEM_STATS): allocation per message predicts GC pauses on a board.
+    if hasattr(micropython, "mem_total"):
+        info["heap_allocated_total"] = micropython.mem_total()
+        info["heap_peak"] = micropython.mem_peak()
+    info.update(app.board.info())
+    return info
+
+
+def user_add(app, args):
+    name = _arg(args, "name", str)
+    app.users.add(name, _arg(args, "hash", str), _arg(args, "apop", str, False))
+    app.log.info("console", "user {} added".format(name))
+    return {"name": name}
+
+
+def user_del(app, args):
+    name = _arg(args, "name", str)
+    purge = _arg(args, "purge", bool, False)
+    if purge and name in app.store.locked:
+        raise RequestError("BUSY", "mailbox {} is in use by a POP3 session".format(name))
+    app.users.remove(name)
+    if purge and app.storage_ready() and app.store.mailbox(name).exists():
+        app.store.remove_mailbox(name)
+    app.log.info("console", "user {} deleted{}".format(name, " with mailbox" if purge else ""))
+    return {"name": name, "purged": bool(purge)}
+
+
+def user_passwd(app, args):
+    name = _arg(args, "name", str)
+    # "apop": a new secret, null to remove it, absent to keep it.
+    apop = args["apop"] if "apop" in args else False
+    if apop is not None and apop is not False and not isinstance(apop, str):
+        raise RequestError("INVALID", "argument apop has the wrong type")
+    app.users.set_password(name, _arg(args, "hash", str), apop)
+    app.log.info("console", "password of {} changed".format(name))
+    return {"name": name}
+
+
+def user_list(app, args):
+    users = []
+    for name in app.users.names():
+        record = app.users.get(name) or {}
+        entry = {"name": name, "apop": "apop" in record, "messages": 0}
+        if app.storage_ready():
+            box = app.store.mailbox(name)
+            if box.exists():
+                entry["messages"] = box.count()
+        users.append(entry)
+    return {"users": users}
+
+
+def config_get(app, args):
+    key = _arg(args, "key", str, False)
+    config = app.config
+    values = config.effective()
+    if key is None:
+        return {"config": values, "overridden": sorted(config.overrides)}
+    if key not in SCHEMA:
+        raise RequestError("INVALID", "unknown key {}; known: {}".format(key, ", ".join(sorted(SCHEMA))))
+    return {"key": key, "value": values[key], "overridden": key in config.overrides}
+
+
+def config_set(app, args):
+    key = _arg(args, "key", str)
+    if "value" not in args:
+        raise RequestError("INVALID", "missing argument value")
+    config = app.config
+    try:
+        value, applies = config.set(key, args["value"])
+    except KeyError as e:
+        raise RequestError("INVALID", e.args[0])
+    except ValueError as e:
+        raise RequestError("INVALID", "{}: {}".format(key, e))
+    if SCHEMA[key][5]:
+        value = "********"
+    app.log.info("console", "config {} set".format(key))
+    return {"key": key, "value": value, "applies": applies, "overridden": key in config.overrides}
+
+
+def mailbox_stats(app, args):
+    name = _arg(args, "name", str, False)
+    if not app.storage_ready():
+        raise RequestError("STORAGE", "mail storage is not available")
+    names = [name] if name is not None else app.users.names()
+    if name is not None and not valid_name(name):
+        raise RequestError("INVALID", "bad user name")
+    out = []
+    buf = bytearray(400)
+    for n in names:
+        box = app.store.mailbox(n)
+        if box.exists():
+            messages, octets = box.totals(buf)
+        elif name is not None and app.users.get(n) is None:
+            raise RequestError("NOTFOUND", "no user or mailbox {}".format(n))
+        else:
+            messages = octets = 0
+        out.append({"name": n, "messages": messages, "octets": octets, "locked": n in app.store.locked})
+    return {"mailboxes": out}
+
+
+def log_tail(app, args):
+    n = _arg(args, "n", int, False)
+    return {"lines": app.log.tail(20 if n is None else max(0, n))}
+
+
+# ---- TLS certificate: installed in chunks (a frame holds 1 KB), shown from its DER
+
+
+def tls_begin(app, args):
+    app.load_tls().begin()
+    return {}
+
+
+def tls_chunk(app, args):
+    file = _arg(args, "file", str)
+    try:
+        app.load_tls().chunk(file, _arg(args, "data", str))
+    except ValueError as e:
+        raise RequestError("INVALID", str(e))
+    return {}
+
+
+def tls_commit(app, args):
+    digests = {"cert": _arg(args, "cert_sha256", str), "key": _arg(args, "key_sha256", str)}
+    try:
+        applies = app.load_tls().commit(digests)
+    except ValueError as e:
+        raise RequestError("INVALID", "the certificate or key is not usable: {}".format(e))
+    if applies == "now":
+        asyncio.create_task(app.start_tls_listeners())
+    app.log.info("console", "TLS certificate installed (takes effect {})".format(applies))
+    shown = tls_show(app, args)
+    shown["applies"] = applies
+    return shown
+
+
+def tls_show(app, args):
+    if app.tls is None or not app.tls.installed():
+        raise RequestError("NOTFOUND", "no TLS certificate is installed")
+    from . import x509
+
+    try:
+        return x509.describe(app.tls.certificate())
+    finally:
+        unload(x509.__name__)  # needed for this request only
+
+
+def reboot(app, args):
+    app.log.info("console", "reboot requested")
+    app.stop(reboot=True)
+    return {}
+
+
+# command: handler(app, args) -> JSON value
+HANDLERS = {
+    "hello": hello,
+    "info": info,
+    "user.add": user_add,
+    "user.del": user_del,
+    "user.passwd": user_passwd,
+    "user.list": user_list,
+    "config.get": config_get,
+    "config.set": config_set,
+    "mailbox.stats": mailbox_stats,
+    "log.tail": log_tail,
+    "reboot": reboot,
+    "tls.begin": tls_begin,
+    "tls.chunk": tls_chunk,
+    "tls.commit": tls_commit,
+    "tls.show": tls_show,
+}
