@@ -34,18 +34,25 @@ class Log:
             line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x03", "^C")
         self.out.write(line)
         self.out.write("\n")
-        self._keep(line.encode() + b"\n")
+        self._keep(line.encode())
 
     def _keep(self, data):
+        # Appends data and a line end to the ring, wrapping at its end.
         ring = self.ring
+        size = len(ring)
         n = len(data)
-        first = min(n, len(ring) - self.pos)
-        ring[self.pos : self.pos + first] = data[:first]
-        if first < n:
+        if self.pos + n <= size:
+            ring[self.pos : self.pos + n] = data
+        else:
+            first = size - self.pos
+            ring[self.pos :] = data[:first]
             ring[: n - first] = data[first:]
             self.wrapped = True
-        self.pos = (self.pos + n) % len(ring)
-        if self.pos == 0 and n:
+        self.pos = (self.pos + n) % size
+        ring[self.pos] = 10
+        self.pos += 1
+        if self.pos == size:
+            self.pos = 0
             self.wrapped = True
 
     def info(self, source, text):

@@ -11,7 +11,6 @@ from . import sasl
 from .config import valid_domain
 from .server import Session
 from .transparency import receive_data
-from .users import valid_name
 
 # Every command line, AUTH responses included, must fit here (RFC 5321 §4.5.3.1.4 sets 512 for
 # plain commands; RFC 4954 asks servers to take longer AUTH lines).
@@ -267,9 +266,9 @@ class SmtpSession(Session):
         local = _unquote(local).lower()
         if local == "postmaster":
             mailbox = app.config["postmaster"]
-            if app.users.get(mailbox) is None:
+            if not app.users.exists(mailbox):
                 app.log.warn(self.NAME, "postmaster mail is kept for {}, which is not a user (set config postmaster)".format(mailbox))
-        elif at and valid_name(local) and app.users.get(local) is not None:
+        elif at and app.users.exists(local):
             mailbox = local
         else:
             self.reply("550 5.1.1 <{}>: Recipient address rejected: User unknown".format(address))

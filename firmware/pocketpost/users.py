@@ -52,6 +52,16 @@ class Users:
         except (OSError, ValueError):
             return None
 
+    def exists(self, name):
+        """True when user `name` exists (a stat: cheaper than reading the record)."""
+        if not valid_name(name):
+            return False
+        try:
+            os.stat(self._path(name))
+            return True
+        except OSError:
+            return False
+
     def names(self):
         names = [e[0] for e in os.ilistdir(self.dir) if valid_name(e[0])]
         names.sort()

@@ -24,6 +24,7 @@ that every other message in the maildrop is still there. Run it while no other c
 mail from that maildrop: a message another client deletes meanwhile looks like one we touched.
 """
 
+import base64
 import contextlib
 import dataclasses
 import email.utils
@@ -32,6 +33,7 @@ import random
 import re
 import secrets
 import socket
+import ssl
 import sys
 import time
 
@@ -114,6 +116,17 @@ class Target:
     # Seconds to wait for any reply.
     timeout: float = 30.0
     large_size: int = DEFAULT_LARGE_SIZE
+    # "none"; "starttls": STLS (RFC 2595) and STARTTLS (RFC 3207) on the plain ports; "implicit":
+    # TLS from the first byte (RFC 8314, ports 995 and 465).
+    tls: str = "none"
+    # The CA certificate (PEM) that verifies the server's certificate; None: the system's.
+    cafile: str | None = None
+    # AUTH PLAIN after EHLO: a submission port (465, 587) takes mail only after it.
+    smtp_auth: bool = False
+
+    def tls_context(self):
+        """A client context that verifies the server's certificate and name."""
+        return ssl.create_default_context(cafile=self.cafile)
 
 
 @dataclasses.dataclass
@@ -148,8 +161,19 @@ class Connection:
 
     def __init__(self, host, port, timeout):
         self.timeout = timeout
+        self.host = host
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buffer = bytearray()
+
+    def start_tls(self, context):
+        """Continues inside TLS, verifying the server's certificate for the host name."""
+        if self.buffer:
+            # A server must not send anything between its go-ahead and the handshake.
+            raise ProtocolError(f"data before the TLS handshake: {bytes(self.buffer[:80])!r}")
+        try:
+            self.sock = context.wrap_socket(self.sock, server_hostname=self.host)
+        except (ssl.SSLError, OSError) as e:
+            raise CheckFailed(f"TLS handshake: {e}") from None
 
     def send(self, data):
         self.sock.sendall(data)
@@ -277,9 +301,29 @@ class SmtpClient:
     def __init__(self, target):
         self.conn = Connection(target.host, target.smtp_port, target.timeout)
         self.extensions = {}
+        if target.tls == "implicit":
+            self.conn.start_tls(target.tls_context())
         greeting = self.read_reply()
         if greeting.code != 220:
             raise CheckFailed(f"greeting: expected 220, got {greeting}")
+        if target.tls == "starttls":
+            self.ehlo()
+            if "STARTTLS" not in self.extensions:
+                raise CheckFailed("EHLO does not offer STARTTLS (RFC 3207)")
+            reply = self.command("STARTTLS")
+            if reply.code != 220:
+                raise CheckFailed(f"STARTTLS: expected 220, got {reply}")
+            self.conn.start_tls(target.tls_context())
+            self.extensions = {}  # forgotten with everything else from before TLS (RFC 3207 §4.2)
+
+    def authenticate(self, user, password):
+        """AUTH PLAIN (RFC 4954) after EHLO."""
+        if "PLAIN" not in self.extensions.get("AUTH", "").upper().split():
+            raise CheckFailed(f"EHLO offers no AUTH PLAIN (AUTH {self.extensions.get('AUTH', 'absent')})")
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        reply = self.command("AUTH PLAIN " + token)
+        if reply.code != 235:
+            raise CheckFailed(f"AUTH PLAIN as {user}: expected 235, got {reply}")
 
     def read_reply(self):
         code = None
@@ -372,9 +416,16 @@ class Status:
 class Pop3Client:
     def __init__(self, target):
         self.conn = Connection(target.host, target.pop3_port, target.timeout)
+        if target.tls == "implicit":
+            self.conn.start_tls(target.tls_context())
         greeting = self.read_status()
         if not greeting.ok:
             raise CheckFailed(f"greeting: {greeting.text}")
+        if target.tls == "starttls":
+            status = self.command("STLS")
+            if not status.ok:
+                raise CheckFailed(f"STLS (RFC 2595): {status.text}")
+            self.conn.start_tls(target.tls_context())
 
     def read_status(self):
         text = self.conn.readline().rstrip(b"\r\n").decode("utf-8", "replace")
@@ -616,6 +667,8 @@ class CheckRun:
         client = SmtpClient(self.target)
         try:
             client.ehlo()
+            if self.target.smtp_auth:
+                client.authenticate(self.target.user, self.target.password)
             yield client
         finally:
             client.close()
@@ -1258,10 +1311,30 @@ def _print_progress(index, total, name, result):
     show_default=True,
     help="Octets of the large test message.",
 )
+@click.option(
+    "--tls",
+    type=click.Choice(["none", "starttls", "implicit"]),
+    default="none",
+    show_default=True,
+    help="Run the checks over TLS: STLS/STARTTLS on the plain ports, or implicit TLS (give "
+    "--pop3-port 995 --smtp-port 465). The certificate is always verified.",
+)
+@click.option(
+    "--cafile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The CA certificate (PEM) to verify the board's certificate with, e.g. the certificate "
+    "`pocketpost tls generate` made.",
+)
+@click.option(
+    "--smtp-auth/--no-smtp-auth",
+    default=None,
+    help="AUTH PLAIN before sending (a submission port needs it). Default: on with --tls implicit.",
+)
 @click.option("--allow-unsupported", is_flag=True, help="Exit 0 when no check failed, even if some were unsupported.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 def check_command(
-    host, pop3_port, smtp_port, user, password_stdin, domain, timeout, large_size, allow_unsupported, as_json
+    host, pop3_port, smtp_port, user, password_stdin, domain, timeout, large_size, tls, cafile, smtp_auth,
+    allow_unsupported, as_json
 ):
     if password_stdin:
         password = click.get_text_stream("stdin").readline().rstrip("\r\n")
@@ -1276,6 +1349,9 @@ def check_command(
         smtp_port=smtp_port,
         timeout=timeout,
         large_size=large_size,
+        tls=tls,
+        cafile=cafile,
+        smtp_auth=tls == "implicit" if smtp_auth is None else smtp_auth,
     )
     report = run_checks(target, _print_progress)
     click.echo(report_json(report, target, allow_unsupported) if as_json else format_table(report))
