@@ -5,14 +5,15 @@
 
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The emulated board's MicroPython wheel exists for CPython 3.10-3.13: the first of these in range.
-PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.10; do \
-	$$p -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null && { echo $$p; break; }; done)
+# The emulated board's MicroPython wheel exists for CPython 3.10-3.13, and some pinned test tools
+# need 3.11: the first of these in 3.11-3.13.
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null && { echo $$p; break; }; done)
 # Reference servers and clients the tests run against (Debian package names).
 DEBIAN_PACKAGES := dovecot-pop3d postfix swaks mpop fetchmail curl dosfstools socat
 SIM_OPTIONS ?= --demo-user demo:demo
 
-.PHONY: sim test venv debian-packages clean
+.PHONY: sim test venv debian-packages clean bench
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,19 @@ test: venv debian-packages
 
 debian-packages:
 	@scripts/ensure-debian-packages $(DEBIAN_PACKAGES)
+
+# `make bench`: pocketpost against aiosmtpd, Postfix's smtp-sink and Dovecot on loopback; writes
+# docs/benchmarks.md and docs/benchmarks.png (bench/run.py; BENCH_OPTIONS=--quick to try it).
+BENCH_DEBIAN_PACKAGES := dovecot-pop3d postfix
+BENCH_OPTIONS ?=
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	@scripts/ensure-debian-packages $(BENCH_DEBIAN_PACKAGES)
+	$(BIN)/python bench/run.py $(BENCH_OPTIONS)
 
 clean:
 	rm -rf $(VENV) sim-data build .pytest_cache

@@ -5,6 +5,29 @@ from pocketpost_host import firmware
 import wire
 from emulated_board import EmulatedBoard
 
+# The hardware suite's options and its deselection (tests/board_suite.py).
+pytest_plugins = ["board_suite"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="also run the long soak tests (marked soak); without it they are deselected")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "soak: a long soak test, collected only with --soak")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --soak the soak tests are deselected (pytest's summary counts them as
+    "deselected"), not skipped."""
+    if config.getoption("--soak"):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
 
 @pytest.fixture(autouse=True)
 def close_wires():

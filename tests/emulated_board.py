@@ -54,7 +54,15 @@ class EmulatedBoard:
         self.app_dir = app_dir
         self.data = Path(data_dir)
         self.heap = heap
-        self.options = {"bind": "127.0.0.1", "pop3_port": free_port(), "smtp_port": free_port()}
+        # The TLS and submission ports are off unless a test asks for them.
+        self.options = {
+            "bind": "127.0.0.1",
+            "pop3_port": free_port(),
+            "smtp_port": free_port(),
+            "pop3s_port": 0,
+            "smtps_port": 0,
+            "submission_port": 0,
+        }
         self.options.update(options)
         self.proc = None
         self.lines = []  # every console line since the first start
@@ -68,9 +76,18 @@ class EmulatedBoard:
     def smtp_port(self):
         return self.options["smtp_port"]
 
-    def start(self, timeout=30):
-        cmd = firmware.board_command(firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def command(self):
+        """The command line that starts the firmware (subclasses start other boards)."""
+        return firmware.board_command(firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
+
+    # Environment of the firmware's process (None: this one's).
+    env = None
+
+    def start(self, timeout=30, until="INFO boot: ready"):
+        """Starts the firmware and waits for a console line containing `until`."""
+        self.proc = subprocess.Popen(
+            self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env
+        )
         chunks = queue.Queue()
         self._reader = threading.Thread(target=self._read_output, args=(self.proc, chunks), daemon=True)
         self._reader.start()
@@ -82,7 +99,7 @@ class EmulatedBoard:
             if line is None and (time.monotonic() > deadline or self.proc.poll() is not None):
                 time.sleep(0.2)
                 raise AssertionError("firmware did not start:\n" + "\n".join(self.lines[-30:]))
-            if line is not None and "INFO boot: ready" in line:
+            if line is not None and until in line:
                 return self
 
     def _read_output(self, proc, chunks):

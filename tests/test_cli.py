@@ -132,7 +132,9 @@ def test_empty_password_is_refused(tmp_path):
 def test_config_get_and_set(sim):
     reply = json.loads(sim.cli("config", "get", "--json").stdout)
     assert set(reply["config"]) == set(provision.CONFIG_KEYS)
-    assert sorted(reply["overridden"]) == ["bind", "domains", "pop3_port", "smtp_port"]  # sim's command line
+    # The sim's command line fixes its network (the TLS and submission ports are off unless given).
+    assert sorted(reply["overridden"]) == [
+        "bind", "domains", "pop3_port", "pop3s_port", "smtp_port", "smtps_port", "submission_port"]
     for key, value in reply["config"].items():
         if key not in reply["overridden"]:
             assert value == provision.CONFIG_KEYS[key].default, key
@@ -382,8 +384,8 @@ def firmware_schema():
 
 
 # The firmware's kinds of value, in the order of its constants _INT, _TEXT, _DOMAIN, _DOMAINS,
-# _ADDRESS, _USER (firmware/pocketpost/config.py).
-FIRMWARE_KINDS = ["int", "text", "domain", "domains", "address", "user"]
+# _ADDRESS, _USER, _CHOICE (firmware/pocketpost/config.py).
+FIRMWARE_KINDS = ["int", "text", "domain", "domains", "address", "user", "choice"]
 
 
 def test_config_keys_match_the_firmware_schema():
@@ -395,6 +397,8 @@ def test_config_keys_match_the_firmware_schema():
         assert (host.default, host.kind, host.applies, host.secret) == expected, key
         if host.kind in ("int", "text"):
             assert (host.lo, host.hi) == (lo, hi), key
+        if host.kind == "choice":
+            assert list(host.choices) == hi, key
 
 
 def samples(key):
@@ -410,6 +414,8 @@ def samples(key):
         return ["a.example,b.example", " a.example , B.example ", "", ",", "a.example," * 9, "bad_domain"]
     if spec.kind == "address":
         return ["0.0.0.0", "127.0.0.1", "256.1.1.1", "1.2.3", "a.b.c.d", ""]
+    if spec.kind == "choice":
+        return list(spec.choices) + ["maybe", "", "AUTO"]
     return ["postmaster", "bob.smith", "Bob", ".x", ""]
 
 

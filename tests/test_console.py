@@ -179,8 +179,8 @@ def test_log_tail(board):
     assert len(lines) == 3
     assert all(line.endswith("INFO console: config max_bad_commands set") for line in lines)
     kept = board.request("log.tail", n=1000)["lines"]
-    # The ring keeps the newest 2.5 KB of whole lines: the boot lines have gone.
-    assert 2560 - 100 < sum(len(line) + 1 for line in kept) <= 2560
+    # The ring keeps the newest 2 KB of whole lines: the boot lines have gone.
+    assert 2048 - 100 < sum(len(line) + 1 for line in kept) <= 2048
     assert all(line.endswith("INFO console: config max_bad_commands set") for line in kept)
     assert kept[-3:] == lines
     assert board.request("log.tail")["lines"] == kept[-20:]

@@ -28,6 +28,7 @@ class App:
         self.store = None
         self.listeners = []
         self._stop = asyncio.Event()
+        self._waiting = None  # run()'s task while it waits for the board's network
         self.reboot_requested = False
         self.console_buffer = console_buffer
         self.flash = flash
@@ -49,6 +50,8 @@ class App:
         """Asks the appliance to shut down cleanly (and to start again when `reboot`)."""
         self.reboot_requested = reboot
         self._stop.set()
+        if self._waiting is not None:
+            self._waiting.cancel()  # an ESP32 still waiting for Wi-Fi: stop anyway
 
     async def run(self):
         board = self.board
@@ -67,7 +70,13 @@ class App:
             del recovery
         console = Console(self, board.console_stream(), board.console_out, self.console_buffer)
         tasks = [asyncio.create_task(console.serve())]
-        self.address = await board.network_up(self.config, log)
+        self._waiting = asyncio.current_task()
+        try:
+            self.address = await board.network_up(self.config, log)
+        except asyncio.CancelledError:  # stop() before the board had a network
+            await self._shutdown(tasks)
+            return self.reboot_requested
+        self._waiting = None
         await self._listen(Pop3Session, "pop3_port")
         await self._listen(SmtpSession, "smtp_port")
         await self._listen(SmtpSession, "submission_port", submission=True)
@@ -81,6 +90,8 @@ class App:
         return self.reboot_requested
 
     async def _listen(self, cls, key, implicit_tls=False, submission=False):
+        # POP3 and SMTP must listen (a taken port stops the firmware, which then crashes and
+        # restarts); a TLS or submission port that cannot is logged and left out.
         port = self.config[key]
         if not port or port in [listener.port for listener in self.listeners]:
             return  # off, or running already
@@ -88,6 +99,8 @@ class App:
         try:
             await listener.start(self.address)
         except OSError as e:
+            if key in ("pop3_port", "smtp_port"):
+                raise
             self.log.exception(cls.NAME, "cannot listen on port {}".format(port), e)
             return
         self.listeners.append(listener)

@@ -8,8 +8,8 @@ _LF = const(10)
 
 
 class Log:
-    # Octets of recent log lines kept for `log.tail` (~30 lines).
-    RING_SIZE = 2560
+    # Octets of recent log lines kept for `log.tail` (~25 lines).
+    RING_SIZE = 2048
     # Longest line; longer messages are cut and marked with "...".
     MAX_LINE = 240
 

@@ -43,7 +43,7 @@ class Slot:
 
     # Octets of client input held at once: the longest command line and the chunk in which
     # DATA is read.
-    IN_SIZE = 1024
+    IN_SIZE = 768
     # Octets of replies coalesced before a write; RETR reads the message into it, half of it
     # at a time.
     OUT_SIZE = 1024

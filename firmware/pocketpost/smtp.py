@@ -14,7 +14,7 @@ from .transparency import receive_data
 
 # Every command line, AUTH responses included, must fit here (RFC 5321 §4.5.3.1.4 sets 512 for
 # plain commands; RFC 4954 asks servers to take longer AUTH lines).
-_MAX_LINE = const(1024)
+_MAX_LINE = const(768)
 # RFC 5321 §4.5.3.1: local part 64, domain 255, path 256 octets (with the angle brackets).
 _MAX_LOCAL = const(64)
 _MAX_DOMAIN = const(255)

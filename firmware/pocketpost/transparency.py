@@ -124,12 +124,13 @@ async def receive_data(conn, sink, limit):
 async def send_file(conn, f):
     """Sends file `f` as the body of a multi-line response: byte-stuffed, then CRLF.CRLF.
 
-    The file is read straight into the connection's empty output buffer, half of it at a time,
-    and the dots are inserted there (the other half is room for them): no copy, and nothing
-    allocated unless a line starts with a dot."""
+    The file is read straight into the connection's empty output buffer and the dots are
+    inserted there: no copy, and nothing allocated unless a line starts with a dot. A chunk that
+    needs dots and would not fit with them is read again as half a buffer, which always fits
+    (n octets hold at most n / 2 "\n." pairs)."""
     out = conn.outbuf
     view = memoryview(out)
-    chunk = len(out) >> 1  # a chunk of n octets gains at most n / 2 dots ("\n." pairs)
+    size = len(out)
     last = _LF  # the byte before the next one: a "." after LF gets stuffed
     turn = time.ticks_ms()
     while True:
@@ -139,7 +140,7 @@ async def send_file(conn, f):
         elif time.ticks_diff(time.ticks_ms(), turn) > _TURN_MS:
             await asyncio.sleep_ms(0)
             turn = time.ticks_ms()
-        n = f.readinto(out, chunk)
+        n = f.readinto(out)
         if not n:
             break
         at = 0 if last == _LF and out[0] == _DOT else -1
@@ -147,6 +148,11 @@ async def send_file(conn, f):
             at = out.find(b"\n.", 0, n)
             if at >= 0:
                 at += 1
+        if at >= 0 and n > size >> 1:
+            f.seek((size >> 1) - n, 1)  # dots to insert: take half a buffer instead
+            n = size >> 1
+            if at >= n:
+                at = -1
         while at >= 0:  # insert a dot before out[at]
             view[at + 1 : n + 1] = view[at:n]
             n += 1

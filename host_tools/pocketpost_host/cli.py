@@ -7,14 +7,18 @@ returns the exit code. Errors are one line on stderr and a non-zero exit:
 """
 
 import json
+import os
 import re
 
 import click
 from click.shell_completion import CompletionItem
 
 from . import __version__, firmware, sim
+from . import tls as tls_certificates
+from .board_commands import boards_command, build_command, deploy_command, flash_command
 from .check import check_command
 from .errors import PocketpostError
+from .fleet import apply_command, hash_password_command
 from .provision import (
     CONFIG_KEYS,
     DEFAULT_TIMEOUT,
@@ -304,7 +308,17 @@ def info(as_json):
         ["domains", show_value(status.pop("domains"))],
     ]
     ports = status.pop("ports")
-    rows.append(["listening", f"{status.pop('bind')}: POP3 {ports['pop3']}, SMTP {ports['smtp']}"])
+    listening = status.pop("listening", [])
+    others = [str(p) for p in listening if p not in (ports["pop3"], ports["smtp"])]
+    extra = f", also {', '.join(others)}" if others else ""
+    rows.append(["listening", f"{status.pop('bind')}: POP3 {ports['pop3']}, SMTP {ports['smtp']}{extra}"])
+    tls = status.pop("tls", None)
+    if tls is not None:
+        if tls["certificate"]:
+            required = "required for logins" if tls["required_for_auth"] else "optional for logins"
+            rows.append(["tls", f"certificate installed, {required}, {tls['sessions']} sessions"])
+        else:
+            rows.append(["tls", "no certificate (pocketpost tls install)"])
     rows.append(["clients", str(status.pop("clients"))])
     rows.append(["users", str(status.pop("users"))])
     storage = status.pop("storage")
@@ -342,6 +356,58 @@ def reboot():
     click.echo("rebooting")
 
 
+@cli.group()
+def tls():
+    """The board's TLS certificate: make one, install it, show it."""
+
+
+@tls.command("generate")
+@click.option("--hostname", required=True, help="The name (or IP address) mail clients use for the board.")
+@click.option("--cert-out", type=click.Path(dir_okay=False, writable=True), required=True, help="Where to write the certificate (PEM).")
+@click.option("--key-out", type=click.Path(dir_okay=False, writable=True), required=True, help="Where to write the key (PEM, unencrypted: keep it private).")
+@click.option("--days", type=click.IntRange(1, 3650), default=tls_certificates.DEFAULT_DAYS, show_default=True)
+@click.option("--key-type", type=click.Choice(["ec", "rsa"]), default="ec", show_default=True, help="EC P-256 handshakes cost a board far less than RSA 2048.")
+def tls_generate(hostname, cert_out, key_out, days, key_type):
+    """Make a key and a self-signed certificate on this computer."""
+    cert_pem, key_pem = tls_certificates.generate(hostname, days, key_type)
+    with open(cert_out, "wb") as f:
+        f.write(cert_pem)
+    with open(os.open(key_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(key_pem)
+    click.echo(f"certificate for {hostname} written to {cert_out}, key to {key_out}")
+
+
+@tls.command("install")
+@click.option("--cert", "cert_path", type=click.Path(exists=True, dir_okay=False), required=True, help="The certificate (PEM or DER).")
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False), required=True, help="Its key (PEM or DER, unencrypted).")
+def tls_install(cert_path, key_path):
+    """Send a certificate and key to the board; it serves TLS with them at once."""
+    with open(cert_path, "rb") as f:
+        cert_data = f.read()
+    with open(key_path, "rb") as f:
+        key_data = f.read()
+    cert_der, key_der = tls_certificates.to_der(cert_data, key_data)
+    board = open_board()
+    shown = tls_certificates.install(
+        board, cert_der, key_der, lambda done, total: click.echo(f"\rsending {done}/{total} octets", nl=False, err=True)
+    )
+    click.echo("", err=True)
+    click.echo(f"installed: {shown['subject']}, valid until {shown['not_after']}, SHA-256 {shown['sha256']}")
+    if shown.get("applies") == "reboot":
+        click.echo("the board had no room to load it now: it takes effect after `pocketpost reboot`")
+
+
+@tls.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tls_show(as_json):
+    """Show the installed certificate (the key stays on the board)."""
+    shown = open_board().request("tls.show")
+    if as_json:
+        echo_json(shown)
+        return
+    echo_table([[k, shown[k]] for k in ("subject", "issuer", "not_before", "not_after", "key", "sha256")])
+
+
 @cli.command("sim")
 @click.option(
     "--data", type=click.Path(file_okay=False), default=sim.DEFAULT_DATA, show_default=True,
@@ -358,6 +424,9 @@ def reboot():
 )
 @click.option("--pop3-port", type=TCP_PORT, default=sim.DEFAULT_POP3_PORT, show_default=True)
 @click.option("--smtp-port", type=TCP_PORT, default=sim.DEFAULT_SMTP_PORT, show_default=True)
+@click.option("--pop3s-port", type=TCP_PORT, help="POP3 over TLS (implicit, RFC 8314); off unless given.")
+@click.option("--smtps-port", type=TCP_PORT, help="Submission over TLS (implicit, RFC 8314); off unless given.")
+@click.option("--submission-port", type=TCP_PORT, help="Submission with STARTTLS and AUTH (RFC 6409); off unless given.")
 @click.option(
     "--domain", type=Checked("domain[,domain]", join_domains), default=sim.DEFAULT_DOMAIN,
     show_default=True, help="Local mail domains, comma-separated.",
@@ -374,18 +443,26 @@ def reboot():
     "--demo-user", type=Checked("name:password", parse_demo_user), metavar="NAME:PASSWORD",
     help="A user created at start if missing.",
 )
-def sim_command(data, micropython, bind, pop3_port, smtp_port, domain, sd_size, heap, demo_user):
+def sim_command(data, micropython, bind, pop3_port, smtp_port, pop3s_port, smtps_port, submission_port,
+                domain, sd_size, heap, demo_user):
     """Run the firmware on the emulated board (MicroPython's unix port) in the foreground.
 
     Its console is a pseudo-terminal at DATA/console: use it as the --port of pocketpost, or
     with picocom, screen or `mpremote connect DATA/console`. Ctrl-C stops the board cleanly."""
     sim.Simulator(
         data=data, micropython=micropython, bind=bind, pop3_port=pop3_port, smtp_port=smtp_port,
+        pop3s_port=pop3s_port, smtps_port=smtps_port, submission_port=submission_port,
         domain=domain, sd_size=sd_size, heap=heap, demo_user=demo_user,
     ).run()
 
 
 cli.add_command(check_command)
+cli.add_command(boards_command)
+cli.add_command(build_command)
+cli.add_command(flash_command)
+cli.add_command(deploy_command)
+cli.add_command(apply_command)
+cli.add_command(hash_password_command)
 
 
 def main(argv=None) -> int:

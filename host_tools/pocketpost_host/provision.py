@@ -12,7 +12,7 @@ import serial
 
 from .console import REPLY_PREFIX, ConsoleClient
 from .errors import BoardTimeout, PocketpostError, PortError
-from .passwords import DEFAULT_ITERATIONS, hash_password
+from .passwords import DEFAULT_ITERATIONS, check_hash, hash_password
 from .transport import open_port
 
 # The console protocol version this host speaks (docs/console-protocol.md).
@@ -25,6 +25,8 @@ HELLO_INTERVAL = 1.0
 MAX_USER_NAME = 64
 USER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 MAX_APOP_SECRET = 256
+# Board.set_password_hash: leave the user's APOP secret as it is.
+KEEP_APOP = object()
 
 # ---- validation
 
@@ -52,11 +54,12 @@ class ConfigKey:
     """A configuration key as the firmware's config.SCHEMA defines it."""
 
     default: object
-    kind: str  # int, text, domain, domains, address or user
+    kind: str  # int, text, domain, domains, address, user or choice
     applies: str  # "now" or "reboot"
     lo: int = 0  # int: the range; text: hi is the longest value
     hi: int = 0
     secret: bool = False
+    choices: tuple = ()  # choice: the words allowed
 
     def convert(self, text: str):
         """The value to send for `text` typed by a person; raises ValueError saying what is
@@ -79,6 +82,10 @@ class ConfigKey:
             if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
                 raise ValueError("must be an IPv4 address such as 0.0.0.0")
             return text
+        if self.kind == "choice":
+            if text not in self.choices:
+                raise ValueError("must be one of " + ", ".join(self.choices))
+            return text
         if self.kind == "user":
             try:
                 return check_user_name(text)
@@ -98,6 +105,12 @@ CONFIG_KEYS = {
     "bind": ConfigKey("0.0.0.0", "address", "reboot"),
     "pop3_port": ConfigKey(110, "int", "reboot", 1, 65535),
     "smtp_port": ConfigKey(25, "int", "reboot", 1, 65535),
+    "pop3s_port": ConfigKey(995, "int", "reboot", 0, 65535),
+    "smtps_port": ConfigKey(465, "int", "reboot", 0, 65535),
+    "submission_port": ConfigKey(587, "int", "reboot", 0, 65535),
+    "require_tls_for_auth": ConfigKey("auto", "choice", "now", choices=("auto", "yes", "no")),
+    "tls_max_sessions": ConfigKey(1, "int", "now", 0, 12),
+    "tls_handshake_timeout": ConfigKey(30, "int", "now", 5, 300),
     "max_clients": ConfigKey(4, "int", "reboot", 1, 12),
     "max_message_size": ConfigKey(10240000, "int", "now", 1024, 2147483647),
     "max_recipients": ConfigKey(100, "int", "now", 100, 1000),
@@ -248,6 +261,22 @@ class Board:
             args["apop"] = password
         self.request("user.passwd", args)  # the board answers NOTFOUND for an unknown user
         return has_apop
+
+    def add_user_hash(self, name: str, password_hash: str, apop_secret: str | None = None):
+        """Creates user `name` with a hash made beforehand (passwords.hash_password, `pocketpost
+        hash-password`); `apop_secret` is sent in clear text as the user's APOP secret."""
+        args = {"name": check_user_name(name), "hash": check_hash(password_hash)}
+        if apop_secret is not None:
+            args["apop"] = check_password(apop_secret)
+        return self.request("user.add", args)
+
+    def set_password_hash(self, name: str, password_hash: str, apop_secret=KEEP_APOP):
+        """Sets the password hash of `name`. `apop_secret`: a new APOP secret (sent in clear
+        text), None to remove the user's secret, KEEP_APOP to leave it as it is."""
+        args = {"name": check_user_name(name), "hash": check_hash(password_hash)}
+        if apop_secret is not KEEP_APOP:
+            args["apop"] = None if apop_secret is None else check_password(apop_secret)
+        return self.request("user.passwd", args)
 
     # ---- configuration and status
 

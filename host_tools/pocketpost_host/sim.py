@@ -144,6 +144,9 @@ class Simulator:
         heap=firmware.DEFAULT_HEAP,
         demo_user=None,
         out=None,
+        pop3s_port=None,
+        smtps_port=None,
+        submission_port=None,
     ):
         self.data = Path(data).resolve()
         self.micropython = micropython
@@ -154,6 +157,10 @@ class Simulator:
         self.sd_size = sd_size
         self.heap = heap
         self.demo_user = demo_user  # (name, password) or None
+        # The TLS and submission ports: off (0) unless given.
+        self.pop3s_port = pop3s_port or 0
+        self.smtps_port = smtps_port or 0
+        self.submission_port = submission_port or 0
         self.out = out or sys.stdout
         self.link = self.data / "console"
         self.app_dir = self.data / "app"
@@ -291,7 +298,8 @@ class Simulator:
     def _start_firmware(self):
         self._spawn(firmware.board_command(
             self.exe, self.app_dir, self.data, self.heap, bind=self.bind, pop3_port=self.pop3_port,
-            smtp_port=self.smtp_port, domain=self.domain, sd_size=self.sd_size,
+            smtp_port=self.smtp_port, pop3s_port=self.pop3s_port, smtps_port=self.smtps_port,
+            submission_port=self.submission_port, domain=self.domain, sd_size=self.sd_size,
         ))
         self.running_firmware = True
 
@@ -567,6 +575,10 @@ class Simulator:
         note = " (all addresses)" if everywhere else ""
         self._say(f"POP3     {self.bind}:{self.pop3_port}{note}")
         self._say(f"SMTP     {self.bind}:{self.smtp_port}{note}")
+        for label, port in (("POP3S", self.pop3s_port), ("SMTPS", self.smtps_port), ("SUBMIT", self.submission_port)):
+            if port:
+                tls = " (needs a certificate: pocketpost tls install)" if label != "SUBMIT" else ""
+                self._say(f"{label:<8} {self.bind}:{port}{note}{tls}")
         self._say(f"console  {self.link}")
         if self.demo_user is not None:
             name, password = self.demo_user

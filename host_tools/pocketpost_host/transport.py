@@ -28,27 +28,36 @@ ESP32_USB_SERIAL = {
 }
 
 
-def describe_port(info) -> str:
+def known_usb_ids() -> dict:
+    """The adapters above and those the board definitions name (boards/*/board.json)."""
+    from .boards import all_usb_ids
+
+    return {**all_usb_ids(), **ESP32_USB_SERIAL}
+
+
+def describe_port(info, ids=None) -> str:
     """One line naming a port found by serial.tools.list_ports: device, VID:PID, description."""
     if info.vid is None or info.pid is None:
         return f"{info.device} (no USB ids)"
-    name = ESP32_USB_SERIAL.get((info.vid, info.pid)) or info.description or "unknown adapter"
+    name = (ids or ESP32_USB_SERIAL).get((info.vid, info.pid)) or info.description or "unknown adapter"
     return f"{info.device} ({info.vid:04X}:{info.pid:04X} {name})"
 
 
-def detect_port() -> str:
-    """The device of the one ESP32 USB serial adapter plugged in; raises PortError when there
-    is none or more than one, listing what was found."""
+def detect_port(ids: dict | None = None) -> str:
+    """The device of the one ESP32 USB serial adapter plugged in (`ids`: the (VID, PID) pairs
+    to look for, by default every known one); raises PortError when there is none or more than
+    one, listing what was found."""
+    ids = ids or known_usb_ids()
     ports = sorted(serial.tools.list_ports.comports(), key=lambda p: p.device)
-    boards = [p for p in ports if (p.vid, p.pid) in ESP32_USB_SERIAL]
+    boards = [p for p in ports if (p.vid, p.pid) in ids]
     if len(boards) == 1:
         return boards[0].device
     if boards:
         raise PortError(
             f"{len(boards)} ESP32 serial adapters found, choose one with --port: "
-            + ", ".join(describe_port(p) for p in boards)
+            + ", ".join(describe_port(p, ids) for p in boards)
         )
-    found = ", ".join(describe_port(p) for p in ports) or "no serial ports at all"
+    found = ", ".join(describe_port(p, ids) for p in ports) or "no serial ports at all"
     raise PortError(f"no ESP32 serial adapter found (seen: {found}); plug the board in or give --port")
 
 

@@ -2,8 +2,9 @@
 # os.VfsFat (the FatFS code machine.SDCard uses on the ESP32), the internal flash a LittleFS v2
 # image (what MicroPython's ESP32 port formats its flash with), the console stdin/stdout.
 #
-#   micropython -X heapsize=128k firmware/main.py --data DIR [--bind ADDR] [--pop3-port N]
-#       [--smtp-port N] [--domain D] [--sd-size SIZE] [--flash-size SIZE]
+#   micropython -X heapsize=144k firmware/main.py --data DIR [--bind ADDR] [--pop3-port N]
+#       [--smtp-port N] [--pop3s-port N] [--smtps-port N] [--submission-port N] [--domain D]
+#       [--sd-size SIZE] [--flash-size SIZE]      (a port of 0 is off)
 import asyncio
 import os
 import socket
@@ -25,13 +26,16 @@ _OPTIONS = {
     "--bind": "bind",
     "--pop3-port": "pop3_port",
     "--smtp-port": "smtp_port",
+    "--pop3s-port": "pop3s_port",
+    "--smtps-port": "smtps_port",
+    "--submission-port": "submission_port",
     "--domain": "domains",
     "--hostname": "hostname",
     "--sd-size": "sd_size",
     "--flash-size": "flash_size",
 }
 # Options that become configuration overrides: the simulator's command line defines its network.
-_OVERRIDES = ("bind", "pop3_port", "smtp_port", "domains", "hostname")
+_OVERRIDES = ("bind", "pop3_port", "smtp_port", "pop3s_port", "smtps_port", "submission_port", "domains", "hostname")
 
 
 def parse_size(text):
@@ -117,8 +121,7 @@ class UnixBoard:
         while i < len(argv):
             key = _OPTIONS.get(argv[i])
             if key is None or i + 1 >= len(argv):
-                raise SystemExit("usage: main.py --data DIR [--bind ADDR] [--pop3-port N] [--smtp-port N] "
-                                 "[--domain D[,D]] [--hostname H] [--sd-size SIZE] [--flash-size SIZE]")
+                raise SystemExit("usage: main.py --data DIR " + " ".join("[{} X]".format(o) for o in _OPTIONS if o != "--data"))
             options[key] = argv[i + 1]
             i += 2
         if "data" not in options:

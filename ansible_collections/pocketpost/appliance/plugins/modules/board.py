@@ -1,0 +1,319 @@
+#!/usr/bin/python
+# Copyright: pocketpost developers
+# MIT License (see the pocketpost repository)
+"""The Ansible module pocketpost.appliance.board: a pocketpost board in the state the task
+gives, through the host library of the `pocketpost` command (pocketpost_host.apply)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: board
+short_description: Users, domains, limits and Wi-Fi of a pocketpost mail appliance
+description:
+  - Reads the state of a pocketpost board over its serial console (or the console link of an
+    emulated board, C(pocketpost sim)), compares it with the task's parameters and changes only
+    what differs, as C(pocketpost apply) does for an inventory file.
+  - Runs on the controller, next to the board's USB cable, so use a local connection
+    (C(ansible_connection=local)) and the Python that has pocketpost installed
+    (C(ansible_python_interpreter)).
+  - Passwords are never read back from a board, so a user's password is set when the user is
+    created, when its APOP flag changes, and on every run with O(users[].update_password=always);
+    the same holds for the Wi-Fi password.
+  - Certificates and TLS settings are not managed yet (they wait for the TLS issue's host side).
+version_added: "0.1.0"
+author:
+  - pocketpost developers
+requirements:
+  - pocketpost (the Python package, which brings pyserial and PyYAML)
+options:
+  port:
+    description:
+      - The board's console, a serial device such as V(/dev/ttyUSB0) or a pyserial URL.
+      - Exactly one of O(port) and O(sim).
+    type: str
+  sim:
+    description:
+      - The data folder of an emulated board (C(pocketpost sim --data DIR)); its console is
+        V(DIR/console). Use an absolute path, such as V({{ playbook_dir }}/sims/a).
+    type: path
+  board:
+    description:
+      - The board type (a board definition, such as V(unix)). When given, a board of another
+        type fails the task before anything is changed.
+    type: str
+  name:
+    description: The board's name in messages (default the port).
+    type: str
+  timeout:
+    description: Seconds to wait for each answer of the board.
+    type: float
+    default: 5.0
+  host:
+    description:
+      - An address of the board; when given, the module checks that its POP3 and SMTP servers
+        answer there (on the ports the board reports).
+    type: str
+  hostname:
+    description: The board's host name (greeting, C(Received:)); takes effect after a reboot.
+    type: str
+  domains:
+    description: The local mail domains (1 to 8).
+    type: list
+    elements: str
+  postmaster:
+    description: The user that receives mail for C(postmaster@).
+    type: str
+  listen:
+    description: Where the servers listen; takes effect after a reboot.
+    type: dict
+    suboptions:
+      bind:
+        description: IPv4 address to listen on.
+        type: str
+      pop3_port:
+        description: POP3 port.
+        type: int
+      smtp_port:
+        description: SMTP port.
+        type: int
+  limits:
+    description: Limits and time-outs (the firmware's configuration keys of the same names).
+    type: dict
+    suboptions:
+      max_clients:
+        description: Concurrent clients, 1-12 (after a reboot).
+        type: int
+      max_message_size:
+        description: Largest message in octets.
+        type: int
+      max_recipients:
+        description: Recipients per message, 100-1000.
+        type: int
+      max_bad_commands:
+        description: Bad commands before a session is closed.
+        type: int
+      pop3_idle_timeout:
+        description: Seconds.
+        type: int
+      smtp_timeout:
+        description: Seconds.
+        type: int
+      auth_fail_delay_ms:
+        description: Base delay of a failed login.
+        type: int
+      auth_max_failures:
+        description: Failures after which an address is refused.
+        type: int
+      auth_lockout:
+        description: Seconds after which an address's failures are forgotten.
+        type: int
+  wifi:
+    description: The Wi-Fi network the board joins (after a reboot).
+    type: dict
+    suboptions:
+      ssid:
+        description: Network name.
+        type: str
+      password:
+        description: The network's password; V("") for an open network.
+        type: str
+      update_password:
+        description: V(on_create) sets the password only when the board has none; V(always) on every run.
+        type: str
+        choices: [on_create, always]
+        default: on_create
+  users:
+    description: Mail users. Users on the board that are not listed are left alone unless O(users_exclusive).
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: User name (a-z 0-9 . _ -).
+        type: str
+        required: true
+      state:
+        description: Whether the user should exist.
+        type: str
+        choices: [present, absent]
+        default: present
+      password_hash:
+        description: The password hash (C(pocketpost hash-password)).
+        type: str
+      password:
+        description:
+          - The password itself (from Ansible Vault or a lookup); hashed on the controller.
+          - Needed for O(users[].apop=true).
+        type: str
+      apop:
+        description: Whether the user may log in with APOP (the board then keeps the password as its APOP secret).
+        type: bool
+        default: false
+      update_password:
+        description: V(on_create) sets the password only when the user is created (or its APOP flag changes); V(always) on every run.
+        type: str
+        choices: [on_create, always]
+        default: on_create
+      purge:
+        description: With O(users[].state=absent), delete the user's mailbox too (default O(purge)).
+        type: bool
+  users_exclusive:
+    description: Remove the users on the board that O(users) does not list.
+    type: bool
+    default: false
+  purge:
+    description: Delete the mailboxes of the users this task removes (otherwise they stay on the SD card).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - Changes to O(hostname), O(listen), O(limits.max_clients) and O(wifi) take effect after the
+    board restarts; the result's RV(reboot_required) says so.
+"""
+
+EXAMPLES = r"""
+- name: Two emulated boards with the same users
+  hosts: pocketpost_boards
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: Users, domains and limits
+      pocketpost.appliance.board:
+        sim: "{{ playbook_dir }}/sims/{{ inventory_hostname }}"
+        board: unix
+        domains: [lab.example]
+        limits:
+          max_message_size: 5242880
+        users:
+          - name: alice
+            password_hash: "{{ alice_hash }}"
+          - name: bob
+            password: "{{ lookup('env', 'BOB_PASSWORD') }}"
+            apop: true
+"""
+
+RETURN = r"""
+items:
+  description: Every part of the board's state the task manages, with what was done.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    item:
+      description: The part, such as V(domains) or V(user alice).
+      type: str
+    status:
+      description: V(ok), V(changed) (in check mode, would change) or V(failed).
+      type: str
+    message:
+      description: What was done or why it failed.
+      type: str
+reboot_required:
+  description: Whether a changed setting takes effect only after the board restarts.
+  returned: always
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from pocketpost_host.apply import CHANGED, FAILED, apply_board
+    from pocketpost_host.inventory import UPDATE_PASSWORD, USER_STATES, InventoryError, board_from_params
+except ImportError:
+    HAS_POCKETPOST = False
+    UPDATE_PASSWORD, USER_STATES = ("on_create", "always"), ("present", "absent")
+else:
+    HAS_POCKETPOST = True
+
+LIMITS = (
+    "max_clients", "max_message_size", "max_recipients", "max_bad_commands", "pop3_idle_timeout",
+    "smtp_timeout", "auth_fail_delay_ms", "auth_max_failures", "auth_lockout",
+)
+
+
+def argument_spec():
+    return dict(
+        port=dict(type="str"),
+        sim=dict(type="path"),
+        board=dict(type="str"),
+        name=dict(type="str"),
+        timeout=dict(type="float", default=5.0),
+        host=dict(type="str"),
+        hostname=dict(type="str"),
+        domains=dict(type="list", elements="str"),
+        postmaster=dict(type="str"),
+        listen=dict(type="dict", options=dict(bind=dict(type="str"), pop3_port=dict(type="int"), smtp_port=dict(type="int"))),
+        limits=dict(type="dict", options={key: dict(type="int") for key in LIMITS}),
+        wifi=dict(
+            type="dict",
+            options=dict(
+                ssid=dict(type="str"),
+                password=dict(type="str", no_log=True),
+                update_password=dict(type="str", choices=list(UPDATE_PASSWORD), default="on_create", no_log=False),
+            ),
+        ),
+        users=dict(
+            type="list",
+            elements="dict",
+            options=dict(
+                name=dict(type="str", required=True),
+                state=dict(type="str", choices=list(USER_STATES), default="present"),
+                password_hash=dict(type="str", no_log=True),
+                password=dict(type="str", no_log=True),
+                apop=dict(type="bool", default=False),
+                update_password=dict(type="str", choices=list(UPDATE_PASSWORD), default="on_create", no_log=False),
+                purge=dict(type="bool"),
+            ),
+        ),
+        users_exclusive=dict(type="bool", default=False),
+        purge=dict(type="bool", default=False),
+    )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=[("port", "sim")],
+        required_one_of=[("port", "sim")],
+        supports_check_mode=True,
+    )
+    if not HAS_POCKETPOST:
+        module.fail_json(msg=missing_required_lib("pocketpost (pip install pocketpost)"))
+
+    params = {key: module.params[key] for key in argument_spec()}
+    timeout = params.pop("timeout")
+    try:
+        spec = board_from_params(params)
+    except InventoryError as e:
+        module.fail_json(msg="; ".join(e.errors))
+
+    result = apply_board(spec, check=module.check_mode, timeout=timeout)
+    items = [dict(item=i.name, status=i.status, message=i.message) for i in result.items]
+    output = dict(changed=result.changed, items=items, reboot_required=bool(result.reboot_keys))
+    if module._diff:
+        output["diff"] = [
+            dict(
+                before_header=f"{result.name}: {i.name}",
+                after_header=f"{result.name}: {i.name}",
+                before="".join(line + "\n" for line in i.before),
+                after="".join(line + "\n" for line in i.after),
+            )
+            for i in result.items
+            if i.status == CHANGED and i.before is not None
+        ]
+    if result.unreachable is not None:
+        module.fail_json(msg=f"unreachable: {result.unreachable}", **output)
+    failed = [i for i in result.items if i.status == FAILED]
+    if failed:
+        module.fail_json(msg="; ".join(f"{i.name}: {i.message}" for i in failed), **output)
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Making a board match its BoardSpec: read its state over the console, compare, change only
+what differs. Used by `pocketpost apply` (fleet.py) and the Ansible module.
+
+What can be compared and what cannot (the board never reveals a secret):
+
+- configuration values are compared with what `config.get` reports; a key that the board's
+  command line fixes for this run (`overridden`) cannot be changed over the console, so a
+  difference there fails instead of being "changed" on every run;
+- the Wi-Fi password reads `********` once set: it is set when the board has none (or should have
+  none), and set again on every run only with `update_password: always`;
+- users are compared by name and APOP flag (`user.list`). A password is set when the user is
+  created, when its APOP flag has to change (`user.passwd` takes the hash with it), and on every
+  run with `update_password: always`, like Ansible's user module: a password changed by hand
+  is otherwise not seen.
+"""
+
+import socket
+from dataclasses import dataclass, field
+
+from .errors import BoardError, BoardTimeout, PocketpostError, PortError
+from .passwords import hash_password
+from .provision import CONFIG_KEYS, DEFAULT_TIMEOUT, Board
+
+MASK = "********"  # what the board shows for a secret that is set, and what a diff shows
+OK, CHANGED, FAILED = "ok", "changed", "failed"
+
+
+@dataclass
+class Item:
+    """One part of a board's state and what apply did with it. `before` and `after` are lines
+    for a diff, secrets masked; None when nothing changed."""
+
+    name: str
+    status: str
+    message: str = ""
+    before: list | None = None
+    after: list | None = None
+
+
+@dataclass
+class BoardResult:
+    name: str
+    port: str
+    items: list = field(default_factory=list)
+    unreachable: str | None = None  # why the board could not be reached
+    reboot_keys: list = field(default_factory=list)  # changed keys that apply at the next boot
+
+    def count(self, status):
+        return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def failed(self):
+        return self.unreachable is not None or self.count(FAILED) > 0
+
+    @property
+    def changed(self):
+        return self.count(CHANGED) > 0
+
+
+class _Lost(Exception):
+    """The board stopped answering: the rest of its items are not tried."""
+
+
+def show(value):
+    """A configuration value as a person types it."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if value == "":
+        return '""'
+    return str(value)
+
+
+class _Run:
+    def __init__(self, spec, board, check, result):
+        self.spec = spec
+        self.board = board
+        self.check = check
+        self.result = result
+
+    def add(self, name, status, message="", before=None, after=None):
+        self.result.items.append(Item(name, status, message, before, after))
+
+    def done(self, verb):
+        """What was done ("set"), or in check mode what would be ("would be set")."""
+        return f"would be {verb}" if self.check else verb
+
+    def call(self, name, action):
+        """Runs a change on the board; a refusal fails the item (None), a lost board all."""
+        try:
+            return action()
+        except BoardError as e:
+            self.add(name, FAILED, str(e))
+        except (BoardTimeout, PortError) as e:
+            self.add(name, FAILED, str(e))
+            raise _Lost() from None
+        return None
+
+    # ---- configuration
+
+    def config(self, current, overridden):
+        order = list(CONFIG_KEYS)  # the firmware's order, whatever the inventory's
+        for key, wanted in sorted(self.spec.config.items(), key=lambda kv: order.index(kv[0])):
+            have = current.get(key)
+            if have == wanted:
+                self.add(key, OK)
+                continue
+            before, after = [f"{key}: {show(have)}"], [f"{key}: {show(wanted)}"]
+            if key in overridden:
+                self.add(
+                    key, FAILED,
+                    f"the board's command line sets {key} to {show(have)} for this run; the console "
+                    f"cannot change it (start the board with {show(wanted)})",
+                )
+                continue
+            later = CONFIG_KEYS[key].applies == "reboot"
+            message = self.done("set") + (" (takes effect after a reboot)" if later else "")
+            if not self.check and self.call(key, lambda k=key, v=wanted: self.board.set_config(k, v)) is None:
+                continue
+            if later:
+                self.result.reboot_keys.append(key)
+            self.add(key, CHANGED, message, before, after)
+
+    def wifi_password(self, current):
+        wanted = self.spec.wifi_password
+        if wanted is None:
+            return
+        key = "wifi_password"
+        have_one = current.get(key, "") != ""
+        if not wanted and not have_one:
+            self.add(key, OK)
+            return
+        if wanted and have_one and self.spec.wifi_update_password != "always":
+            self.add(key, OK, "set (the board does not reveal it: not compared)")
+            return
+        if not wanted:
+            message = self.done("cleared")
+        else:
+            message = self.done("set again (update_password: always)" if have_one else "set")
+        if not self.check and self.call(key, lambda: self.board.set_config(key, wanted)) is None:
+            return
+        self.result.reboot_keys.append(key)
+        self.add(
+            key, CHANGED, message + " (takes effect after a reboot)",
+            [f"{key}: {MASK if have_one else show('')}"], [f"{key}: {MASK if wanted else show('')}"],
+        )
+
+    # ---- users
+
+    def users(self, present):
+        spec = self.spec
+        for name, user in spec.users.items():
+            item = f"user {name}"
+            on_board = present.get(name)
+            purge = spec.purge if user.purge is None else user.purge
+            if user.state == "absent":
+                if on_board is None:
+                    self.add(item, OK, "absent")
+                else:
+                    self.remove(item, name, on_board, purge, "")
+                continue
+            secret = user.password if user.apop else None
+            wanted = _user_lines(user.apop, password=True)
+            if on_board is None:
+                message = self.done("created") + (
+                    " (its APOP secret is stored on the board in clear text)" if user.apop else ""
+                )
+                if self.check or self.call(item, lambda: self.board.add_user_hash(name, self._hash(user), secret)):
+                    self.add(item, CHANGED, message, ["absent"], wanted)
+                continue
+            if on_board["apop"] != user.apop:
+                reason = "APOP " + ("enabled" if user.apop else "disabled") + ", password set from the inventory"
+            elif user.update_password == "always":
+                reason = "password set (update_password: always)"
+            else:
+                self.add(item, OK)
+                continue
+            message = ("would be: " if self.check else "") + reason
+            if self.check or self.call(item, lambda: self.board.set_password_hash(name, self._hash(user), secret)):
+                self.add(item, CHANGED, message, _user_lines(on_board["apop"]), wanted)
+        if spec.users_exclusive:
+            for name in sorted(set(present) - set(spec.users)):
+                self.remove(f"user {name}", name, present[name], spec.purge, " (not in the inventory: users_exclusive)")
+
+    @staticmethod
+    def _hash(user):
+        return user.password_hash if user.password_hash else hash_password(user.password)
+
+    def remove(self, item, name, on_board, purge, why):
+        kept = "mailbox deleted" if purge else "mailbox kept"
+        message = self.done("removed") + f", {kept}{why}"
+        if self.check or self.call(item, lambda: self.board.delete_user(name, purge=purge)):
+            self.add(item, CHANGED, message, _user_lines(on_board["apop"], on_board["messages"]), [f"absent ({kept})"])
+
+    # ---- the network
+
+    def network(self, info):
+        host = self.spec.host
+        if host is None:
+            return
+        ports = info.get("ports", {})
+        timeout = self.board.timeout
+        answers = []
+        for protocol, port, greeting in (("POP3", ports.get("pop3"), b"+OK"), ("SMTP", ports.get("smtp"), b"220")):
+            try:
+                _greeting(host, port, greeting, timeout)
+            except OSError as e:
+                reason = e.strerror or str(e) or type(e).__name__
+                self.add("network", FAILED, f"{protocol} on {host}:{port}: {reason}")
+                return
+            answers.append(f"{protocol} {host}:{port} answers")
+        self.add("network", OK, "; ".join(answers))
+
+
+def _user_lines(apop, messages=None, password=False):
+    lines = ["present", f"apop: {'yes' if apop else 'no'}"]
+    if password:
+        lines.append(f"password: {MASK}")
+    if messages is not None:
+        lines.append(f"messages: {messages}")
+    return lines
+
+
+def _greeting(host, port, expected, timeout):
+    """Connects to a server, reads its greeting and says QUIT; raises OSError unless the
+    greeting starts with `expected`."""
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.settimeout(timeout)
+        line = b""
+        while b"\n" not in line and len(line) < 512:
+            data = conn.recv(512)
+            if not data:
+                break
+            line += data
+        if not line.startswith(expected):
+            raise OSError(f"no {expected.decode()} greeting (got {line[:60]!r})")
+        try:
+            conn.sendall(b"QUIT\r\n")
+        except OSError:
+            pass
+
+
+def apply_board(spec, check=False, timeout=DEFAULT_TIMEOUT, opener=Board.open) -> BoardResult:
+    """Makes the board of `spec` (secrets resolved: inventory.resolve) match it; with `check`,
+    only says what would change. Never raises for a board's failure: the result says it."""
+    result = BoardResult(spec.name, spec.port)
+    try:
+        board = opener(spec.port, spec.timeout or timeout)
+    except (BoardTimeout, PortError) as e:
+        result.unreachable = str(e)
+        return result
+    except PocketpostError as e:  # answers, but not as this pocketpost can work with
+        result.items.append(Item("board", FAILED, str(e)))
+        return result
+    try:
+        with board:
+            run = _Run(spec, board, check, result)
+            try:
+                info = board.info()
+                kind = info.get("board")
+                if spec.board_type is not None and kind != spec.board_type:
+                    run.add(
+                        "board", FAILED,
+                        f"{spec.port} is a {kind!r} board; the inventory says {spec.board_type!r} (wrong port?)",
+                    )
+                    return result
+                run.add("board", OK, f"{kind}, firmware {info.get('firmware')}")
+                reply = board.get_config()
+                current, overridden = reply["config"], set(reply.get("overridden", []))
+                present = {u["name"]: u for u in board.list_users()}
+                run.config(current, overridden)
+                run.wifi_password(current)
+                run.users(present)
+                run.network(info)
+            except _Lost:
+                pass
+            except (BoardTimeout, PortError, BoardError) as e:
+                run.add("board", FAILED, str(e))
+    except PocketpostError as e:
+        result.items.append(Item("board", FAILED, str(e)))
+    return result

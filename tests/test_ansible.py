@@ -1,0 +1,112 @@
+"""The Ansible collection (ansible_collections/pocketpost/appliance): ansible-core from PyPI runs
+the README's playbook (examples/fleet) against two simulators: changes, idempotence, check and
+diff mode, drift, and a board that fails alone."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet_sims import ALICE_PASSWORD, BOARDS, BOB_PASSWORD, REPO, Fleet, apop_login, pop3_login, recap
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    running = Fleet(tmp_path / "fleet")
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+def ansible(tool, *args, cwd, state, timeout=120):
+    """Runs an Ansible command in `cwd` with the collection of this checkout, no configuration
+    but an empty file, and its own files in the folder `state`."""
+    home = Path(state) / "ansible-home"
+    config = Path(state) / "ansible.cfg"
+    config.write_text("[defaults]\n")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LC_ALL": "C.UTF-8",  # ansible-core refuses a locale that is not UTF-8
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_HOME": str(home),
+        "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "BOB_PASSWORD": BOB_PASSWORD,
+    }
+    return subprocess.run(
+        [str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def playbook(fleet, *args):
+    return ansible("ansible-playbook", "-i", "hosts.yml", "playbook.yml", *args, cwd=fleet.root, state=fleet.root.parent)
+
+
+def test_playbook_on_two_sims(fleet):
+    first = playbook(fleet)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert recap(first.stdout) == {"mail-a": (1, 1, 0, 0), "mail-b": (1, 1, 0, 0)}
+    for name in BOARDS:
+        pop3_login(fleet.sims[name], "alice", ALICE_PASSWORD)
+        apop_login(fleet.sims[name], "bob", BOB_PASSWORD)
+        config = fleet.config(name)
+        assert (config["hostname"], config["postmaster"], config["max_message_size"]) == (
+            f"{name}.lab.example", "alice", 5242880,
+        )
+    assert fleet.config("mail-b")["max_clients"] == 2
+
+    again = playbook(fleet, "-v")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert recap(again.stdout) == {"mail-a": (1, 0, 0, 0), "mail-b": (1, 0, 0, 0)}
+    result = json.loads(again.stdout.split("ok: [mail-a] => ", 1)[1].splitlines()[0])
+    assert result["changed"] is False and result["reboot_required"] is False
+    assert {(i["item"], i["status"]) for i in result["items"]} >= {("user alice", "ok"), ("network", "ok")}
+
+    # Drift: alice deleted by hand on mail-a, a limit changed by hand on mail-b.
+    assert fleet.sims["mail-a"].cli("user", "del", "alice").exit_code == 0
+    assert fleet.sims["mail-b"].cli("config", "set", "auth_max_failures", "9").exit_code == 0
+    check = playbook(fleet, "--check", "--diff")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert recap(check.stdout) == {"mail-a": (1, 1, 0, 0), "mail-b": (1, 1, 0, 0)}
+    assert "--- before: mail-a: user alice\n+++ after: mail-a: user alice\n" in check.stdout
+    assert "-auth_max_failures: 9\n+auth_max_failures: 5\n" in check.stdout
+    assert "+password: ********\n" in check.stdout
+    assert BOB_PASSWORD not in check.stdout and "$2048$" not in check.stdout
+    assert "alice" not in fleet.users("mail-a")  # check mode changed nothing
+    assert fleet.config("mail-b")["auth_max_failures"] == 9
+
+    fix = playbook(fleet)
+    assert recap(fix.stdout) == {"mail-a": (1, 1, 0, 0), "mail-b": (1, 1, 0, 0)}
+    pop3_login(fleet.sims["mail-a"], "alice", ALICE_PASSWORD)
+    assert fleet.config("mail-b")["auth_max_failures"] == 5
+    assert recap(playbook(fleet).stdout) == {"mail-a": (1, 0, 0, 0), "mail-b": (1, 0, 0, 0)}
+
+
+def test_one_board_fails_alone(fleet):
+    fleet.sims["mail-b"].stop()
+    fleet.write("hosts.yml", fleet.root.joinpath("hosts.yml").read_text().replace(
+        "  vars:\n", "    mail-c:\n      hostname: Not_A_Hostname\n  vars:\n"
+    ))
+    result = playbook(fleet)
+    assert result.returncode == 2, result.stdout + result.stderr  # Ansible's "a host failed"
+    assert recap(result.stdout) == {"mail-a": (1, 1, 0, 0), "mail-b": (0, 0, 0, 1), "mail-c": (0, 0, 0, 1)}
+    assert "unreachable: port " in result.stdout and "does not exist" in result.stdout
+    assert "hostname: must be a domain name such as mail.example.org" in result.stdout
+    pop3_login(fleet.sims["mail-a"], "alice", ALICE_PASSWORD)
+
+
+def test_module_documentation(tmp_path):
+    result = ansible("ansible-doc", "pocketpost.appliance.board", cwd=tmp_path, state=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "MODULE pocketpost.appliance.board" in result.stdout
+    assert "Reads the state of a pocketpost board" in result.stdout
+    assert result.stderr == ""
