@@ -25,8 +25,14 @@ venv: $(BIN)/.installed
 sim: venv
 	$(BIN)/pocketpost sim $(SIM_OPTIONS)
 
+# The firmware's protocol tests, run a second time under the heap the firmware issue set
+# (everything else runs under the unix board's default, boards/unix/board.json).
+PROTOCOL_TESTS := tests/test_smoke.py tests/test_pop3.py tests/test_smtp.py tests/test_console.py \
+	tests/test_limits.py tests/test_storage.py tests/test_recovery.py tests/test_third_party_clients.py
+
 test: venv debian-packages
 	$(BIN)/pytest
+	POCKETPOST_TEST_HEAP=160k $(BIN)/pytest $(PROTOCOL_TESTS)
 
 debian-packages:
 	@scripts/ensure-debian-packages $(DEBIAN_PACKAGES)

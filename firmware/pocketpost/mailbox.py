@@ -207,6 +207,7 @@ class Mailbox:
             gen, next_seq = self.read_header(old, rec)
             gone = self._next_purged(purge, rec)
             out.write(self._header_bytes(gen, next_seq))  # rewritten below with the final value
+            out.flush()  # its first cluster into its folder entry (see store.Incoming.write)
             for off in read_records(old, buf):
                 try:
                     seq, _ = parse_record(buf, off)

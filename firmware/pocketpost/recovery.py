@@ -13,6 +13,7 @@ def check_store(store, buf):
             os.mkdir(path)
         except OSError:
             pass
+    _drop_cut_moves(store)
     leftovers = 0
     for entry in os.ilistdir(store.tmp):
         try:
@@ -31,12 +32,46 @@ def check_store(store, buf):
                 log.error("store", "{}: boot check failed: {}".format(entry[0], e))
 
 
+def _drop_cut_moves(store):
+    # A move from tmp/ into a mailbox is a FAT rename: the new folder entry is written, then the
+    # old one removed. Cut between the two, both entries share the message's clusters, and
+    # removing the temp file would free clusters the mailbox's file still uses (FatFs would give
+    # them to other files later). Such a message is its mailbox's first unindexed file and was
+    # never acknowledged: both entries go (the second removal finds the clusters free already).
+    # They share clusters when a byte written through the temp file shows through the other.
+    tmp = [(e[0], e[3]) for e in os.ilistdir(store.tmp) if e[3]]
+    rec = bytearray(RECORD)
+    for entry in os.ilistdir(store.mail) if tmp else ():
+        box = store.mailbox(entry[0])
+        try:
+            path = box.message_path(box.next_seq(rec))
+            size = os.stat(path)[6]
+        except (OSError, ValueError):
+            continue
+        for name, tsize in tmp:
+            other = store.tmp + "/" + name
+            if tsize != size:
+                continue
+            with open(path, "rb") as f:
+                first = f.read(1)
+            with open(other, "r+b") as f:
+                f.write(bytes((first[0] ^ 255,)))
+            with open(path, "rb") as f:
+                if f.read(1) == first:
+                    continue
+            os.remove(other)
+            os.remove(path)
+            store.log.warn("store", "{}: dropped a half-moved message".format(entry[0]))
+            break
+
+
 def recover(box, buf):
     """Finishes a journaled deletion, trims a damaged index tail, indexes a delivered message
     whose record was not written. Returns what was done, for the log."""
     done = []
     if path_exists(box.dir + "/purge.new"):
         os.remove(box.dir + "/purge.new")  # a journal never completed: nothing was deleted
+        done.append("dropped an unfinished deletion")
     if path_exists(box.dir + "/purge") or path_exists(box.index + ".new"):
         done.append("finished a deletion ({} files)".format(box.finish_purge(buf)))
     if not box.exists():
@@ -91,6 +126,7 @@ def _truncate(box, kept, buf):
         while left:
             n = old.readinto(mv[: min(left, len(buf))])
             out.write(mv[:n])
+            out.flush()  # its first cluster into its folder entry (see store.Incoming.write)
             left -= n
     os.remove(box.index)
     os.rename(new, box.index)

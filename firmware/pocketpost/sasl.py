@@ -72,7 +72,10 @@ async def _answer(initial, challenge, prompt):
 
 
 async def _ask(challenge, prompt):
-    reply = await challenge(prompt)
+    try:
+        reply = await challenge(prompt)
+    except UnicodeError:  # 8-bit bytes, which base64 never has
+        raise Malformed()
     if reply == "*":
         raise Cancelled()
     return reply

@@ -5,7 +5,13 @@ import gc
 import sys
 import time
 
+from micropython import const
+
 from .netio import Closed, Connection
+
+# How long a client of an implicit-TLS port waits for a TLS place: 20 x 100 ms.
+_TLS_PLACE_WAITS = const(20)
+_TLS_PLACE_WAIT_MS = const(100)
 
 
 class Session:
@@ -88,6 +94,20 @@ class Listener:
         if self.server is not None:
             self.server.close()
 
+    async def _enter_tls(self, session):
+        """Starts TLS on an implicit-TLS port; False when no TLS place frees in time or the
+        heap has no room for the TLS socket."""
+        app = self.app
+        if not await _tls_place(session):
+            app.log.warn(session.NAME, "{} refused: {} TLS sessions already".format(session.peer, app.tls.sessions))
+            return False
+        try:
+            session.begin_tls()
+        except MemoryError:
+            app.log.warn(session.NAME, "{} refused: no memory for TLS".format(session.peer))
+            return False
+        return True
+
     async def _client(self, reader, writer):
         app = self.app
         cls = self.session_class
@@ -104,14 +124,12 @@ class Listener:
             gc.collect()
             await _refuse(cls, reader, peer, app)
             return
-        if self.implicit_tls:
-            if not session.reserve_tls():
-                # No TLS place free: nothing can be said before the handshake, so just close.
-                app.log.warn(cls.NAME, "{} refused: {} TLS sessions already".format(peer, app.tls.sessions))
-                app.free_slots.append(slot)
-                await conn.close()
-                return
-            session.begin_tls()
+        if self.implicit_tls and not await self._enter_tls(session):
+            # Nothing can be said before the handshake, so the client is just closed.
+            session.release()
+            app.free_slots.append(slot)
+            await conn.close()
+            return
         entry = [session, asyncio.current_task(), False]  # session, task, timed out
         app.sessions.append(entry)
         try:
@@ -148,6 +166,16 @@ def _last_word(conn, reply):
         pass
 
 
+async def _tls_place(session):
+    # Clients often open the next connection just before the last one has ended: a place
+    # that frees within a moment is waited for.
+    for _ in range(_TLS_PLACE_WAITS):
+        if session.reserve_tls():
+            return True
+        await asyncio.sleep_ms(_TLS_PLACE_WAIT_MS)
+    return False
+
+
 async def _refuse(cls, stream, peer, app):
     app.log.warn(cls.NAME, "{} refused: {} clients already".format(peer, len(app.sessions)))
     try:
@@ -172,3 +200,6 @@ async def reap_idle(app):
             if not entry[2] and time.ticks_diff(now, session.conn.last_active) > session.timeout_ms():
                 entry[2] = True
                 entry[1].cancel()
+        # This frame lives as long as the firmware: it must not keep an ended session (and all
+        # it refers to) from the garbage collector until the next session comes along.
+        entry = session = None

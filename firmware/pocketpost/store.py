@@ -99,6 +99,12 @@ class Incoming:
         if self.error is None:
             self.file.write(data, off, n)
             self.size += n
+            if self.size == n:
+                # FatFs writes a new file's folder entry (first cluster, size) only when the
+                # file is flushed or closed: a power cut before that leaves the clusters
+                # written so far owned by no file, lost to the card for good. Flushed after
+                # its first write, the boot check's removal of the temp file frees them all.
+                self.file.flush()
 
     def failed(self, error):
         """Records a write error: the message is not stored, whatever comes next."""
@@ -132,10 +138,13 @@ class Incoming:
             raise self.error
         copies = [self.path]
         try:
+            # Every delivery leaves the margin free, one recipient or many: deleting mail (its
+            # journal, the new index) needs clusters too, and on a card that mail has filled to
+            # the last cluster nobody could delete mail to make room.
+            total, free = store.space()
+            if free < self.size * (len(names) - 1) + _SPACE_MARGIN:
+                raise OSError(_ENOSPC)
             if len(names) > 1:
-                total, free = store.space()
-                if free < self.size * (len(names) - 1) + _SPACE_MARGIN:
-                    raise OSError(_ENOSPC)
                 for _ in range(len(names) - 1):
                     copy = store.tmp_path()
                     copies.append(copy)
@@ -174,4 +183,6 @@ async def _copy_file(src, dst, buf):
             if not n:
                 break
             fout.write(mv[:n])
+            if fout.tell() == n:
+                fout.flush()  # the first cluster into the folder entry (see Incoming.write)
             await asyncio.sleep_ms(0)  # let other clients run during a long copy

@@ -1,5 +1,6 @@
 # User accounts on internal flash: one small JSON file per user, replaced atomically (write a new
 # file, then rename it over the old one: LittleFS renames atomically, unlike FAT).
+import asyncio
 import json
 import os
 
@@ -38,6 +39,7 @@ class Users:
         except OSError:
             pass
         self._apop_users = None  # cached count of users with an APOP secret
+        self._hashing = asyncio.Lock()
 
     def _path(self, name):
         return "{}/{}".format(self.dir, name)
@@ -128,15 +130,20 @@ class Users:
 
     async def verify(self, name, password):
         """True when the user exists and the password matches. An unknown user costs a hash too,
-        so the time taken does not tell which names exist."""
-        record = self.get(name)
-        if record is None:
-            await crypto.verify(password, _DUMMY_HASH)
-            return False
-        try:
-            return await crypto.verify(password, record["hash"])
-        except (ValueError, KeyError):
-            return False
+        so the time taken does not tell which names exist.
+
+        One hash at a time: each allocates ~0.5 KB per iteration (hash objects, digests), and
+        several at once would interleave that churn with the sessions' own objects and leave
+        the heap in fragments; logins that arrive together wait their turn."""
+        async with self._hashing:
+            record = self.get(name)
+            if record is None:
+                await crypto.verify(password, _DUMMY_HASH)
+                return False
+            try:
+                return await crypto.verify(password, record["hash"])
+            except (ValueError, KeyError):
+                return False
 
 
 # Same cost as a typical user's hash (the host tools' default iteration count).
