@@ -538,9 +538,9 @@ def write_doc(results, doc, chart):
             f"pocketpost's MicroPython heap ({heap['heap_size']}): the live heap while a load runs, sampled with the "
             "console's `info` (which collects garbage first, so `heap_used` is what is live) about every 50 ms in a "
             f"separate, untimed pass. Each `info` allocates ~{fmt((alloc.get('info_request') or 0) / KB)} KB itself, "
-            "so on a nearly full heap the sampling adds to the pressure it measures. `micropython.mem_peak()` (the console's `heap_peak`) is not a heap high-water "
-            f"mark on this port: it counts allocations minus explicit frees, never what the GC reclaims, and read "
-            f"{fmt((heap.get('mem_peak') or 0) / MB, 1)} MB on this {heap['heap_size']} heap.\n"
+            "so on a nearly full heap the sampling adds to the pressure it measures. (`micropython.mem_peak()` is no "
+            "heap high-water mark on this port: it counts allocations minus explicit frees, never what the GC "
+            "reclaims; the firmware does not report it.)\n"
         )
         out.append(_md_table(["load", "samples", "max live heap, KB", "min free heap, KB"], body) + "\n")
 

@@ -454,7 +454,6 @@ class Bench:
             "heap_size": self.heap,
             "idle_used": info["heap_used"],
             "idle_free": info["heap_free"],
-            "mem_peak": info.get("heap_peak"),
             "loads": {},
         }
         user = self.new_user()
@@ -480,7 +479,6 @@ class Bench:
                     text += f" -- {self.pp.last_error()}"
                 mem["pocketpost_heap"]["loads"][key] = {"label": label, "error": text}
                 self.results["errors"].append(f"heap sampling {label}: {text}")
-        mem["pocketpost_heap"]["mem_peak"] = self.pp.info().get("heap_peak")
 
     # ---- could pocketpost take 10 clients?
 

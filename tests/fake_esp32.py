@@ -20,7 +20,7 @@ from emulated_board import EmulatedBoard, free_port
 FAKES = Path(__file__).resolve().parent / "fakes"
 # The unix board's heap plus what the fakes take (~21 KB of the 64-bit heap, measured), so the
 # firmware has the same room as on the unix board.
-HEAP = "176k"
+HEAP = "{}k".format(int(firmware.DEFAULT_HEAP.rstrip("k")) + 24)
 BOOT_SCRIPT = "esp32_boot.py"
 
 

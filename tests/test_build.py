@@ -15,7 +15,7 @@ from pocketpost_host import boards, build, check, cli, firmware
 
 from emulated_board import EmulatedBoard
 
-IMAGE_HEAP = "160k"
+IMAGE_HEAP = firmware.DEFAULT_HEAP
 
 
 # ---- a synthetic MicroPython firmware image, with a real partition table
@@ -217,9 +217,8 @@ def test_unix_board_boots_from_its_built_image_and_passes_the_protocol_checks(tm
     data.mkdir()
     shutil.copyfile(result.fs_image, data / "flash.img")
     # rom/main.py mounts flash.img and runs main.py from it. Imported from LittleFS (as on a
-    # board) the code leaves the heap more fragmented than imported from the host's files: the
-    # checks' SMTP sessions need 152k here (measured) instead of 144k; 160k is the firmware
-    # issue's limit.
+    # board) the code leaves the heap more fragmented than imported from the host's files
+    # (about 8 KB more heap for the same checks, measured when the default was 144k).
     board = EmulatedBoard(tmp_path / "out" / "rom", data, heap=IMAGE_HEAP)
     try:
         board.start()

@@ -47,11 +47,11 @@ def info(app, args):
         "users": len(app.users.names()),
     }
     info["storage"] = app.storage_info()
-    # Bytes allocated since boot and the heap's high-water mark, where the port counts them
-    # (MICROPY_MEM_STATS): allocation per message predicts GC pauses on a board.
+    # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
+    # message predicts GC pauses on a board. (Its mem_peak is no high-water mark of the heap:
+    # memory the collector reclaims is never subtracted.)
     if hasattr(micropython, "mem_total"):
         info["heap_allocated_total"] = micropython.mem_total()
-        info["heap_peak"] = micropython.mem_peak()
     info.update(app.board.info())
     return info
 

@@ -11,18 +11,24 @@ What can be compared and what cannot (the board never reveals a secret):
 - users are compared by name and APOP flag (`user.list`). A password is set when the user is
   created, when its APOP flag has to change (`user.passwd` takes the hash with it), and on every
   run with `update_password: always`, like Ansible's user module: a password changed by hand
-  is otherwise not seen.
+  is otherwise not seen;
+- the TLS certificate is compared by its SHA-256 fingerprint with what `tls.show` reports
+  (NOTFOUND: none installed) and installed only when it differs. The key never leaves the board,
+  but it need not be compared: the inventory's key is checked to belong to its certificate before
+  anything is sent, so a different key always comes with a different certificate.
 """
 
 import socket
 from dataclasses import dataclass, field
 
+from . import tls
 from .errors import BoardError, BoardTimeout, PocketpostError, PortError
 from .passwords import hash_password
 from .provision import CONFIG_KEYS, DEFAULT_TIMEOUT, Board
 
 MASK = "********"  # what the board shows for a secret that is set, and what a diff shows
 OK, CHANGED, FAILED = "ok", "changed", "failed"
+CERTIFICATE = "tls certificate"  # the item (and reboot key) of the certificate
 
 
 @dataclass
@@ -144,6 +150,44 @@ class _Run:
             [f"{key}: {MASK if have_one else show('')}"], [f"{key}: {MASK if wanted else show('')}"],
         )
 
+    # ---- the TLS certificate
+
+    def certificate(self, info):
+        wanted = self.spec.tls
+        if wanted is None:
+            return
+        try:
+            shown = self.board.request("tls.show")
+        except BoardError as e:
+            if e.code != "NOTFOUND":
+                self.add(CERTIFICATE, FAILED, str(e))
+                return
+            shown = None
+        except (BoardTimeout, PortError) as e:
+            self.add(CERTIFICATE, FAILED, str(e))
+            raise _Lost() from None
+        if shown is not None and shown.get("sha256") == wanted.fingerprint:
+            message = _certificate_summary(shown)
+            if not info.get("tls", {}).get("certificate", True):
+                # Installed by an earlier run that the board could not load at once.
+                self.result.reboot_keys.append(CERTIFICATE)
+                message += "; not loaded yet: takes effect after a reboot"
+            self.add(CERTIFICATE, OK, message)
+            return
+        before = ["absent"] if shown is None else _certificate_lines(shown)
+        message = self.done("installed") + f": {_certificate_summary(wanted.shown)}"
+        if not self.check:
+            reply = self.call(CERTIFICATE, lambda: tls.install(self.board, wanted.cert_der, wanted.key_der))
+            if reply is None:
+                return
+            if reply.get("sha256") != wanted.fingerprint:
+                self.add(CERTIFICATE, FAILED, f"the board reports SHA-256 {reply.get('sha256')} after installing")
+                return
+            if reply.get("applies") == "reboot":
+                self.result.reboot_keys.append(CERTIFICATE)
+                message += " (takes effect after a reboot: the board had no room to load it now)"
+        self.add(CERTIFICATE, CHANGED, message, before, _certificate_lines(wanted.shown))
+
     # ---- users
 
     def users(self, present):
@@ -211,6 +255,16 @@ class _Run:
         self.add("network", OK, "; ".join(answers))
 
 
+def _certificate_summary(shown):
+    return f"{shown.get('subject')}, valid until {shown.get('not_after')}"
+
+
+def _certificate_lines(shown):
+    """A certificate as diff lines (the key is never shown, nor read from a board)."""
+    fields = (("subject", "subject"), ("issuer", "issuer"), ("not_after", "not_after"), ("key type", "key"), ("sha256", "sha256"))
+    return [f"{label}: {shown.get(key)}" for label, key in fields]
+
+
 def _user_lines(apop, messages=None, password=False):
     lines = ["present", f"apop: {'yes' if apop else 'no'}"]
     if password:
@@ -269,6 +323,7 @@ def apply_board(spec, check=False, timeout=DEFAULT_TIMEOUT, opener=Board.open) -
                 present = {u["name"]: u for u in board.list_users()}
                 run.config(current, overridden)
                 run.wifi_password(current)
+                run.certificate(info)
                 run.users(present)
                 run.network(info)
             except _Lost:

@@ -3,7 +3,9 @@
 The YAML is read with the line of every value kept, so that each error names its line; all
 errors are collected and reported together, before any board is contacted. Secrets are never
 clear text in the file: user passwords are `password_hash` values (`pocketpost hash-password`)
-or references (`{env: VAR}`, `{file: PATH}`) resolved only for the boards being applied.
+or references (`{env: VAR}`, `{file: PATH}`) resolved only for the boards being applied; so is
+a TLS key. A TLS certificate (not a secret) is a path; it is read with its key, and the two
+checked to belong together, when the secrets are resolved.
 
 The same checks serve the Ansible module (ansible_collections/pocketpost/appliance), whose
 parameters come without lines and may carry passwords Ansible keeps secret (vault, no_log).
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from . import tls as certificates
 from .errors import PocketpostError
 from .firmware import boards_dir
 from .passwords import check_hash
@@ -27,6 +30,16 @@ LIMIT_KEYS = (
     "smtp_timeout", "auth_fail_delay_ms", "auth_max_failures", "auth_lockout",
 )
 LISTEN_KEYS = ("bind", "pop3_port", "smtp_port")
+# `tls:` holds the certificate and key, and these config keys under shorter names.
+TLS_CONFIG = {
+    "require_for_auth": "require_tls_for_auth",
+    "max_sessions": "tls_max_sessions",
+    "handshake_timeout": "tls_handshake_timeout",
+    "pop3s_port": "pop3s_port",
+    "smtps_port": "smtps_port",
+    "submission_port": "submission_port",
+}
+TLS_KEYS = ("cert", "key") + tuple(TLS_CONFIG)
 # When a password already on the board is set again (as Ansible's user module).
 UPDATE_PASSWORD = ("on_create", "always")
 USER_STATES = ("present", "absent")
@@ -48,9 +61,9 @@ CLEAR_PASSWORD = (
     "clear-text passwords are not allowed in an inventory: give password_hash (made by "
     "`pocketpost hash-password`), or password: {env: VARIABLE} or {file: PATH}"
 )
-TLS_WAITS = (
-    "TLS is not supported in inventories yet (certificates and TLS settings wait for the TLS "
-    "issue's host side); remove `tls`"
+CLEAR_KEY = (
+    "a TLS key is a secret, never in an inventory itself: give {file: PATH} (a PEM or DER file, "
+    "relative to the inventory) or {env: VARIABLE} (holding the PEM)"
 )
 
 
@@ -210,6 +223,30 @@ class UserSpec:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The certificate and key the inventory names (Secrets: a certificate is no secret, but it
+    is a reference read with the key)."""
+
+    cert: Secret
+    key: Secret
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A certificate and its key, read and checked to belong together (resolve()): what
+    `tls.install` sends, and what `tls.show` will report once it is installed."""
+
+    cert_der: bytes = field(repr=False)
+    key_der: bytes = field(repr=False)  # never in a repr or traceback
+    source: str = ""  # where the certificate came from, for messages
+    shown: dict = field(default_factory=dict)  # tls.describe(): subject, ..., sha256
+
+    @property
+    def fingerprint(self):
+        return self.shown["sha256"]
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board and the state it should be in."""
 
@@ -226,6 +263,8 @@ class BoardSpec:
     users_exclusive: bool = False
     purge: bool = False
     line: int | None = None
+    # None: not managed; a TlsFiles, then (resolve) a Certificate
+    tls: object = field(default=None, repr=False)
 
 
 # ---- checks of single values
@@ -443,8 +482,41 @@ def parse_state(where, mapping, allow_clear=False):
             if value is not None:
                 state[key] = value
     if "tls" in mapping:
-        where.at("tls", mapping).error(TLS_WAITS)
+        at = where.at("tls", mapping)
+        tls = _mapping(at, mapping["tls"], TLS_KEYS, ", ".join(TLS_KEYS))
+        if tls is not None:
+            for key, config_key in TLS_CONFIG.items():
+                if key in tls:
+                    value = tls[key]
+                    if key == "require_for_auth" and isinstance(value, bool):
+                        value = "yes" if value else "no"  # YAML 1.1 reads yes and no as booleans
+                    set_config(at.at(key, tls), config_key, value)
+            if ("cert" in tls) != ("key" in tls):
+                at.error("give `cert` and `key` together (the key must belong to the certificate)")
+            elif "cert" in tls:
+                cert = _cert_ref(at.at("cert", tls), tls["cert"])
+                key = _key_ref(at.at("key", tls), tls["key"], allow_clear)
+                if cert is not None and key is not None:
+                    state["tls"] = TlsFiles(cert, key)
     return state
+
+
+def _cert_ref(where, value):
+    """The certificate's file, from `PATH` or `{file: PATH}`; None after an error."""
+    if isinstance(value, str) and value:
+        return Secret("file", value, where)
+    if isinstance(value, dict) and list(value) == ["file"]:
+        return _secret(where, value, False)
+    where.error("must be the certificate's path (PEM or DER), as PATH or {file: PATH}")
+    return None
+
+
+def _key_ref(where, value, allow_clear):
+    """The key, from `{file: PATH}` or `{env: VARIABLE}` (or, from Ansible, the PEM itself)."""
+    if isinstance(value, str) and not allow_clear:
+        where.error(CLEAR_KEY)
+        return None
+    return _secret(where, value, allow_clear)
 
 
 def merge_states(states):
@@ -475,6 +547,7 @@ def _board_spec(name, merged, **fields):
         users=merged["users"],
         users_exclusive=merged.get("users_exclusive", False),
         purge=merged.get("purge", False),
+        tls=merged.get("tls"),
         **fields,
     )
 
@@ -715,10 +788,53 @@ def resolve(spec: BoardSpec, base_dir=".", environ=None) -> BoardSpec:
             password_hash=get(user.password_hash, check_hash),
             password=get(user.password, check_password),
         )
-    resolved = replace(spec, users=users, wifi_password=get(spec.wifi_password, wifi_check))
+    tls = spec.tls
+    if isinstance(tls, TlsFiles):
+        tls = _read_certificate(tls, base_dir, environ, errors)
+    resolved = replace(spec, users=users, wifi_password=get(spec.wifi_password, wifi_check), tls=tls)
     if errors:
         raise InventoryError(errors)
     return resolved
+
+
+def _read_bytes(secret, base_dir, environ):
+    """The contents of a certificate or key reference, as bytes (a DER file is binary)."""
+    if secret.kind == "file":
+        path = Path(base_dir) / secret.ref
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise _Bad(f"cannot read {path}: {e.strerror}") from None
+    if secret.kind == "value" and "-----BEGIN" not in secret.ref:
+        # Only the PEM text itself is checked, never shown: it may be a key.
+        raise _Bad("must be the key itself in PEM (such as {{ lookup('file', 'board.key') }}), not a path")
+    return _read_secret(secret, base_dir, environ).encode()
+
+
+def _read_certificate(files, base_dir, environ, errors):
+    """The Certificate of `files`, or None after recording at its line why it cannot be had."""
+
+    def fail(secret, message):
+        Where(errors, secret.where.source, secret.where.line, secret.where.path).error(f"{secret.describe()}{message}")
+
+    data = {}
+    for name, secret in (("cert", files.cert), ("key", files.key)):
+        try:
+            data[name] = _read_bytes(secret, base_dir, environ)
+        except _Bad as e:
+            fail(secret, str(e))
+    if len(data) < 2:
+        return None
+    try:
+        cert_der, key_der = certificates.to_der(data["cert"], data["key"])
+    except PocketpostError as e:  # its messages name what is wrong, never the key's contents
+        message = str(e)
+        if message.startswith("the certificate"):
+            fail(files.cert, message)
+        else:
+            fail(files.key, message + (f" {files.cert.ref}" if message.endswith("certificate") else ""))
+        return None
+    return Certificate(cert_der, key_der, files.cert.ref, certificates.describe(cert_der))
 
 
 # ---- the Ansible module's parameters

@@ -119,3 +119,31 @@ def install(board, cert_der: bytes, key_der: bytes, progress=None) -> dict:
 def fingerprint(cert_der: bytes) -> str:
     """The certificate's SHA-256 fingerprint as the board shows it (hex pairs with colons)."""
     return hashlib.sha256(cert_der).digest().hex(":")
+
+
+# The attribute labels the board's tls.show prints (firmware/pocketpost/x509.py).
+_NAME_LABELS = {"2.5.4.3": "CN", "2.5.4.6": "C", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O", "2.5.4.11": "OU"}
+
+
+def describe(cert_der: bytes) -> dict:
+    """What the board's `tls.show` reports of `cert_der` once installed, in its format:
+    {subject, issuer, not_before, not_after, key, sha256}."""
+    certificate = x509.load_der_x509_certificate(cert_der)
+
+    def name(value):
+        parts = []
+        for rdn in value.rdns:
+            attribute = next(iter(rdn))  # the board reads the first of each set
+            text = attribute.value if isinstance(attribute.value, str) else attribute.value.decode("utf-8", "replace")
+            parts.append(f"{_NAME_LABELS.get(attribute.oid.dotted_string, 'OID')}={text}")
+        return ", ".join(parts)
+
+    key = certificate.public_key()
+    return {
+        "subject": name(certificate.subject),
+        "issuer": name(certificate.issuer),
+        "not_before": certificate.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "not_after": certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "key": "EC" if isinstance(key, ec.EllipticCurvePublicKey) else "RSA" if isinstance(key, rsa.RSAPublicKey) else "other",
+        "sha256": fingerprint(cert_der),
+    }

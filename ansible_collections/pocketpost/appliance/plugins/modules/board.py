@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: board
-short_description: Users, domains, limits and Wi-Fi of a pocketpost mail appliance
+short_description: Users, domains, limits, Wi-Fi and TLS of a pocketpost mail appliance
 description:
   - Reads the state of a pocketpost board over its serial console (or the console link of an
     emulated board, C(pocketpost sim)), compares it with the task's parameters and changes only
@@ -20,7 +20,9 @@ description:
   - Passwords are never read back from a board, so a user's password is set when the user is
     created, when its APOP flag changes, and on every run with O(users[].update_password=always);
     the same holds for the Wi-Fi password.
-  - Certificates and TLS settings are not managed yet (they wait for the TLS issue's host side).
+  - The TLS certificate is compared with the board's by its SHA-256 fingerprint and installed
+    only when it differs. The key never leaves a board, but it is checked to belong to the
+    certificate before anything is sent, so a new key always comes with a new certificate.
 version_added: "0.1.0"
 author:
   - pocketpost developers
@@ -123,6 +125,43 @@ options:
         type: str
         choices: [on_create, always]
         default: on_create
+  tls:
+    description:
+      - The board's TLS certificate and settings (the firmware's configuration keys
+        C(require_tls_for_auth), C(tls_max_sessions), C(tls_handshake_timeout), C(pop3s_port),
+        C(smtps_port), C(submission_port)).
+    type: dict
+    suboptions:
+      cert:
+        description:
+          - The certificate file on the controller (PEM or DER), such as
+            V({{ playbook_dir }}/certs/{{ inventory_hostname }}.pem). Needs O(tls.key).
+        type: path
+      key:
+        description:
+          - The certificate's key itself, unencrypted PEM, such as
+            V({{ lookup('file', 'certs/board.key') }}) (the file lookup reads Vault-encrypted files
+            too). Never shown, in a diff or elsewhere. Needs O(tls.cert).
+        type: str
+      require_for_auth:
+        description: V(auto) requires TLS for logins once a certificate is installed; V(yes) always; V(no) never.
+        type: str
+        choices: [auto, "yes", "no"]
+      max_sessions:
+        description: TLS sessions at once, 0-12 (each costs an ESP32 20-36 KB of heap).
+        type: int
+      handshake_timeout:
+        description: Seconds a TLS handshake may take, 5-300.
+        type: int
+      pop3s_port:
+        description: POP3 over implicit TLS, 0 for off (after a reboot).
+        type: int
+      smtps_port:
+        description: Submission over implicit TLS, 0 for off (after a reboot).
+        type: int
+      submission_port:
+        description: Submission with STARTTLS, 0 for off (after a reboot).
+        type: int
   users:
     description: Mail users. Users on the board that are not listed are left alone unless O(users_exclusive).
     type: list
@@ -171,8 +210,9 @@ attributes:
   diff_mode:
     support: full
 notes:
-  - Changes to O(hostname), O(listen), O(limits.max_clients) and O(wifi) take effect after the
-    board restarts; the result's RV(reboot_required) says so.
+  - Changes to O(hostname), O(listen), O(limits.max_clients), O(wifi) and the TLS ports take
+    effect after the board restarts; the result's RV(reboot_required) says so. So does a
+    certificate the board had no heap to load at once.
 """
 
 EXAMPLES = r"""
@@ -196,6 +236,21 @@ EXAMPLES = r"""
           - name: bob
             password: "{{ lookup('env', 'BOB_PASSWORD') }}"
             apop: true
+
+- name: Each board's certificate, logins only over TLS
+  hosts: pocketpost_boards
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: TLS
+      pocketpost.appliance.board:
+        sim: "{{ playbook_dir }}/sims/{{ inventory_hostname }}"
+        tls:
+          cert: "{{ playbook_dir }}/certs/{{ inventory_hostname }}.pem"
+          key: "{{ lookup('file', playbook_dir ~ '/certs/' ~ inventory_hostname ~ '.key') }}"
+          require_for_auth: auto
 """
 
 RETURN = r"""
@@ -228,6 +283,7 @@ try:
 except ImportError:
     HAS_POCKETPOST = False
     UPDATE_PASSWORD, USER_STATES = ("on_create", "always"), ("present", "absent")
+TLS_AUTH = ("auto", "yes", "no")
 else:
     HAS_POCKETPOST = True
 
@@ -257,6 +313,20 @@ def argument_spec():
                 password=dict(type="str", no_log=True),
                 update_password=dict(type="str", choices=list(UPDATE_PASSWORD), default="on_create", no_log=False),
             ),
+        ),
+        tls=dict(
+            type="dict",
+            options=dict(
+                cert=dict(type="path"),
+                key=dict(type="str", no_log=True),
+                require_for_auth=dict(type="str", choices=list(TLS_AUTH)),
+                max_sessions=dict(type="int"),
+                handshake_timeout=dict(type="int"),
+                pop3s_port=dict(type="int"),
+                smtps_port=dict(type="int"),
+                submission_port=dict(type="int"),
+            ),
+            required_together=[("cert", "key")],
         ),
         users=dict(
             type="list",
