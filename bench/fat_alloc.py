@@ -2,7 +2,7 @@
 # bench` can tell it apart from the firmware's own allocation. Runs the board's FileBlockDevice
 # (pocketpost/board/unix.py, from the compiled firmware) under os.VfsFat, as the unix board does:
 #
-#   micropython -X heapsize=144k bench/fat_alloc.py APP_DIR IMAGE OCTETS
+#   micropython -X heapsize=176k bench/fat_alloc.py APP_DIR IMAGE OCTETS
 #
 # - a write of OCTETS (and of ~2 KB) in 1,024-octet chunks after a 333-octet head (the firmware
 #   writes the trace fields, then the DATA it reads in chunks: so the chunks do not start on sectors)

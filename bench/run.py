@@ -6,7 +6,7 @@ medians and ratios; writes docs/benchmarks.md, docs/benchmarks.png and the raw r
 (build/bench/results.json). A benchmark, not a test: it exits 1 only when a load could not run
 (the page then says which, with the firmware's error).
 
-    python bench/run.py [--runs 7] [--quick] [--no-pin] [--heap 144k] [--no-write]
+    python bench/run.py [--runs 7] [--quick] [--no-pin] [--heap 176k] [--no-write]
     python bench/run.py --firmware-rev HEAD     # the committed firmware, not the working tree
     python bench/run.py --report-only build/bench/results.json   # redraw the page and chart
 
