@@ -1,14 +1,19 @@
 """The Ansible collection (ansible_collections/pocketpost/appliance): ansible-core from PyPI runs
 the README's playbook (examples/fleet) against two simulators: changes, idempotence, check and
-diff mode, drift, and a board that fails alone."""
+diff mode, drift, and a board that fails alone; and the TLS playbook beside it."""
 
 import json
 import os
+import poplib
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from pocketpost_host import tls as certificates
+from pocketpost_host.errors import BoardError
 
 from fleet_sims import ALICE_PASSWORD, BOARDS, BOB_PASSWORD, REPO, Fleet, apop_login, pop3_login, recap
 
@@ -47,8 +52,8 @@ def ansible(tool, *args, cwd, state, timeout=120):
     )
 
 
-def playbook(fleet, *args):
-    return ansible("ansible-playbook", "-i", "hosts.yml", "playbook.yml", *args, cwd=fleet.root, state=fleet.root.parent)
+def playbook(fleet, *args, book="playbook.yml"):
+    return ansible("ansible-playbook", "-i", "hosts.yml", book, *args, cwd=fleet.root, state=fleet.root.parent)
 
 
 def test_playbook_on_two_sims(fleet):
@@ -102,6 +107,74 @@ def test_one_board_fails_alone(fleet):
     assert "unreachable: port " in result.stdout and "does not exist" in result.stdout
     assert "hostname: must be a domain name such as mail.example.org" in result.stdout
     pop3_login(fleet.sims["mail-a"], "alice", ALICE_PASSWORD)
+
+
+def test_tls_playbook(fleet):
+    """examples/fleet/tls-playbook.yml: each board's certificate installed once (check mode
+    first), the key never shown, TLS verified afterwards, and a key that is not the
+    certificate's failing its board alone."""
+    certs = fleet.root / "certs"
+    certs.mkdir()
+    fingerprints, keys = {}, []
+    for name in BOARDS:
+        cert_pem, key_pem = certificates.generate("127.0.0.1", days=30)
+        (certs / f"{name}.pem").write_bytes(cert_pem)
+        (certs / f"{name}.key").write_bytes(key_pem)
+        fingerprints[name] = certificates.fingerprint(certificates.to_der(cert_pem, key_pem)[0])
+        keys += [line for line in key_pem.decode().splitlines() if not line.startswith("-----")]
+
+    def tls_show(name):
+        with fleet.board(name) as board:
+            try:
+                return board.request("tls.show")["sha256"]
+            except BoardError:
+                return None
+
+    check = playbook(fleet, "--check", "--diff", book="tls-playbook.yml")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert recap(check.stdout) == {"mail-a": (1, 1, 0, 0), "mail-b": (1, 1, 0, 0)}
+    for name in BOARDS:
+        assert f"+sha256: {fingerprints[name]}\n" in check.stdout
+        assert tls_show(name) is None  # check mode installed nothing
+    assert "-tls_max_sessions: 1\n+tls_max_sessions: 2\n" in check.stdout
+
+    first = playbook(fleet, "-v", "--diff", book="tls-playbook.yml")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert recap(first.stdout) == {"mail-a": (1, 1, 0, 0), "mail-b": (1, 1, 0, 0)}
+    for line in keys:
+        assert line not in check.stdout + first.stdout + first.stderr
+    for name in BOARDS:
+        assert tls_show(name) == fingerprints[name]
+        result = json.loads(first.stdout.split(f"changed: [{name}] => ", 1)[1].splitlines()[0])
+        assert ("tls certificate", "changed") in {(i["item"], i["status"]) for i in result["items"]}
+        sim = fleet.sims[name]
+        with fleet.board(name) as board:
+            loaded = board.info()["tls"]["certificate"]
+        assert result["reboot_required"] is (not loaded)
+        if not loaded:  # the board had no heap to load it at once
+            start = len(sim.lines)
+            assert sim.cli("reboot").exit_code == 0
+            sim.wait_for("INFO boot: ready", start=start, timeout=30)
+        client = poplib.POP3("127.0.0.1", sim.pop3_port, timeout=20)
+        try:
+            client.stls(ssl.create_default_context(cafile=str(certs / f"{name}.pem")))
+            assert certificates.fingerprint(client.sock.getpeercert(binary_form=True)) == fingerprints[name]
+            client.quit()
+        finally:
+            client.close()
+
+    again = playbook(fleet, book="tls-playbook.yml")
+    assert recap(again.stdout) == {"mail-a": (1, 0, 0, 0), "mail-b": (1, 0, 0, 0)}
+
+    _, other_key = certificates.generate("127.0.0.1", days=30)
+    (certs / "mail-b.key").write_bytes(other_key)
+    mismatch = playbook(fleet, book="tls-playbook.yml")
+    assert mismatch.returncode == 2, mismatch.stdout + mismatch.stderr
+    assert recap(mismatch.stdout) == {"mail-a": (1, 0, 0, 0), "mail-b": (0, 0, 0, 1)}
+    assert "tls.key: the key does not belong to the certificate " in mismatch.stdout
+    for line in other_key.decode().splitlines()[1:-1]:
+        assert line not in mismatch.stdout + mismatch.stderr
+    assert tls_show("mail-b") == fingerprints["mail-b"]
 
 
 def test_module_documentation(tmp_path):

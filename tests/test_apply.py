@@ -336,7 +336,7 @@ BOARD = "boards:\n  a:\n    board: unix\n    sim: sims/a\n"
          ["inv.yml:8: boards.a.users[0].update_password: must be one of on_create, always, not 'sometimes'"]),
         (BOARD + "    users_exclusive: yes please\n", ["inv.yml:5: boards.a.users_exclusive: must be true or false"]),
         (BOARD + "    groups: [lab]\n", ["inv.yml:5: boards.a.groups[0]: no group 'lab' (groups: none defined)"]),
-        (BOARD + "    tls:\n      cert: c.pem\n", ["inv.yml:5: boards.a.tls: TLS is not supported in inventories yet"]),
+        (BOARD + "    tls:\n      cert: c.pem\n", ["inv.yml:5: boards.a.tls: give `cert` and `key` together"]),
         ("boards:\n  a:\n    board: unix\n    sim: x\n    timeout: 0\n",
          ["inv.yml:5: boards.a.timeout: must be seconds, 0.1..600, not 0"]),
         # Every error at once, from defaults, groups and boards.

@@ -261,8 +261,8 @@ def _certificate_summary(shown):
 
 def _certificate_lines(shown):
     """A certificate as diff lines (the key is never shown, nor read from a board)."""
-    fields = (("subject", "subject"), ("issuer", "issuer"), ("not_after", "not_after"), ("key type", "key"), ("sha256", "sha256"))
-    return [f"{label}: {shown.get(key)}" for label, key in fields]
+    labels = {"subject": "subject", "issuer": "issuer", "not_after": "not_after", "key type": "key", "sha256": "sha256"}
+    return [f"{label}: {shown.get(key)}" for label, key in labels.items()]
 
 
 def _user_lines(apop, messages=None, password=False):

@@ -238,7 +238,6 @@ class Certificate:
 
     cert_der: bytes = field(repr=False)
     key_der: bytes = field(repr=False)  # never in a repr or traceback
-    source: str = ""  # where the certificate came from, for messages
     shown: dict = field(default_factory=dict)  # tls.describe(): subject, ..., sha256
 
     @property
@@ -834,7 +833,7 @@ def _read_certificate(files, base_dir, environ, errors):
         else:
             fail(files.key, message + (f" {files.cert.ref}" if message.endswith("certificate") else ""))
         return None
-    return Certificate(cert_der, key_der, files.cert.ref, certificates.describe(cert_der))
+    return Certificate(cert_der, key_der, certificates.describe(cert_der))
 
 
 # ---- the Ansible module's parameters

@@ -139,11 +139,12 @@ def describe(cert_der: bytes) -> dict:
         return ", ".join(parts)
 
     key = certificate.public_key()
+    kind = "EC" if isinstance(key, ec.EllipticCurvePublicKey) else "RSA" if isinstance(key, rsa.RSAPublicKey) else "other"
     return {
         "subject": name(certificate.subject),
         "issuer": name(certificate.issuer),
         "not_before": certificate.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "not_after": certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "key": "EC" if isinstance(key, ec.EllipticCurvePublicKey) else "RSA" if isinstance(key, rsa.RSAPublicKey) else "other",
+        "key": kind,
         "sha256": fingerprint(cert_der),
     }

@@ -283,7 +283,6 @@ try:
 except ImportError:
     HAS_POCKETPOST = False
     UPDATE_PASSWORD, USER_STATES = ("on_create", "always"), ("present", "absent")
-TLS_AUTH = ("auto", "yes", "no")
 else:
     HAS_POCKETPOST = True
 
@@ -291,6 +290,7 @@ LIMITS = (
     "max_clients", "max_message_size", "max_recipients", "max_bad_commands", "pop3_idle_timeout",
     "smtp_timeout", "auth_fail_delay_ms", "auth_max_failures", "auth_lockout",
 )
+TLS_AUTH = ("auto", "yes", "no")
 
 
 def argument_spec():
