@@ -32,8 +32,7 @@ class Log:
         # can never be mistaken for, or break, a console frame.
         if "\n" in line or "\r" in line or "\x03" in line:
             line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x03", "^C")
-        self.out.write(line)
-        self.out.write("\n")
+        self.out.write(line + "\n")  # one write: one system call on the unix board
         self._keep(line.encode())
 
     def _keep(self, data):

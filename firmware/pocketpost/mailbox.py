@@ -162,13 +162,6 @@ class Mailbox:
 
     # ---- reading
 
-    def read_record(self, f, n, rec):
-        """(seq, size) of message n (1-based) from the open index `f`."""
-        f.seek(n * RECORD)
-        if f.readinto(rec) != RECORD:
-            raise ValueError("index shorter than expected")
-        return parse_record(rec, 0)
-
     def totals(self, buf):
         """(messages, octets) from the index."""
         count = octets = 0

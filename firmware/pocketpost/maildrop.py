@@ -14,8 +14,11 @@ class Maildrop:
         """Opens the user's mailbox (creating it when new) and counts what is in it now."""
         self.box = store.existing_mailbox(name)
         self.buf = bytearray(RECORD * _RECORDS_PER_READ)
-        self.rec = bytearray(RECORD)
-        self.uid_prefix = self.box.uid_prefix(self.rec)
+        # Records read for `message`, which RETR, DELE and LIST n mostly ask for in order.
+        self.cache = bytearray(RECORD * _RECORDS_PER_READ)
+        self.cache_first = 0  # number of the first message cached; 0: none
+        self.cache_count = 0
+        self.uid_prefix = self.box.uid_prefix(memoryview(self.cache)[:RECORD]).encode()
         self.count, self.octets = self.box.totals(self.buf)  # later deliveries wait for the next session
         self.deleted = bytearray((self.count + 7) >> 3)
         self.deleted_count = 0
@@ -28,14 +31,20 @@ class Maildrop:
         """(seq, size) of message n, or None when there is no such message or it is deleted."""
         if not 1 <= n <= self.count or self.is_deleted(n):
             return None
-        with open(self.box.index, "rb") as f:
-            return self.box.read_record(f, n, self.rec)
+        i = n - self.cache_first
+        if not self.cache_first or not 0 <= i < self.cache_count:
+            with open(self.box.index, "rb") as f:
+                f.seek(n * RECORD)
+                got = f.readinto(self.cache) // RECORD
+            if not got:
+                raise ValueError("index shorter than expected")
+            self.cache_first = n
+            self.cache_count = min(got, self.count - n + 1)
+            i = 0
+        return parse_record(self.cache, i * RECORD)
 
     def path(self, seq):
         return self.box.message_path(seq)
-
-    def uid(self, seq):
-        return self.uid_prefix + str(seq)
 
     def _records(self):
         """Yields (n, seq, size) of every message of this session, deleted or not."""
@@ -50,11 +59,29 @@ class Maildrop:
                 seq, size = parse_record(buf, off)
                 yield n, seq, size
 
-    def listing(self):
-        """Yields (n, seq, size) of every message not deleted, in order."""
-        for n, seq, size in self._records():
-            if not self.is_deleted(n):
-                yield n, seq, size
+    def listing(self, uids):
+        """Yields the lines of LIST (uids False) or UIDL (True) for every message not deleted,
+        in order (one loop and one allocation a line: it runs once per message)."""
+        buf = self.buf
+        prefix = self.uid_prefix
+        deleted = self.deleted
+        n = 0
+        with open(self.box.index, "rb") as f:
+            f.seek(RECORD)
+            while n < self.count:
+                got = f.readinto(buf)
+                if not got:
+                    return
+                for off in range(0, got - got % RECORD, RECORD):
+                    n += 1
+                    if n > self.count:
+                        return
+                    if not deleted[(n - 1) >> 3] & (1 << ((n - 1) & 7)):
+                        seq, size = parse_record(buf, off)
+                        if uids:
+                            yield b"%d %s%d\r\n" % (n, prefix, seq)
+                        else:
+                            yield b"%d %d\r\n" % (n, size)
 
     def mark_deleted(self, n, size):
         self.deleted[(n - 1) >> 3] |= 1 << ((n - 1) & 7)

@@ -109,7 +109,7 @@ class Connection:
         """Reads at least one more byte after the unread ones, waiting for it; returns how many.
 
         Pending output is sent first: a client that pipelines waits for those replies."""
-        if self.outlen:
+        if self.outlen and not self.push():
             await self.flush()
         n = self.take()
         while not n:

@@ -296,7 +296,7 @@ class Pop3Session(Session):
 
     async def cmd_stat(self, arg):
         count, octets = self.drop.visible()
-        self.conn.put("+OK {} {}\r\n".format(count, octets).encode())
+        self.conn.put(b"+OK %d %d\r\n" % (count, octets))
 
     async def cmd_list(self, arg):
         await self._listing(arg, False)
@@ -311,23 +311,23 @@ class Pop3Session(Session):
             found = self._message(arg)
             if found:
                 n, seq, size = found
-                conn.put("+OK {} {}\r\n".format(n, drop.uid(seq) if uids else size).encode())
+                conn.put(b"+OK %d %s%d\r\n" % (n, drop.uid_prefix, seq) if uids else b"+OK %d %d\r\n" % (n, size))
             return
         if uids:
             conn.put(b"+OK Unique-ID listing follows\r\n")
         else:
             count, octets = drop.visible()
             conn.put("+OK {} messages ({} octets)\r\n".format(count, octets).encode())
-        for n, seq, size in drop.listing():
-            conn.put("{} {}\r\n".format(n, drop.uid(seq) if uids else size).encode())
-            if conn.full():
+        for line in drop.listing(uids):
+            conn.put(line)
+            if conn.full() and not conn.push():
                 await conn.flush()
         conn.put(b".\r\n")
 
     async def cmd_retr(self, arg):
         found = self._message(arg)
         if found:
-            await self._send(found, "+OK {} octets\r\n".format(found[2]).encode(), -1)
+            await self._send(found, b"+OK %d octets\r\n" % found[2], -1)
 
     async def cmd_top(self, arg):
         parts = arg.split(" ")
