@@ -53,6 +53,7 @@ import sys
 _BLOCK = 4096
 
 
+# The firmware's FileBlockDevice lives inside the image this mounts, so the loader brings its own.
 class _Image:
     def __init__(self, path):
         self.file = open(path, "r+b")

@@ -20,7 +20,8 @@ _BLOCK = 4096
 
 
 class _Partition:
-    """The vfs partition: what esp32.Partition gives _boot.py, over the image file."""
+    """The vfs partition: what esp32.Partition gives _boot.py, over the image file. Not the
+    firmware's FileBlockDevice: that lives inside the image this mounts."""
 
     def __init__(self, path):
         self.file = open(path, "r+b")
