@@ -189,7 +189,8 @@ class Connection:
         self.outlen += n
 
     def queued(self, n):
-        """Declares n octets written straight into the (empty) output buffer as queued."""
+        """Declares that the output buffer holds n queued octets: the caller wrote the new ones
+        straight into it, after those queued (none of them sent yet)."""
         self.outlen = n
 
     def drop_output(self):

@@ -80,6 +80,10 @@ async def receive_data(conn, sink, limit):
                         i += 1
                     sol = False
                 lf = buf.find(b"\n", i, n)
+                if lf > i and buf[lf - 1] == _CR and buf.find(b"\r", i, lf - 1) < 0:
+                    sol = True  # the usual line, ending in its only CR and an LF: kept as is
+                    i = lf + 1
+                    continue
                 end = lf if lf >= 0 else n
                 if lf < 0 and buf[n - 1] == _CR:
                     end = n - 1  # this CR may be the start of a CRLF
@@ -124,43 +128,53 @@ async def receive_data(conn, sink, limit):
 async def send_file(conn, f):
     """Sends file `f` as the body of a multi-line response: byte-stuffed, then CRLF.CRLF.
 
-    The file is read straight into the connection's empty output buffer and the dots are
-    inserted there: no copy, and nothing allocated unless a line starts with a dot. A chunk that
-    needs dots and would not fit with them is read again as half a buffer, which always fits
-    (n octets hold at most n / 2 "\n." pairs)."""
+    The file is read straight into the connection's output buffer and the dots are inserted
+    there: no copy, and nothing allocated unless a line starts with a dot. The first chunk goes
+    after what is queued already (the status line), so a short message leaves in one write. A
+    chunk that needs dots and would not fit with them is read again as half the room, which
+    always fits (n octets hold at most n / 2 "\n." pairs)."""
     out = conn.outbuf
     view = memoryview(out)
     size = len(out)
     last = _LF  # the byte before the next one: a "." after LF gets stuffed
     turn = time.ticks_ms()
+    # Where the next chunk goes: after the queued replies while they leave at least half the
+    # buffer (and nothing is waiting behind them), else at the start of the emptied buffer.
+    start = conn.outlen
+    if conn.sent or conn.overflow or start > size >> 1:
+        start = 0
     while True:
-        if not conn.push():
-            await conn.flush()
-            turn = time.ticks_ms()
-        elif time.ticks_diff(time.ticks_ms(), turn) > _TURN_MS:
-            await asyncio.sleep_ms(0)
-            turn = time.ticks_ms()
-        n = f.readinto(out)
+        if not start:
+            if not conn.push():
+                await conn.flush()
+                turn = time.ticks_ms()
+            elif time.ticks_diff(time.ticks_ms(), turn) > _TURN_MS:
+                await asyncio.sleep_ms(0)
+                turn = time.ticks_ms()
+        n = f.readinto(view[start:] if start else out)
         if not n:
             break
-        at = 0 if last == _LF and out[0] == _DOT else -1
+        room = size - start
+        end = start + n
+        at = start if last == _LF and out[start] == _DOT else -1
         if at < 0:
-            at = out.find(b"\n.", 0, n)
+            at = out.find(b"\n.", start, end)
             if at >= 0:
                 at += 1
-        if at >= 0 and n > size >> 1:
-            f.seek((size >> 1) - n, 1)  # dots to insert: take half a buffer instead
-            n = size >> 1
-            if at >= n:
+        if at >= 0 and n > room >> 1:
+            f.seek((room >> 1) - n, 1)  # dots to insert: take half the room instead
+            end = start + (room >> 1)
+            if at >= end:
                 at = -1
         while at >= 0:  # insert a dot before out[at]
-            view[at + 1 : n + 1] = view[at:n]
-            n += 1
-            at = out.find(b"\n.", at + 2, n)
+            view[at + 1 : end + 1] = view[at:end]
+            end += 1
+            at = out.find(b"\n.", at + 2, end)
             if at >= 0:
                 at += 1
-        last = out[n - 1]
-        conn.queued(n)
+        last = out[end - 1]
+        conn.queued(end)
+        start = 0
     _finish(conn, last)
 
 
