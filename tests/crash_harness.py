@@ -244,7 +244,7 @@ def expected_repairs(card, raw=None):
             required.append(prefix + "made a new index (the old one was missing)")
             allowed.append(prefix + "re-indexed ")
             continue
-        if len(index) < 20 or index[0] != "#" or index[9] != " " or index[19] != "\n":
+        if len(index) < 20 or index[0] not in "+#" or index[9] != " " or index[19] != "\n":
             required.append(prefix + "made a new index (the old header was damaged)")
             allowed.append(prefix + "re-indexed ")
             continue

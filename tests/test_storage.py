@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import sd_card
 from wire import Wire, pop3_login, send_mail, smtp_session, strip_trace, unstuff
 
 from messages import big_message, stuff
@@ -98,6 +99,87 @@ def test_image_is_clean_for_fsck_after_a_power_cut_between_transactions(board):
     board.kill()
     code, report = fsck(board.data / "sd.img")
     assert code == 0, report
+
+
+# ---- folder layout: 100 messages to a folder; mailboxes of firmware 0.1.0 keep 1,000
+
+
+def on_card(board, code):
+    return sd_card.run(board.app_dir, board.data / "sd.img", code)
+
+
+def mailbox_files(board, user="alice"):
+    """The message files of a mailbox, as "<folder>/<seq>" paths."""
+    prefix = "/sd/mail/{}/".format(user)
+    listing = on_card(board, "for p in tree({!r}): print(p)".format(prefix[:-1]))
+    return sorted(p[len(prefix) :] for p in listing.split() if p.count("/") == 5)
+
+
+def test_messages_are_stored_100_to_a_folder(board):
+    send_mail(board.smtp_port, b"Subject: 1\r\n\r\none")
+    board.stop()
+    # Message numbers run on from 199, as in a mailbox that has seen 198 messages.
+    on_card(board, """
+        index = read("/sd/mail/alice/index")
+        write("/sd/mail/alice/index", index[:10] + b"000000199" + index[19:])
+    """)
+    board.start()
+    send_mail(board.smtp_port, b"Subject: 199\r\n\r\nx")
+    send_mail(board.smtp_port, b"Subject: 200\r\n\r\ny")
+    assert retr_all(board) == [b"Subject: 1\r\n\r\none\r\n", b"Subject: 199\r\n\r\nx\r\n", b"Subject: 200\r\n\r\ny\r\n"]
+    board.stop()
+    assert mailbox_files(board) == ["0/1", "1/199", "2/200"]
+    assert on_card(board, 'print(read("/sd/mail/alice/index")[:1])').strip() == "b'+'"
+
+
+LEGACY_MESSAGES = {150: b"Subject: old 150\r\n\r\nkept\r\n", 1001: b"Subject: old 1001\r\n\r\nkept too\r\n"}
+LEGACY_TRACE = b"Return-Path: <bob@example.org>\r\nReceived: from client by pocketpost; Thu, 1 Oct 2026 10:00:00 +0000\r\n"
+
+
+def make_legacy_mailbox(board, with_index=True):
+    """Writes alice's mailbox as firmware 0.1.0 left it: header mark "#", 1,000 messages to a
+    folder (message 150 in folder 0, message 1001 in folder 1)."""
+    board.stop()
+    on_card(board, """
+        box = "/sd/mail/alice"
+        os.mkdir(box)
+        os.mkdir(box + "/0")
+        os.mkdir(box + "/1")
+        messages = {{seq: {trace!r} + body for seq, body in {messages!r}.items()}}
+        index = b"#0badc0de 000000001\\n"
+        for seq in sorted(messages):
+            write("{{}}/{{}}/{{}}".format(box, seq // 1000, seq), messages[seq])
+            index += "{{:08d}} {{:010d}}\\n".format(seq, len(messages[seq])).encode()
+        if {with_index!r}:
+            write(box + "/index", index)
+    """.format(messages=LEGACY_MESSAGES, trace=LEGACY_TRACE, with_index=with_index))
+    board.start()
+
+
+def test_mailbox_of_firmware_0_1_0_keeps_its_layout(board):
+    make_legacy_mailbox(board)
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("UIDL 2") == "+OK 2 0badc0de.1001"
+    w.cmd("QUIT")
+    assert retr_all(board) == [LEGACY_MESSAGES[150], LEGACY_MESSAGES[1001]]
+    send_mail(board.smtp_port, b"Subject: new\r\n\r\nz")
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("DELE 1") == "+OK Marked to be deleted."
+    assert w.cmd("QUIT") == "+OK Logging out."
+    assert retr_all(board) == [LEGACY_MESSAGES[1001], b"Subject: new\r\n\r\nz\r\n"]
+    board.stop()
+    assert mailbox_files(board) == ["1/1001", "1/1002"]  # not 10/1002
+    assert on_card(board, 'print(read("/sd/mail/alice/index")[:1])').strip() == "b'#'"
+
+
+def test_lost_index_of_a_0_1_0_mailbox_is_rebuilt_in_its_layout(board):
+    make_legacy_mailbox(board, with_index=False)
+    assert board.wait_log("WARN store: alice: re-indexed 2 messages from the folders")
+    assert retr_all(board) == [LEGACY_MESSAGES[150], LEGACY_MESSAGES[1001]]
+    send_mail(board.smtp_port, b"Subject: new\r\n\r\nz")
+    assert retr_all(board)[2] == b"Subject: new\r\n\r\nz\r\n"
+    board.stop()
+    assert mailbox_files(board) == ["0/150", "1/1001", "1/1002"]
 
 
 @pytest.fixture

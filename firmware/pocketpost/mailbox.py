@@ -1,24 +1,33 @@
 # One user's mailbox on the SD card, and the crash-safe changes made to it.
 #
 #   <dir>/index        a header, then one fixed-size record per message, in delivery order
-#   <dir>/<shard>/<seq> the messages, in wire form; shard = seq // 1000 keeps FAT folders small
+#   <dir>/<shard>/<seq> the messages, in wire form; shard = seq // 100 keeps FAT folders small
 #   <dir>/purge        the journal of a deletion (seqs to remove), present only while one runs
 #
 # The index lets a login read one file instead of listing and stat-ing every message (each
 # open in a FAT folder of ~2,000 files costs 100+ ms on an ESP32 over SPI). Records have a fixed
 # size, so message N is found by seeking, and a session keeps nothing per message in RAM.
 #
-# Header: "#GGGGGGGG NNNNNNNNN\n": G the mailbox generation (random hex, chosen when the mailbox
+# Header: "+GGGGGGGG NNNNNNNNN\n": G the mailbox generation (random hex, chosen when the mailbox
 # is made, part of every UID so a purged and re-created mailbox never repeats one), N the lowest
 # sequence number never used. Record: "SSSSSSSS ZZZZZZZZZZ\n": the message's sequence number (its
 # file name and UID) and its size in octets, both decimal.
+#
+# The header's first octet gives the folder layout: "+" 100 messages per folder; "#" 1,000 per
+# folder, the layout of mailboxes made by firmware 0.1.0, which keep it. FatFS finds a file by
+# reading its folder from the start, 32 octets per entry: an open, stat or rename near the end of
+# a 1,000-file folder reads 32 KB of the card, of a 100-file folder 3 KB (on an ESP32 an fopen in
+# a folder of ~2,000 files takes 110+ ms, esp-idf #4547).
 import binascii
 import os
 
 from micropython import const
 
 RECORD = const(20)
-_SHARD = const(1000)
+PER_FOLDER = const(100)
+_LEGACY_PER_FOLDER = const(1000)
+_MARK = const(43)  # "+"
+_LEGACY_MARK = const(35)  # "#"
 # Sequence numbers have 8 digits: message names stay 8.3 names on FAT (no long-name entries).
 _MAX_SEQ = const(99999999)
 
@@ -75,33 +84,43 @@ class Mailbox:
         self.name = name
         self.dir = "{}/{}".format(parent, name)
         self.index = self.dir + "/index"
+        # Messages per folder: known once the header has been read (create, read_header).
+        self.per_folder = None
 
     # ---- layout
 
     def exists(self):
         return path_exists(self.index)
 
-    def create(self):
-        """Makes the folder and an empty index with a new generation."""
+    def create(self, legacy=False):
+        """Makes the folder and an empty index with a new generation; `legacy` keeps the
+        folder layout of firmware 0.1.0 (for an index rebuilt over its folders)."""
         try:
             os.mkdir(self.dir)
         except OSError:
             pass
+        self.per_folder = _LEGACY_PER_FOLDER if legacy else PER_FOLDER
         gen = int.from_bytes(os.urandom(4), "big")
         with open(self.index, "wb") as f:
             f.write(self._header_bytes(gen, 1))
 
-    @staticmethod
-    def _header_bytes(gen, next_seq):
-        return "#{:08x} {:09d}\n".format(gen, next_seq).encode()
+    def _header_bytes(self, gen, next_seq):
+        mark = "#" if self.per_folder == _LEGACY_PER_FOLDER else "+"
+        return "{}{:08x} {:09d}\n".format(mark, gen, next_seq).encode()
+
+    def folder(self, seq):
+        """The folder that holds message `seq`."""
+        return "{}/{}".format(self.dir, seq // self.per_folder)
 
     def message_path(self, seq):
-        return "{}/{}/{}".format(self.dir, seq // _SHARD, seq)
+        return "{}/{}/{}".format(self.dir, seq // self.per_folder, seq)
 
     def read_header(self, f, rec):
+        """(generation, lowest unused seq) from the index header; learns the folder layout."""
         f.seek(0)
-        if f.readinto(rec) != RECORD or rec[0] != 35 or rec[9] != 32 or rec[19] != 10:
+        if f.readinto(rec) != RECORD or rec[0] not in (_MARK, _LEGACY_MARK) or rec[9] != 32 or rec[19] != 10:
             raise ValueError("bad index header")
+        self.per_folder = PER_FOLDER if rec[0] == _MARK else _LEGACY_PER_FOLDER
         return int(bytes(rec[1:9]), 16), int(rec[10:19])
 
     def uid_prefix(self, rec):
@@ -149,7 +168,7 @@ class Mailbox:
             self.append(seq, found)
             seq += 1
         try:
-            os.mkdir("{}/{}".format(self.dir, seq // _SHARD))
+            os.mkdir(self.folder(seq))
         except OSError:
             pass  # exists already
         os.rename(tmp_path, path)

@@ -2,7 +2,7 @@
 # once at boot; app.py then drops this module so its code does not occupy the heap afterwards.
 import os
 
-from .mailbox import RECORD, parse_record, path_exists, read_records
+from .mailbox import PER_FOLDER, RECORD, parse_record, path_exists, read_records
 
 
 def check_store(store, buf):
@@ -75,7 +75,6 @@ def recover(box, buf):
     if path_exists(box.dir + "/purge") or path_exists(box.index + ".new"):
         done.append("finished a deletion ({} files)".format(box.finish_purge(buf)))
     if not box.exists():
-        box.create()
         done.append("made a new index (the old one was missing)")
         _reindex(box, done)
         return done
@@ -85,7 +84,6 @@ def recover(box, buf):
             box.read_header(f, rec)
     except ValueError:
         os.remove(box.index)
-        box.create()
         done.append("made a new index (the old header was damaged)")
         _reindex(box, done)
         return done
@@ -133,9 +131,20 @@ def _truncate(box, kept, buf):
 
 
 def _reindex(box, done):
-    # The index is gone: rebuild it from the shard folders, in sequence order.
+    # The index is gone: make a new one and fill it from the shard folders, in sequence order.
+    # The folders tell the layout: with 1,000 messages to a folder (firmware 0.1.0) some message
+    # sits outside the folder of 100 it would have now. (Up to seq 99 both layouts agree.)
     shards = [int(e[0]) for e in os.ilistdir(box.dir) if e[1] == 0x4000 and e[0].isdigit()]
     shards.sort()
+    legacy = False
+    for shard in shards:
+        for e in os.ilistdir("{}/{}".format(box.dir, shard)):
+            if e[0].isdigit() and int(e[0]) // PER_FOLDER != shard:
+                legacy = True
+                break
+        if legacy:
+            break
+    box.create(legacy)
     count = 0
     for shard in shards:
         folder = "{}/{}".format(box.dir, shard)
