@@ -101,7 +101,7 @@ def test_image_is_clean_for_fsck_after_a_power_cut_between_transactions(board):
     assert code == 0, report
 
 
-# ---- folder layout: 100 messages to a folder; mailboxes of firmware 0.1.0 keep 1,000
+# ---- folder layout: 100 messages to a folder; mailboxes of the first layout keep 1,000
 
 
 def on_card(board, code):
@@ -137,8 +137,8 @@ LEGACY_TRACE = b"Return-Path: <bob@example.org>\r\nReceived: from client by pock
 
 
 def make_legacy_mailbox(board, with_index=True):
-    """Writes alice's mailbox as firmware 0.1.0 left it: header mark "#", 1,000 messages to a
-    folder (message 150 in folder 0, message 1001 in folder 1)."""
+    """Writes alice's mailbox in the first layout, as earlier builds left it: header mark "#",
+    1,000 messages to a folder (message 150 in folder 0, message 1001 in folder 1)."""
     board.stop()
     on_card(board, """
         box = "/sd/mail/alice"
@@ -156,7 +156,7 @@ def make_legacy_mailbox(board, with_index=True):
     board.start()
 
 
-def test_mailbox_of_firmware_0_1_0_keeps_its_layout(board):
+def test_mailbox_of_the_first_layout_keeps_it(board):
     make_legacy_mailbox(board)
     w = pop3_login(board.pop3_port)
     assert w.cmd("UIDL 2") == "+OK 2 0badc0de.1001"
@@ -172,7 +172,7 @@ def test_mailbox_of_firmware_0_1_0_keeps_its_layout(board):
     assert on_card(board, 'print(read("/sd/mail/alice/index")[:1])').strip() == "b'#'"
 
 
-def test_lost_index_of_a_0_1_0_mailbox_is_rebuilt_in_its_layout(board):
+def test_lost_index_of_a_first_layout_mailbox_is_rebuilt_in_that_layout(board):
     make_legacy_mailbox(board, with_index=False)
     assert board.wait_log("WARN store: alice: re-indexed 2 messages from the folders")
     assert retr_all(board) == [LEGACY_MESSAGES[150], LEGACY_MESSAGES[1001]]

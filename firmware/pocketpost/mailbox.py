@@ -14,7 +14,7 @@
 # file name and UID) and its size in octets, both decimal.
 #
 # The header's first octet gives the folder layout: "+" 100 messages per folder; "#" 1,000 per
-# folder, the layout of mailboxes made by firmware 0.1.0, which keep it. FatFS finds a file by
+# folder, the first layout, which mailboxes made by earlier builds keep. FatFS finds a file by
 # reading its folder from the start, 32 octets per entry: an open, stat or rename near the end of
 # a 1,000-file folder reads 32 KB of the card, of a 100-file folder 3 KB (on an ESP32 an fopen in
 # a folder of ~2,000 files takes 110+ ms, esp-idf #4547).
@@ -94,7 +94,7 @@ class Mailbox:
 
     def create(self, legacy=False):
         """Makes the folder and an empty index with a new generation; `legacy` keeps the
-        folder layout of firmware 0.1.0 (for an index rebuilt over its folders)."""
+        first folder layout (for an index rebuilt over folders made by an earlier build)."""
         try:
             os.mkdir(self.dir)
         except OSError:

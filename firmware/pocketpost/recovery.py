@@ -132,7 +132,7 @@ def _truncate(box, kept, buf):
 
 def _reindex(box, done):
     # The index is gone: make a new one and fill it from the shard folders, in sequence order.
-    # The folders tell the layout: with 1,000 messages to a folder (firmware 0.1.0) some message
+    # The folders tell the layout: with 1,000 messages to a folder (the first layout) some message
     # sits outside the folder of 100 it would have now. (Up to seq 99 both layouts agree.)
     shards = [int(e[0]) for e in os.ilistdir(box.dir) if e[1] == 0x4000 and e[0].isdigit()]
     shards.sort()
