@@ -4,9 +4,10 @@
 #   <dir>/<shard>/<seq> the messages, in wire form; shard = seq // 100 keeps FAT folders small
 #   <dir>/purge        the journal of a deletion (seqs to remove), present only while one runs
 #
-# The index lets a login read one file instead of listing and stat-ing every message (each
-# open in a FAT folder of ~2,000 files costs 100+ ms on an ESP32 over SPI). Records have a fixed
-# size, so message N is found by seeking, and a session keeps nothing per message in RAM.
+# The index lets a login read one file instead of listing and stat-ing every message (an fopen
+# in a FAT folder of ~2,000 files takes 110+ ms on an ESP32 over SPI, esp-idf #4547). Records
+# have a fixed size, so message N is found by seeking, and a session keeps nothing per message
+# in RAM.
 #
 # Header: "+GGGGGGGG NNNNNNNNN\n": G the mailbox generation (random hex, chosen when the mailbox
 # is made, part of every UID so a purged and re-created mailbox never repeats one), N the lowest
@@ -16,8 +17,7 @@
 # The header's first octet gives the folder layout: "+" 100 messages per folder; "#" 1,000 per
 # folder, the first layout, which mailboxes made by earlier builds keep. FatFS finds a file by
 # reading its folder from the start, 32 octets per entry: an open, stat or rename near the end of
-# a 1,000-file folder reads 32 KB of the card, of a 100-file folder 3 KB (on an ESP32 an fopen in
-# a folder of ~2,000 files takes 110+ ms, esp-idf #4547).
+# a 1,000-file folder reads 32 KB of the card, of a 100-file folder 3 KB.
 import binascii
 import os
 
