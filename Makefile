@@ -16,6 +16,7 @@ SIM_OPTIONS ?= --demo-user demo:demo
 .PHONY: sim test venv debian-packages clean bench
 
 $(BIN)/.installed: pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "pocketpost needs CPython 3.11, 3.12 or 3.13 as python3, python3.11, python3.12 or python3.13 (or PYTHON=/path/to/python)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@

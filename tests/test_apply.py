@@ -383,6 +383,21 @@ def test_secrets_are_resolved_before_any_board_is_contacted(tmp_path, monkeypatc
     assert len(limited.stderr.splitlines()) == 1
 
 
+def test_apop_password_longer_than_an_apop_secret_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONG_PW", "p" * 300)
+    path = tmp_path / "inv.yml"
+    path.write_text(
+        "boards:\n  a:\n    board: unix\n    port: /nonexistent/console\n    users:\n"
+        "      - name: al\n        apop: true\n        password: {env: LONG_PW}\n"
+        "      - name: bo\n        password: {env: LONG_PW}\n"  # no APOP: any length
+    )
+    result = run_cli("apply", str(path))
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr.removeprefix("Error: ").splitlines() == [
+        f"{path}:8: boards.a.users[0].password.env: environment variable LONG_PW: an APOP secret has at most 256 characters; this password has 300",
+    ]
+
+
 def test_inventory_file_missing(tmp_path):
     result = run_cli("apply", str(tmp_path / "none.yml"))
     assert result.exit_code == EXIT_USAGE

@@ -113,12 +113,24 @@ def test_duplicate_user_is_the_boards_error(sim):
     assert one_error_line(again, EXIT_BOARD) == "board error EXISTS: user grace exists"
 
 
-@pytest.mark.parametrize("name", [".hidden", "Alice", "a b", "a/b", "é", "x" * 65, ""])
+@pytest.mark.parametrize("name", [".hidden", "bob.", "Alice", "a b", "a/b", "é", "x" * 65, ""])
 @pytest.mark.parametrize("command", [["user", "add"], ["user", "del"], ["user", "passwd"]])
 def test_bad_user_names_are_refused_before_anything_is_sent(tmp_path, command, name):
     # The port does not exist: the name's error proves nothing was opened or sent.
     result = run_cli("--port", str(tmp_path / "no-port"), *command, "--", name, input="pw\n")
     assert "is not a user name" in one_error_line(result, EXIT_USAGE)
+
+
+def test_apop_secret_longer_than_the_board_keeps_is_refused_before_anything_is_sent(tmp_path):
+    result = run_cli("--port", str(tmp_path / "no-port"), "user", "add", "ida", "--apop", "--password-stdin", input="s" * 257 + "\n")
+    assert one_error_line(result, EXIT_USAGE) == "an APOP secret has at most 256 characters; this password has 257"
+
+
+def test_password_of_an_apop_user_must_fit_the_secret(sim):
+    assert sim.cli("user", "add", "jack", "--password-stdin", "--apop", input="s" * 256 + "\n").exit_code == 0
+    result = sim.cli("user", "passwd", "jack", "--password-stdin", input="t" * 300 + "\n")
+    assert one_error_line(result, EXIT_USAGE) == "jack logs in with APOP too: an APOP secret has at most 256 characters; this password has 300"
+    apop_login(sim.pop3_port, "jack", "s" * 256).quit()  # unchanged
 
 
 def test_empty_password_is_refused(tmp_path):

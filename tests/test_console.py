@@ -45,6 +45,8 @@ def test_malformed_frames(board):
     assert raw_exchange(board, b"PP> 8 user.add {not json\n").startswith("PP< 8 err BADREQ ")
     assert raw_exchange(board, b'PP> 9 user.add ["a list"]\n') == 'PP< 9 err BADREQ "arguments must be a JSON object"'
     assert raw_exchange(board, b"PP> 10 frobnicate\n").startswith('PP< 10 err UNKNOWN "unknown command; known: ')
+    # An id that is not UTF-8 cannot be echoed: the reply says "-".
+    assert raw_exchange(board, b"PP> \xff hello\n").startswith('PP< - err BADREQ "malformed request: ')
     # Lines that are not requests are ignored; the service keeps answering.
     board._write_console(b"hello there\n\r\n" + b"x" * 5000 + b"\n")
     assert board.request("hello")["protocol"] == 1
@@ -70,6 +72,15 @@ def test_user_add_list_passwd_del(board):
     assert [u["name"] for u in board.request("user.list")["users"]] == ["alice"]
 
 
+def test_user_whose_name_ends_like_a_new_record_is_a_user_of_its_own(board):
+    """Replacing alice's record must leave user "alice.new" alone (and the other way round)."""
+    board.add_user("alice.new", "other")
+    board.request("user.passwd", name="alice", hash=hash_password("changed", TEST_ITERATIONS))
+    assert [u["name"] for u in board.request("user.list")["users"]] == ["alice", "alice.new"]
+    pop3_login(board.pop3_port, "alice.new", "other").cmd("QUIT")
+    pop3_login(board.pop3_port, "alice", "changed").cmd("QUIT")
+
+
 def test_user_errors(board):
     good_hash = hash_password("x", TEST_ITERATIONS)
     cases = [
@@ -77,6 +88,7 @@ def test_user_errors(board):
         ("user.add", {"name": "Alice", "hash": good_hash}, "INVALID"),
         ("user.add", {"name": "../etc", "hash": good_hash}, "INVALID"),
         ("user.add", {"name": ".hidden", "hash": good_hash}, "INVALID"),
+        ("user.add", {"name": "alice.", "hash": good_hash}, "INVALID"),  # FAT would open alice's mailbox
         ("user.add", {"name": "a" * 65, "hash": good_hash}, "INVALID"),
         ("user.add", {"name": "carol", "hash": "plaintext"}, "INVALID"),
         ("user.add", {"name": "carol", "hash": "pbkdf2-sha256$10$00$00"}, "INVALID"),

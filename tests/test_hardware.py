@@ -1,5 +1,6 @@
-"""The hardware suite: flashes a real board, provisions a user and Wi-Fi over its console, and
-runs `pocketpost check` against it over Wi-Fi. Only with a board (README "Real boards"):
+"""The hardware suite: flashes a real board, provisions a user and Wi-Fi over its console, runs
+`pocketpost check` against it over Wi-Fi and measures it with `make bench`'s loads (the figures
+docs/benchmarks.md estimates for a board). Only with a board (README "Real boards"):
 
     pytest -m board --board-port /dev/ttyUSB0 --board esp32-devkitc --wifi-ssid NAME \
         [--wifi-password PASSWORD] [--board-firmware ESP32_GENERIC-20241129-v1.24.1.bin]
@@ -8,12 +9,17 @@ Otherwise deselected (tests/board_suite.py). The board needs a FAT32 card in its
 data on the internal flash is replaced by the flash."""
 
 import secrets
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from pocketpost_host import check, flash
 from pocketpost_host.provision import Board
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import loads  # noqa: E402  (make bench's loads: smtp-source and the raw POP3 client)
 
 pytestmark = pytest.mark.board
 
@@ -91,3 +97,40 @@ def test_check_passes_over_wifi(provisioned):
                           large_size=1 << 20)
     report = check.run_checks(target)
     assert {r.name: (r.result, r.detail) for r in report.results if r.result != check.PASS} == {}
+
+
+# Bounded: 20 small and 2 large messages, each step under the loads' own time limits.
+SMALL_MESSAGES = 20
+LARGE_MESSAGES = 2
+
+
+def test_throughput_over_wifi(provisioned):
+    """Delivers and fetches with make bench's loads over Wi-Fi, prints the rates (what
+    docs/benchmarks.md estimates for a board), checks every message arrived whole, then deletes
+    them. A measurement, not a timed assertion."""
+    info, password = provisioned
+    host, smtp_port, pop3_port = info["ip"], info["ports"]["smtp"], info["ports"]["pop3"]
+    rcpt = "{}@{}".format(USER, info["domains"][0])
+    with loads.login(host, pop3_port, USER, password) as c:
+        n = c.cmd("STAT")
+        before = int(bytes(c.buf[4:n]).split()[0])
+        c.quit()
+    small_s = loads.run_smtp_source(host, smtp_port, rcpt, 2048, SMALL_MESSAGES, 1)
+    large_s = loads.run_smtp_source(host, smtp_port, rcpt, 1 << 20, LARGE_MESSAGES, 1)
+    with loads.login(host, pop3_port, USER, password) as c:
+        n = c.cmd("STAT")
+        assert int(bytes(c.buf[4:n]).split()[0]) == before + SMALL_MESSAGES + LARGE_MESSAGES
+        first = before + 1
+        retr_small_s, _ = loads.retr_range(c, first, first + SMALL_MESSAGES - 1, min_octets=2048)
+        first += SMALL_MESSAGES
+        retr_large_s, large_octets = loads.retr_range(c, first, first + LARGE_MESSAGES - 1, min_octets=1 << 20)
+        for number in range(before + 1, first + LARGE_MESSAGES):
+            c.cmd("DELE {}".format(number))
+        c.quit()
+    print(
+        "\n{} over Wi-Fi: SMTP 2 KB {:.1f} msg/s, SMTP 1 MB {:.3f} MB/s, RETR 2 KB {:.1f} msg/s, "
+        "RETR 1 MB {:.3f} MB/s".format(
+            info["board"], SMALL_MESSAGES / small_s, LARGE_MESSAGES / large_s, SMALL_MESSAGES / retr_small_s,
+            large_octets / retr_large_s / (1 << 20),
+        )
+    )

@@ -887,7 +887,7 @@ def test_paths_and_injections_are_refused_and_create_no_file(make_board, app_dir
     p = Wire(board.pop3_port)
     assert "<" in p.line()  # APOP is on: a user has a secret
     for name in ("../alice", "alice/../alice", "../../flash/users/alice", "alice\x00", "ALICE", ".", "..",
-                 "l" * 65, "a" * 240):
+                 "alice.", "l" * 65, "a" * 240):
         assert p.cmd("USER " + name) == "+OK Send PASS."
         assert p.cmd("PASS wonderland") == "-ERR [AUTH] Authentication failed.", name
         token = base64.b64encode(b"\0" + name.encode() + b"\0wonderland").decode()
@@ -910,7 +910,7 @@ def test_paths_and_injections_are_refused_and_create_no_file(make_board, app_dir
         assert p.cmd("DELE " + arg).startswith("-ERR"), arg
     assert p.cmd("QUIT") == "+OK Logging out."
     # The console refuses such names too.
-    for name in ("../x", "a/b", ".x", "a\x00", "A"):
+    for name in ("../x", "a/b", ".x", "alice.", "alice..", "a\x00", "A"):
         with pytest.raises(Exception):
             board.add_user(name, "x")
     assert well_behaved_client(board, ALICE_KNOWN + [b"Subject: injection\r\n\r\nx\r\n"]) < 5

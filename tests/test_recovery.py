@@ -94,3 +94,20 @@ def test_lost_index_is_rebuilt_from_the_folders(stopped_with_mail):
     after = messages(board)
     # The contents survive; the UIDs change with the new mailbox generation.
     assert [m for _, m in after] == [m for _, m in before]
+
+
+def test_deletion_after_one_that_stopped_part_way_finishes_both(stopped_with_mail):
+    board, before, on_card = stopped_with_mail
+    # A deletion of message 1 committed its journal, then stopped on a card error; in the same
+    # boot a session deletes message 3. The firmware's own Mailbox runs on the card here.
+    out = on_card("""
+        from pocketpost.mailbox import Mailbox
+        write("/sd/mail/alice/purge", b"00000001\\n")
+        box = Mailbox("/sd/mail", "alice")
+        print(box.delete(iter([3]), bytearray(200)))
+        print(sorted(p for p in tree("/sd/mail/alice") if not p.endswith("/0")))
+    """)
+    assert out.splitlines() == ["1", "['/sd/mail/alice/0/2', '/sd/mail/alice/index']"]
+    board.start()
+    assert messages(board) == [before[1]]
+    assert not board.log_has("WARN store")  # nothing was left to repair

@@ -265,6 +265,23 @@ def test_tls_session_cap(tls_board, certificate):
     assert w.cmd("STLS") == "+OK Begin TLS negotiation."
 
 
+def test_no_tls_sessions_allowed_means_none_offered(tls_board):
+    """tls_max_sessions 0: STLS and STARTTLS are not advertised, and the "auto" policy does not
+    ask for a TLS nobody could get."""
+    tls_board.set_config(tls_max_sessions=0)
+    pop = poplib.POP3("127.0.0.1", tls_board.pop3_port, timeout=20)
+    assert "STLS" not in pop.capa()
+    pop.user("alice")
+    pop.pass_("wonderland")
+    pop.quit()
+    s = Wire(tls_board.smtp_port)
+    s.line()
+    s.send("EHLO client.example\r\n")
+    ehlo = s.smtp_reply()
+    assert not any("STARTTLS" in line for line in ehlo) and any("AUTH PLAIN LOGIN" in line for line in ehlo)
+    assert s.cmd("STARTTLS") == "502 5.5.1 Error: STARTTLS is not available"
+
+
 def test_handshake_timeout(tls_board):
     tls_board.set_config(tls_handshake_timeout=5)
     raw = socket.create_connection(("127.0.0.1", tls_board.options["pop3s_port"]), timeout=20)

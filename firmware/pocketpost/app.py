@@ -121,9 +121,14 @@ class App:
         """Whether a certificate is installed and loaded."""
         return self.tls is not None and self.tls.context is not None
 
+    def tls_usable(self):
+        """Whether a session can turn to TLS at all: a certificate is loaded and the session
+        cap (tls_max_sessions) is not 0."""
+        return self.tls_ready() and self.config["tls_max_sessions"] > 0
+
     def tls_required_for_auth(self):
         setting = self.config["require_tls_for_auth"]
-        return setting == "yes" or (setting == "auto" and self.tls_ready())
+        return setting == "yes" or (setting == "auto" and self.tls_usable())
 
     async def start_tls_listeners(self):
         """POP3S and SMTPS listen once a certificate is loaded (at boot, or when installed)."""

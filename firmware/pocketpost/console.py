@@ -63,8 +63,11 @@ class Console:
         if not line.startswith(_REQUEST):
             return
         parts = line[len(_REQUEST) :].split(b" ", 2)
-        rid = parts[0].decode() if parts[0] else "-"
+        rid = "-"
         try:
+            # Decoded inside the try: a request id that is not UTF-8 is a bad request, not the
+            # end of the console task.
+            rid = parts[0].decode() if parts[0] else "-"
             if len(parts) < 2 or not 0 < len(parts[0]) <= 16:
                 raise RequestError("BADREQ", "a request is: PP> ID COMMAND [JSON]")
             args = json.loads(parts[2]) if len(parts) == 3 else {}

@@ -197,10 +197,15 @@ class Mailbox:
         """Removes the messages whose seqs the iterable yields (ascending). Once the journal is
         written the deletion completes, now or at the next boot."""
         tmp = self.dir + "/purge.new"
+        journal = self.dir + "/purge"
         with open(tmp, "wb") as f:
             for seq in seqs:
                 f.write("{:08d}\n".format(seq).encode())
-        os.rename(tmp, self.dir + "/purge")
+        if path_exists(journal):
+            # An earlier deletion stopped part-way (a card error) and left its journal: it was
+            # committed, so it is finished first; a rename must never go over it.
+            self.finish_purge(buf)
+        os.rename(tmp, journal)
         return self.finish_purge(buf)
 
     def finish_purge(self, buf):

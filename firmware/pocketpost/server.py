@@ -45,8 +45,9 @@ class Session:
         return self.secure or not self.app.tls_required_for_auth()
 
     def tls_offered(self):
-        """Whether STLS/STARTTLS can be used now."""
-        return not self.secure and self.app.tls_ready()
+        """Whether STLS/STARTTLS can be used now (when every TLS place is taken it is still
+        offered, and answered with a temporary error)."""
+        return not self.secure and self.app.tls_usable()
 
     def reserve_tls(self):
         """Takes one of the TLS session places; False when every place is taken."""

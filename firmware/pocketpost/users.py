@@ -16,8 +16,9 @@ MAX_APOP_SECRET = const(256)
 
 
 def valid_name(name):
-    """1-64 of [a-z0-9._-], not starting with '.': nothing that can leave the mailbox folder."""
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or name[0] == ".":
+    """1-64 of [a-z0-9._-], not starting or ending with '.': nothing that can leave the mailbox
+    folder or share one (FAT drops trailing dots: "bob." would open bob's mailbox)."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or name[0] == "." or name[-1] == ".":
         return False
     for c in name:
         if c not in _NAME_CHARS:
@@ -76,7 +77,9 @@ class Users:
         return self._apop_users > 0
 
     def _write(self, name, record):
-        tmp = self._path(name) + ".new"
+        # The new record's name starts with a dot, which no user name does (user "alice.new"
+        # exists apart from alice's record being replaced).
+        tmp = "{}/.{}.new".format(self.dir, name)
         with open(tmp, "w") as f:
             json.dump(record, f)
         os.rename(tmp, self._path(name))
@@ -96,7 +99,7 @@ class Users:
 
     def add(self, name, hash_text, apop=None):
         if not valid_name(name):
-            raise UserError("INVALID", "user name must be 1-64 of a-z 0-9 . _ - and not start with '.'")
+            raise UserError("INVALID", "user name must be 1-64 of a-z 0-9 . _ - and not start or end with '.'")
         if self.get(name) is not None:
             raise UserError("EXISTS", "user {} exists".format(name))
         self._check_hash(hash_text)

@@ -23,6 +23,7 @@ from .provision import (
     CONFIG_KEYS,
     DEFAULT_TIMEOUT,
     Board,
+    check_apop_secret,
     check_config_key,
     check_password,
     check_user_name,
@@ -204,6 +205,10 @@ def user_add(name, password_stdin, apop):
     """Add user NAME; the password is hashed on this computer."""
     password = read_password(password_stdin)
     if apop:
+        try:
+            check_apop_secret(password)
+        except ValueError as e:
+            raise Failure(str(e), click.UsageError.exit_code) from None
         click.echo(APOP_WARNING, err=True)
     open_board().add_user(name, password, apop=apop)
     click.echo(f"user {name} added")
@@ -238,7 +243,11 @@ def user_del(name, purge):
 def user_passwd(name, password_stdin):
     """Change the password of user NAME (and its APOP secret, if it has one)."""
     password = read_password(password_stdin)
-    if open_board().change_password(name, password):
+    try:
+        has_apop = open_board().change_password(name, password)
+    except ValueError as e:  # the user has an APOP secret, and the password cannot be one
+        raise Failure(f"{name} logs in with APOP too: {e}", click.UsageError.exit_code) from None
+    if has_apop:
         click.echo(APOP_WARNING, err=True)
     click.echo(f"password of {name} changed")
 

@@ -22,7 +22,7 @@ from . import tls as certificates
 from .errors import PocketpostError
 from .firmware import boards_dir
 from .passwords import check_hash
-from .provision import CONFIG_KEYS, check_password, check_user_name
+from .provision import CONFIG_KEYS, check_apop_secret, check_password, check_user_name
 
 # The config keys under `limits:` and `listen:` (the rest have keys of their own).
 LIMIT_KEYS = (
@@ -785,7 +785,7 @@ def resolve(spec: BoardSpec, base_dir=".", environ=None) -> BoardSpec:
         users[name] = replace(
             user,
             password_hash=get(user.password_hash, check_hash),
-            password=get(user.password, check_password),
+            password=get(user.password, check_apop_secret if user.apop else check_password),
         )
     tls = spec.tls
     if isinstance(tls, TlsFiles):

@@ -33,8 +33,8 @@ KEEP_APOP = object()
 
 def check_user_name(name: str) -> str:
     """Returns `name` if the firmware accepts it as a user name; raises ValueError otherwise."""
-    if not 0 < len(name) <= MAX_USER_NAME or name.startswith(".") or not set(name) <= USER_NAME_CHARS:
-        raise ValueError(f"{name!r} is not a user name: 1-{MAX_USER_NAME} of a-z 0-9 . _ -, not starting with '.'")
+    if not 0 < len(name) <= MAX_USER_NAME or name[0] == "." or name[-1] == "." or not set(name) <= USER_NAME_CHARS:
+        raise ValueError(f"{name!r} is not a user name: 1-{MAX_USER_NAME} of a-z 0-9 . _ -, not starting or ending with '.'")
     return name
 
 
@@ -149,6 +149,15 @@ def check_password(password: str) -> str:
     return password
 
 
+def check_apop_secret(secret: str) -> str:
+    """Returns `secret` if the board takes it as an APOP secret (a usable password of at most
+    MAX_APOP_SECRET characters); raises ValueError otherwise."""
+    check_password(secret)
+    if len(secret) > MAX_APOP_SECRET:
+        raise ValueError(f"an APOP secret has at most {MAX_APOP_SECRET} characters; this password has {len(secret)}")
+    return secret
+
+
 # ---- the session
 
 
@@ -239,7 +248,7 @@ class Board:
         to the board in clear text as the user's APOP secret (APOP needs the secret)."""
         args = {"name": check_user_name(name), "hash": hash_password(check_password(password), iterations)}
         if apop:
-            args["apop"] = password
+            args["apop"] = check_apop_secret(password)
         return self.request("user.add", args)
 
     def list_users(self) -> list[dict]:
@@ -258,7 +267,7 @@ class Board:
         has_apop = any(u["name"] == name and u["apop"] for u in self.list_users())
         args = {"name": name, "hash": hash_password(password, iterations)}
         if has_apop:
-            args["apop"] = password
+            args["apop"] = check_apop_secret(password)
         self.request("user.passwd", args)  # the board answers NOTFOUND for an unknown user
         return has_apop
 
@@ -267,7 +276,7 @@ class Board:
         hash-password`); `apop_secret` is sent in clear text as the user's APOP secret."""
         args = {"name": check_user_name(name), "hash": check_hash(password_hash)}
         if apop_secret is not None:
-            args["apop"] = check_password(apop_secret)
+            args["apop"] = check_apop_secret(apop_secret)
         return self.request("user.add", args)
 
     def set_password_hash(self, name: str, password_hash: str, apop_secret=KEEP_APOP):
@@ -275,7 +284,7 @@ class Board:
         text), None to remove the user's secret, KEEP_APOP to leave it as it is."""
         args = {"name": check_user_name(name), "hash": check_hash(password_hash)}
         if apop_secret is not KEEP_APOP:
-            args["apop"] = None if apop_secret is None else check_password(apop_secret)
+            args["apop"] = None if apop_secret is None else check_apop_secret(apop_secret)
         return self.request("user.passwd", args)
 
     # ---- configuration and status

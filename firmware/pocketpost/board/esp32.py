@@ -32,11 +32,16 @@ _RESETS = (("PWRON_RESET", "power on"), ("HARD_RESET", "reset button or power gl
 
 
 def _wifi_reason(code):
+    # The last three are ESP-IDF reason codes that MicroPython names only in some builds; a wrong
+    # password often ends in a handshake time-out rather than STAT_WRONG_PASSWORD.
     names = {
         network.STAT_WRONG_PASSWORD: "wrong password",
         network.STAT_NO_AP_FOUND: "no access point with that name",
         network.STAT_CONNECTING: "rejoining",
         network.STAT_IDLE: "idle",
+        getattr(network, "STAT_HANDSHAKE_TIMEOUT", 204): "handshake timed out (wrong password?)",
+        getattr(network, "STAT_ASSOC_FAIL", 203): "the access point refused to associate",
+        getattr(network, "STAT_BEACON_TIMEOUT", 200): "lost the access point's signal",
     }
     return names.get(code) or "status {}".format(code)
 
