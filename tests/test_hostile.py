@@ -811,7 +811,8 @@ def test_paths_and_injections_are_refused_and_create_no_file(make_board, app_dir
     """User names and addresses that try to leave the mailbox folder or break the protocol: `..`,
     `/`, NUL, CR, LF, 8-bit, parts over the RFC 5321 limits (local part 64, domain 255, path 256
     octets). Each gets its exact reply, and the card holds nothing but the mailbox folders."""
-    board = hostile_board(make_board, auth_fail_delay_ms=0, auth_max_failures=1000)
+    # Many refused commands in one session: more than max_bad_commands (10) would let through.
+    board = hostile_board(make_board, auth_fail_delay_ms=0, auth_max_failures=1000, max_bad_commands=100)
     longest = "l" * 64
     board.add_user(longest, "long")
     board.add_user("apopper", "x", apop="sesame")

@@ -166,6 +166,7 @@ def test_empty_message(board):
 
 
 def test_list_and_uidl_of_bad_message_numbers(board):
+    board.set_config(max_bad_commands=100)  # this many invalid arguments would end the session
     send_mail(board.smtp_port, b"Subject: x\r\n\r\nx")
     w = pop3_login(board.pop3_port)
     for command in ("LIST", "UIDL", "RETR", "DELE", "TOP"):
@@ -358,6 +359,95 @@ def test_too_many_bad_commands_close_the_session(board):
     assert w.cmd("FOO") == "-ERR Unknown command."
     assert w.cmd("BAR") == "-ERR Unknown command."
     assert w.cmd("BAZ") == "-ERR Too many bad commands, closing connection."
+    assert w.closed()
+
+
+def rest_until_closed(w):
+    """Everything the server sends until it closes the connection, raw."""
+    w.sock.settimeout(5)
+    try:
+        while True:
+            w._more()
+    except EOFError:
+        pass
+    data, w.buf = w.buf, b""
+    return data
+
+
+TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
+INVALID = b"-ERR Invalid arguments.\r\n"
+
+
+@pytest.mark.parametrize(
+    "command", ["RETR x", "RETR", "DELE -1", "LIST x", "UIDL 1x", "TOP 1", "TOP x 1", "TOP 1 x"]
+)
+def test_repeated_invalid_arguments_close_the_session(board, command):
+    send_mail(board.smtp_port, b"Subject: x\r\n\r\nx")
+    board.set_config(max_bad_commands=3)
+    w = pop3_login(board.pop3_port)
+    w.send((command + "\r\n") * 3)
+    # The same ending as for unknown commands: two answered, the third closes the session.
+    assert rest_until_closed(w) == INVALID * 2 + TOO_MANY
+    assert board.wait_log("too many bad commands")
+
+
+@pytest.mark.parametrize(
+    "command, reply",
+    [("USER", INVALID), ("APOP bob", INVALID), ("PASS wonderland", b"-ERR No user name given.\r\n")],
+)
+def test_repeated_authorization_errors_close_the_session(board, command, reply):
+    board.add_user("bob", "builder", apop="apop-secret")
+    board.set_config(max_bad_commands=3)
+    w = Wire(board.pop3_port)
+    w.line()
+    w.send((command + "\r\n") * 3)
+    assert rest_until_closed(w) == reply * 2 + TOO_MANY
+
+
+def test_invalid_arguments_are_counted_with_unknown_commands(board):
+    board.set_config(max_bad_commands=10)
+    w = pop3_login(board.pop3_port)
+    w.send("RETR x\r\n" * 10)
+    assert rest_until_closed(w) == INVALID * 9 + TOO_MANY
+    board.set_config(max_bad_commands=3)
+    w = pop3_login(board.pop3_port)  # the lock was released
+    w.send("FOO\r\nRETR x\r\nBAR\r\n")
+    assert rest_until_closed(w) == b"-ERR Unknown command.\r\n" + INVALID + TOO_MANY
+
+
+def test_missing_or_deleted_messages_do_not_count(board):
+    send_mail(board.smtp_port, b"Subject: x\r\n\r\nx")
+    board.set_config(max_bad_commands=3)
+    w = pop3_login(board.pop3_port)
+    for command in ("RETR 2", "LIST 0", "UIDL 9", "TOP 2 1", "DELE 2"):
+        assert w.cmd(command) == "-ERR No such message."
+    assert w.cmd("DELE 1") == "+OK Marked to be deleted."
+    for command in ("RETR 1", "DELE 1", "LIST 1"):
+        assert w.cmd(command) == "-ERR Message is deleted."
+    assert w.cmd("RETR x") == "-ERR Invalid arguments."
+    assert w.cmd("RETR x") == "-ERR Invalid arguments."
+    assert w.cmd("RETR x") == "-ERR Too many bad commands, closing connection."
+    assert w.closed()
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("STAT").startswith("+OK 1 ")  # no QUIT: nothing was deleted
+
+
+def test_login_failures_and_settings_do_not_count(board):
+    board.set_config(max_bad_commands=3, auth_fail_delay_ms=0)
+    w = Wire(board.pop3_port)
+    w.line()
+    for _ in range(3):
+        assert w.cmd("USER alice") == "+OK Send PASS."
+        assert w.cmd("PASS wrong") == "-ERR [AUTH] Authentication failed."
+        assert w.cmd("AUTH CRAM-MD5") == "-ERR Unsupported authentication mechanism."
+        assert w.cmd("AUTH PLAIN") == "+ "
+        assert w.cmd("*") == "-ERR Authentication cancelled."
+        assert w.cmd("AUTH PLAIN not*base64") == "-ERR Invalid base64 data or SASL message."
+        assert w.cmd("APOP alice 0123456789abcdef0123456789abcdef") == "-ERR APOP is not enabled."
+        assert w.cmd("STLS") == "-ERR STLS is not available."
+    assert w.cmd("USER") == "-ERR Invalid arguments."
+    assert w.cmd("USER") == "-ERR Invalid arguments."
+    assert w.cmd("USER") == "-ERR Too many bad commands, closing connection."
     assert w.closed()
 
 

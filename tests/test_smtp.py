@@ -276,6 +276,128 @@ def test_too_many_bad_commands_close_the_session(board):
     assert w.closed()
 
 
+def rest_until_closed(w):
+    """Everything the server sends until it closes the connection, raw."""
+    w.sock.settimeout(5)
+    try:
+        while True:
+            w._more()
+    except EOFError:
+        pass
+    data, w.buf = w.buf, b""
+    return data
+
+
+TOO_MANY_ERRORS = b"421 4.7.0 pocketpost Error: too many errors\r\n"
+
+
+@pytest.mark.parametrize(
+    "command, reply",
+    [
+        ("MAIL FROM:bad", b"501 5.1.7 Bad sender address syntax\r\n"),
+        ("MAIL TO:<bob@example.org>", b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
+        ("MAIL FROM:<bob@example.org> SIZE=big", b"501 5.5.4 Syntax error in parameters: SIZE=number\r\n"),
+        ("MAIL FROM:<bob@example.org> SMTPUTF8", b"555 5.5.4 Unsupported option: SMTPUTF8\r\n"),
+        ("RCPT TO:<alice@pocketpost.local>", b"503 5.5.1 Error: need MAIL command\r\n"),
+        ("DATA", b"503 5.5.1 Error: need MAIL command\r\n"),
+        ("DATA now", b"501 5.5.4 Syntax: DATA\r\n"),
+        ("EHLO", b"501 5.5.4 Syntax: EHLO hostname\r\n"),
+        ("HELO", b"501 5.5.4 Syntax: HELO hostname\r\n"),
+        ("VRFY", b"501 5.5.4 Syntax: VRFY address\r\n"),
+        ("STARTTLS now", b"501 5.5.4 Syntax: STARTTLS\r\n"),
+    ],
+)
+def test_repeated_syntax_and_sequence_errors_close_the_session(board, command, reply):
+    board.set_config(max_bad_commands=3)
+    w = smtp_session(board.smtp_port)
+    w.send((command + "\r\n") * 3)
+    # The same ending as for unknown commands: two answered, the third closes the session.
+    assert rest_until_closed(w) == reply * 2 + TOO_MANY_ERRORS
+
+
+def test_syntax_errors_are_counted_with_unknown_commands(board):
+    board.set_config(max_bad_commands=10)
+    w = smtp_session(board.smtp_port)
+    w.send("MAIL FROM:bad\r\n" * 10)
+    assert rest_until_closed(w) == b"501 5.1.7 Bad sender address syntax\r\n" * 9 + TOO_MANY_ERRORS
+    assert board.wait_log("too many bad commands")
+    board.set_config(max_bad_commands=3)
+    w = smtp_session(board.smtp_port)
+    w.send("FOO\r\nMAIL FROM:bad\r\nBAR\r\n")
+    assert rest_until_closed(w) == (
+        b"500 5.5.2 Error: command not recognized\r\n501 5.1.7 Bad sender address syntax\r\n" + TOO_MANY_ERRORS
+    )
+
+
+def test_sequence_errors_count(board):
+    board.set_config(max_bad_commands=3)
+    w = smtp_session(board.smtp_port)
+    assert w.cmd("MAIL FROM:<bob@example.org>") == "250 2.1.0 Ok"
+    assert w.cmd("MAIL FROM:<bob@example.org>") == "503 5.5.1 Error: nested MAIL command"
+    assert w.cmd("AUTH PLAIN") == "503 5.5.1 Error: MAIL transaction in progress"
+    assert w.cmd("MAIL FROM:<bob@example.org>") == "421 4.7.0 pocketpost Error: too many errors"
+    assert w.closed()
+    w = Wire(board.smtp_port)
+    assert w.line().startswith("220 ")
+    w.send("MAIL FROM:<bob@example.org>\r\nSTARTTLS\r\nAUTH PLAIN\r\nHELO\r\n")
+    assert rest_until_closed(w) == (
+        b"503 5.5.1 Error: send HELO/EHLO first\r\n"
+        b"502 5.5.1 Error: STARTTLS is not available\r\n"  # no certificate: not counted
+        b"503 5.5.1 Error: send EHLO first\r\n" + TOO_MANY_ERRORS
+    )
+
+
+def test_unknown_recipients_and_refused_relaying_do_not_count(board):
+    board.set_config(max_bad_commands=3)
+    w = smtp_session(board.smtp_port)
+    assert w.cmd("MAIL FROM:<bob@example.org>") == "250 2.1.0 Ok"
+    for _ in range(5):
+        assert w.cmd("RCPT TO:<nobody@pocketpost.local>") == "550 5.1.1 <nobody@pocketpost.local>: Recipient address rejected: User unknown"
+        assert w.cmd("RCPT TO:<alice@example.com>") == "550 5.7.1 <alice@example.com>: Relay access denied"
+    assert w.cmd("DATA") == "554 5.5.1 Error: no valid recipients"
+    assert w.cmd("DATA") == "554 5.5.1 Error: no valid recipients"
+    assert w.cmd("RCPT FROM:<alice@pocketpost.local>") == "501 5.5.4 Syntax: RCPT TO:<address>"
+    assert w.cmd("RCPT TO:<bad>") == "501 5.1.3 Bad recipient address syntax"
+    assert w.cmd("RCPT TO:<alice@pocketpost.local> NOTIFY=NEVER") == "421 4.7.0 pocketpost Error: too many errors"
+    assert w.closed()
+
+
+def test_refusals_that_are_not_the_clients_fault_do_not_count(board):
+    board.set_config(max_bad_commands=3, max_message_size=4096, auth_fail_delay_ms=0)
+    w = smtp_session(board.smtp_port)
+    for _ in range(3):
+        assert w.cmd("EXPN staff") == "502 5.5.1 Error: EXPN is not supported"
+        assert w.cmd("STARTTLS") == "502 5.5.1 Error: STARTTLS is not available"
+        assert w.cmd("MAIL FROM:<bob@example.org> SIZE=5000") == "552 5.3.4 Message size exceeds fixed maximum message size"
+        assert w.cmd("AUTH CRAM-MD5") == "504 5.5.4 Unrecognized authentication type"
+        assert w.cmd("AUTH LOGIN") == "334 VXNlcm5hbWU6"
+        assert w.cmd("*") == "501 5.7.0 Authentication aborted"
+        assert w.cmd("AUTH PLAIN ===") == "501 5.5.2 Cannot decode response"
+    for _ in range(2):
+        assert w.cmd("AUTH PLAIN " + base64.b64encode(b"\0alice\0bad").decode()) == "535 5.7.8 Authentication credentials invalid"
+    assert w.cmd("NOOP") == "250 2.0.0 Ok"
+    assert w.cmd("VRFY") == "501 5.5.4 Syntax: VRFY address"
+    assert w.cmd("VRFY") == "501 5.5.4 Syntax: VRFY address"
+    assert w.cmd("VRFY") == "421 4.7.0 pocketpost Error: too many errors"
+    assert w.closed()
+
+
+def test_pipelined_commands_after_a_refused_mail_do_not_count(board):
+    # RFC 2920: the client sends RCPT and DATA before it sees that MAIL was refused.
+    board.set_config(max_bad_commands=3, max_message_size=4096)
+    w = smtp_session(board.smtp_port)
+    w.send("MAIL FROM:<bob@example.org> SIZE=5000\r\n" + "RCPT TO:<alice@pocketpost.local>\r\n" * 5 + "DATA\r\n")
+    assert w.line() == "552 5.3.4 Message size exceeds fixed maximum message size"
+    for _ in range(6):
+        assert w.line() == "503 5.5.1 Error: need MAIL command"
+    # After RSET a RCPT without MAIL is the client's error again.
+    assert w.cmd("RSET") == "250 2.0.0 Ok"
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>") == "503 5.5.1 Error: need MAIL command"
+    assert w.cmd("DATA") == "503 5.5.1 Error: need MAIL command"
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>") == "421 4.7.0 pocketpost Error: too many errors"
+    assert w.closed()
+
+
 def test_overlong_command_line(board):
     w = smtp_session(board.smtp_port)
     assert w.cmd("NOOP " + "x" * 2000) == "500 5.5.2 Error: line too long"

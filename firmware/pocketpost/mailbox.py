@@ -194,8 +194,11 @@ class Mailbox:
     # ---- deletion: journal first, then the index, then the files; each step can be redone
 
     def delete(self, seqs, buf):
-        """Removes the messages whose seqs the iterable yields (ascending). Once the journal is
-        written the deletion completes, now or at the next boot."""
+        """Removes the messages whose seqs the iterable yields (ascending). A generator that
+        yields once per message file removed, so that an async caller lets the other clients
+        (and a board's watchdog feeder) run between removals: on an ESP32's card each takes
+        ~0.1 s, and a mailbox may lose thousands at one QUIT. Once the journal is written the
+        deletion completes, now or at the next boot."""
         tmp = self.dir + "/purge.new"
         journal = self.dir + "/purge"
         with open(tmp, "wb") as f:
@@ -206,10 +209,18 @@ class Mailbox:
             # committed, so it is finished first; a rename must never go over it.
             self.finish_purge(buf)
         os.rename(tmp, journal)
-        return self.finish_purge(buf)
+        yield from self._purge(buf)
 
     def finish_purge(self, buf):
         """Completes a journaled deletion; returns how many message files were removed."""
+        removed = 0
+        for _ in self._purge(buf):
+            removed += 1
+        return removed
+
+    def _purge(self, buf):
+        # The journal's deletion: the index rewritten without its messages, then their files
+        # removed (yielding after each), then the journal.
         journal = self.dir + "/purge"
         new = self.index + ".new"
         if path_exists(new):
@@ -218,7 +229,7 @@ class Mailbox:
             else:
                 os.rename(new, self.index)  # the rewrite finished but was not renamed yet
         if not path_exists(journal):
-            return 0
+            return
         rec = bytearray(RECORD)
         with open(journal, "rb") as purge, open(self.index, "rb") as old, open(new, "wb") as out:
             gen, next_seq = self.read_header(old, rec)
@@ -239,17 +250,15 @@ class Mailbox:
             out.write(self._header_bytes(gen, next_seq))
         os.remove(self.index)
         os.rename(new, self.index)
-        removed = 0
         with open(journal, "rb") as purge:
             while True:
                 seq = self._next_purged(purge, rec)
                 if seq is None:
                     break
                 if _remove(self.message_path(seq)):
-                    removed += 1
+                    yield
         os.remove(journal)
         sync()
-        return removed
 
     @staticmethod
     def _next_purged(f, rec):

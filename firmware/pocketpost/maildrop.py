@@ -1,12 +1,17 @@
 # A POP3 session's view of a locked mailbox (RFC 1939): the messages present at login, numbered
 # from 1, and the deletion marks. Per message it keeps one bit in RAM; sequence numbers and sizes
 # are read from the index on the card when a command needs them.
+import asyncio
+import time
+
 from micropython import const
 
 from .mailbox import RECORD, parse_record, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
 _RECORDS_PER_READ = const(12)
+# Longest stretch (ms) the removal of deleted messages keeps the processor (see update).
+_TURN_MS = const(20)
 
 
 class Maildrop:
@@ -103,11 +108,16 @@ class Maildrop:
             if self.is_deleted(n):
                 yield seq
 
-    def update(self):
-        """The UPDATE state: removes the messages marked deleted; returns how many."""
+    async def update(self):
+        """The UPDATE state: removes the messages marked deleted; returns how many. The other
+        tasks get turns while files are removed (see Mailbox.delete)."""
         if not self.deleted_count:
             return 0
         # The journal is written from a generator reading the index with self.buf, and the
         # purge then reuses the same buffer: the journal is complete before the purge starts.
-        self.box.delete(self._deleted_seqs(), self.buf)
+        turn = time.ticks_ms()
+        for _ in self.box.delete(self._deleted_seqs(), self.buf):
+            if time.ticks_diff(time.ticks_ms(), turn) > _TURN_MS:
+                await asyncio.sleep_ms(0)
+                turn = time.ticks_ms()
         return self.deleted_count

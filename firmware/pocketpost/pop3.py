@@ -86,30 +86,32 @@ class Pop3Session(Session):
         while True:
             line = await conn.readline(_MAX_COMMAND)
             if line is None:
-                if await self._bad(_ERR_TOO_LONG):
+                if self._bad(_ERR_TOO_LONG):
                     return
                 continue
             try:
                 text = str(line, "utf-8")
             except UnicodeError:
-                if await self._bad(_ERR_BAD_TEXT):
+                if self._bad(_ERR_BAD_TEXT):
                     return
                 continue
             verb, _, arg = text.partition(" ")
             entry = _COMMANDS.get(verb.upper())
             if entry is None:
-                if await self._bad(_ERR_UNKNOWN):
+                if self._bad(_ERR_UNKNOWN):
                     return
                 continue
             if not entry[1] & self.state:
-                if await self._bad(_ERR_STATE):
+                if self._bad(_ERR_STATE):
                     return
                 continue
             if await entry[0](self, arg):
                 return  # QUIT
 
-    async def _bad(self, reply):
-        """Answers a bad command; True when the client has used up its bad commands."""
+    def _bad(self, reply):
+        """Answers a bad command (malformed, or out of sequence: the client's fault whatever
+        the server's settings and the mailbox); True when the client has used up its bad
+        commands, and the session ends. Handlers return that, as QUIT does."""
         self.bad_commands += 1
         if self.bad_commands >= self.app.config["max_bad_commands"]:
             self.conn.put(_ERR_TOO_MANY)
@@ -133,8 +135,7 @@ class Pop3Session(Session):
             conn.put(b"-ERR STLS is not available.\r\n")
             return
         if arg:
-            conn.put(_ERR_SYNTAX)
-            return
+            return self._bad(_ERR_SYNTAX)
         if not self.reserve_tls():
             conn.put(b"-ERR [SYS/TEMP] Too many TLS sessions, try again later.\r\n")
             return
@@ -149,8 +150,7 @@ class Pop3Session(Session):
             self.conn.put(_ERR_PLAINTEXT)
             return
         if not arg:
-            self.conn.put(_ERR_SYNTAX)
-            return
+            return self._bad(_ERR_SYNTAX)
         self.user = arg
         self.conn.put(b"+OK Send PASS.\r\n")
 
@@ -159,8 +159,7 @@ class Pop3Session(Session):
             self.conn.put(_ERR_PLAINTEXT)
             return
         if self.user is None:
-            self.conn.put(b"-ERR No user name given.\r\n")
-            return
+            return self._bad(b"-ERR No user name given.\r\n")
         name = self.user
         self.user = None
         await self._login(name, "USER", self.app.users.verify, name, arg.encode())
@@ -171,8 +170,7 @@ class Pop3Session(Session):
             self.conn.put(b"-ERR APOP is not enabled.\r\n")
             return
         if len(parts) != 2:
-            self.conn.put(_ERR_SYNTAX)
-            return
+            return self._bad(_ERR_SYNTAX)
         await self._login(parts[0], "APOP", self._apop_matches, parts[0], parts[1].lower())
 
     async def _apop_matches(self, name, digest):
@@ -267,7 +265,7 @@ class Pop3Session(Session):
         conn = self.conn
         if self.state == _TRANSACTION:
             try:
-                deleted = self.drop.update()
+                deleted = await self.drop.update()
             except (OSError, ValueError) as e:
                 self.app.log.exception(self.NAME, "{} update failed for {}".format(self.peer, self.name), e)
                 conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
@@ -279,12 +277,9 @@ class Pop3Session(Session):
 
     # ---- TRANSACTION
 
-    def _message(self, arg):
-        """(n, seq, size) for a message-number argument, or None after answering an error."""
-        n = _number(arg)
-        if n is None:
-            self.conn.put(_ERR_SYNTAX)
-            return None
+    def _message(self, n):
+        """(n, seq, size) for message number n, or None after answering that there is no such
+        message: not a bad command, as the answer depends on the maildrop, not on the command."""
         if not 1 <= n <= self.drop.count:
             self.conn.put(_ERR_NO_MESSAGE)
             return None
@@ -299,16 +294,19 @@ class Pop3Session(Session):
         self.conn.put(b"+OK %d %d\r\n" % (count, octets))
 
     async def cmd_list(self, arg):
-        await self._listing(arg, False)
+        return await self._listing(arg, False)
 
     async def cmd_uidl(self, arg):
-        await self._listing(arg, True)
+        return await self._listing(arg, True)
 
     async def _listing(self, arg, uids):
         conn = self.conn
         drop = self.drop
         if arg:
-            found = self._message(arg)
+            n = _number(arg)
+            if n is None:
+                return self._bad(_ERR_SYNTAX)
+            found = self._message(n)
             if found:
                 n, seq, size = found
                 conn.put(b"+OK %d %s%d\r\n" % (n, drop.uid_prefix, seq) if uids else b"+OK %d %d\r\n" % (n, size))
@@ -325,17 +323,20 @@ class Pop3Session(Session):
         conn.put(b".\r\n")
 
     async def cmd_retr(self, arg):
-        found = self._message(arg)
+        n = _number(arg)
+        if n is None:
+            return self._bad(_ERR_SYNTAX)
+        found = self._message(n)
         if found:
             await self._send(found, b"+OK %d octets\r\n" % found[2], -1)
 
     async def cmd_top(self, arg):
         parts = arg.split(" ")
+        n = _number(parts[0])
         lines = _number(parts[1]) if len(parts) == 2 else None
-        if lines is None:
-            self.conn.put(_ERR_SYNTAX)
-            return
-        found = self._message(parts[0])
+        if n is None or lines is None:
+            return self._bad(_ERR_SYNTAX)
+        found = self._message(n)
         if found:
             await self._send(found, b"+OK Top of message follows\r\n", lines)
 
@@ -357,7 +358,10 @@ class Pop3Session(Session):
             f.close()
 
     async def cmd_dele(self, arg):
-        found = self._message(arg)
+        n = _number(arg)
+        if n is None:
+            return self._bad(_ERR_SYNTAX)
+        found = self._message(n)
         if found:
             self.drop.mark_deleted(found[0], found[2])
             self.conn.put(b"+OK Marked to be deleted.\r\n")

@@ -29,6 +29,8 @@ _ERR_UNKNOWN = b"500 5.5.2 Error: command not recognized\r\n"
 _ERR_TOO_LONG = b"500 5.5.2 Error: line too long\r\n"
 _ERR_BAD_TEXT = b"500 5.5.2 Error: command contains invalid characters\r\n"
 _ERR_NO_HELO = b"503 5.5.1 Error: send HELO/EHLO first\r\n"
+_ERR_NO_MAIL = b"503 5.5.1 Error: need MAIL command\r\n"
+_ERR_NO_EHLO = b"503 5.5.1 Error: send EHLO first\r\n"
 _ERR_STORAGE = b"451 4.3.0 Mail storage is not available, try again later\r\n"
 
 
@@ -112,6 +114,9 @@ class SmtpSession(Session):
         self.recipients = 0  # accepted RCPT commands
         self.first_recipient = None
         self.mailboxes = []  # distinct mailboxes to deliver to
+        # The last MAIL was refused: the RCPT and DATA that a pipelining client (RFC 2920) sent
+        # behind it without waiting for the refusal get 503 but do not count as bad commands.
+        self.mail_refused = False
 
     def reply(self, text):
         self.conn.put(text.encode() + b"\r\n")
@@ -146,7 +151,9 @@ class SmtpSession(Session):
                 return  # QUIT
 
     def _bad(self, reply):
-        """Answers a bad command; True when the client has used up its bad commands."""
+        """Answers a bad command (malformed, or out of sequence: the client's fault whatever
+        the server's settings and mailboxes); True when the client has used up its bad
+        commands, and the session ends. Handlers return that, as QUIT does."""
         self.bad_commands += 1
         if self.bad_commands >= self.app.config["max_bad_commands"]:
             self.reply("421 4.7.0 {} Error: too many errors".format(self.app.config["hostname"]))
@@ -155,7 +162,6 @@ class SmtpSession(Session):
         self.conn.put(reply)
         return False
 
-
     def timeout_reply(self):
         return "421 4.4.2 {} Error: timeout exceeded\r\n".format(self.app.config["hostname"]).encode()
 
@@ -163,8 +169,7 @@ class SmtpSession(Session):
 
     async def cmd_ehlo(self, arg):
         if not arg.strip():
-            self.conn.put(b"501 5.5.4 Syntax: EHLO hostname\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: EHLO hostname\r\n")
         self.helo = arg.strip()
         self.esmtp = True
         self._reset()
@@ -183,8 +188,7 @@ class SmtpSession(Session):
 
     async def cmd_helo(self, arg):
         if not arg.strip():
-            self.conn.put(b"501 5.5.4 Syntax: HELO hostname\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: HELO hostname\r\n")
         self.helo = arg.strip()
         self.esmtp = False
         self._reset()
@@ -193,34 +197,29 @@ class SmtpSession(Session):
     # ---- the mail transaction
 
     async def cmd_mail(self, arg):
+        self.mail_refused = True  # until it is accepted below
         if self.helo is None:
-            self.conn.put(_ERR_NO_HELO)
-            return
+            return self._bad(_ERR_NO_HELO)
         if self.submission and self.auth_user is None:
             self.conn.put(b"530 5.7.0 Authentication required\r\n")
             return
         if self.sender is not None:
-            self.conn.put(b"503 5.5.1 Error: nested MAIL command\r\n")
-            return
+            return self._bad(b"503 5.5.1 Error: nested MAIL command\r\n")
         if arg[:5].upper() != "FROM:":
-            self.conn.put(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
         parsed = parse_path(arg[5:])
         if parsed is None:
-            self.conn.put(b"501 5.1.7 Bad sender address syntax\r\n")
-            return
+            return self._bad(b"501 5.1.7 Bad sender address syntax\r\n")
         address, params = parsed
         limit = self.app.config["max_message_size"]
         for param in params:
             if not self.esmtp:
-                self.conn.put(b"555 5.5.4 Error: parameters need EHLO\r\n")
-                return
+                return self._bad(b"555 5.5.4 Error: parameters need EHLO\r\n")
             key, _, value = param.partition("=")
             key = key.upper()
             if key == "SIZE":
                 if not value.isdigit() or len(value) > 20:
-                    self.conn.put(b"501 5.5.4 Syntax error in parameters: SIZE=number\r\n")
-                    return
+                    return self._bad(b"501 5.5.4 Syntax error in parameters: SIZE=number\r\n")
                 if int(value) > limit:
                     self.conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
                     return
@@ -229,29 +228,25 @@ class SmtpSession(Session):
             elif key == "AUTH" and value:
                 pass  # RFC 4954 §5: the original submitter; nothing is relayed, so unused
             else:
-                self.reply("555 5.5.4 Unsupported option: {}".format(param))
-                return
+                return self._bad("555 5.5.4 Unsupported option: {}\r\n".format(param).encode())
         if not self.app.storage_ready():
             self.conn.put(_ERR_STORAGE)
             return
         self.sender = address
+        self.mail_refused = False
         self.conn.put(b"250 2.1.0 Ok\r\n")
 
     async def cmd_rcpt(self, arg):
         app = self.app
         if self.sender is None:
-            self.conn.put(b"503 5.5.1 Error: need MAIL command\r\n")
-            return
+            return self._no_mail()
         if arg[:3].upper() != "TO:":
-            self.conn.put(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n")
         parsed = parse_path(arg[3:])
         if parsed is None:
-            self.conn.put(b"501 5.1.3 Bad recipient address syntax\r\n")
-            return
+            return self._bad(b"501 5.1.3 Bad recipient address syntax\r\n")
         if parsed[1]:  # no RCPT parameter is offered (no DSN)
-            self.reply("555 5.5.4 Unsupported option: {}".format(parsed[1][0]))
-            return
+            return self._bad("555 5.5.4 Unsupported option: {}\r\n".format(parsed[1][0]).encode())
         address = parsed[0]
         if self.recipients >= app.config["max_recipients"]:
             self.conn.put(b"452 4.5.3 Error: too many recipients\r\n")
@@ -280,15 +275,20 @@ class SmtpSession(Session):
             self.mailboxes.append(mailbox)
         self.conn.put(b"250 2.1.5 Ok\r\n")
 
+    def _no_mail(self):
+        """Answers RCPT or DATA outside a transaction, as _bad does."""
+        if self.mail_refused:
+            self.conn.put(_ERR_NO_MAIL)
+            return False
+        return self._bad(_ERR_NO_MAIL)
+
     async def cmd_data(self, arg):
         app = self.app
         conn = self.conn
         if arg:
-            conn.put(b"501 5.5.4 Syntax: DATA\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: DATA\r\n")
         if self.sender is None:
-            conn.put(b"503 5.5.1 Error: need MAIL command\r\n")
-            return
+            return self._no_mail()
         if not self.mailboxes:
             conn.put(b"554 5.5.1 Error: no valid recipients\r\n")
             return
@@ -362,8 +362,7 @@ class SmtpSession(Session):
 
     async def cmd_vrfy(self, arg):
         if not arg:
-            self.conn.put(b"501 5.5.4 Syntax: VRFY address\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: VRFY address\r\n")
         # RFC 5321 §3.5.3: do not confirm or deny addresses to strangers.
         self.conn.put(b"252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n")
 
@@ -377,14 +376,13 @@ class SmtpSession(Session):
         app = self.app
         conn = self.conn
         if not self.esmtp:
-            conn.put(b"503 5.5.1 Error: send EHLO first\r\n")
-            return
+            return self._bad(_ERR_NO_EHLO)
         if self.auth_user is not None:
-            conn.put(b"503 5.5.1 Error: already authenticated\r\n")
-            return
+            return self._bad(b"503 5.5.1 Error: already authenticated\r\n")
         if self.sender is not None:
-            conn.put(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
-            return
+            return self._bad(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
+        # From here on nothing counts as a bad command: choosing a mechanism by trial,
+        # cancelling and wrong credentials are a login's business (delay and lock-out).
         if not self.auth_allowed():
             conn.put(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
             return
@@ -420,14 +418,12 @@ class SmtpSession(Session):
     async def cmd_starttls(self, arg):
         conn = self.conn
         if arg:
-            conn.put(b"501 5.5.4 Syntax: STARTTLS\r\n")
-            return
+            return self._bad(b"501 5.5.4 Syntax: STARTTLS\r\n")
         if not self.tls_offered():
             conn.put(b"502 5.5.1 Error: STARTTLS is not available\r\n")
             return
         if not self.esmtp:
-            conn.put(b"503 5.5.1 Error: send EHLO first\r\n")
-            return
+            return self._bad(_ERR_NO_EHLO)
         if not self.reserve_tls():
             conn.put(b"454 4.7.0 TLS not available due to temporary reason\r\n")
             return
