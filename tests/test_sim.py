@@ -92,6 +92,22 @@ def test_firmware_that_dies_is_started_again(make_sim):
     assert sim.cli("info").exit_code == 0
 
 
+def test_hung_firmware_is_reset_by_the_watchdog(make_sim):
+    """A firmware whose event loop stops (here: the process is stopped, as a hung board is)
+    stops feeding its watchdog; the simulator resets it, as an ESP32's timer would."""
+    sim = make_sim(None, "--watchdog", "2").start()
+    assert sim.cli("user", "add", "alice", "--password-stdin", input="wonderland\n").exit_code == 0
+    time.sleep(3)  # serving normally longer than the watchdog's limit: no reset
+    assert not any("sim: watchdog" in line for line in sim.lines)
+    hung = sim.firmware_pid()
+    os.kill(hung, signal.SIGSTOP)
+    reset = sim.wait_for("sim: watchdog: not fed for 2 s; resetting the board", timeout=10)
+    restarted = sim.wait_for("sim: the firmware stopped (watchdog reset); starting it again", start=reset)
+    sim.wait_for("INFO boot: ready", start=restarted)
+    assert sim.firmware_pid() != hung
+    sim.pop3_login("alice", "wonderland").quit()
+
+
 def mpremote(link, *args):
     return subprocess.run([MPREMOTE, "connect", link, *args], capture_output=True, text=True, timeout=60)
 

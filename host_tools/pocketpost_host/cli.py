@@ -452,8 +452,12 @@ def tls_show(as_json):
     "--demo-user", type=Checked("name:password", parse_demo_user), metavar="NAME:PASSWORD",
     help="A user created at start if missing.",
 )
+@click.option(
+    "--watchdog", type=click.IntRange(0, 3600), default=firmware.DEFAULT_WATCHDOG_S, show_default=True,
+    metavar="SECONDS", help="Reset the board when its firmware stops feeding its watchdog this long (0: off).",
+)
 def sim_command(data, micropython, bind, pop3_port, smtp_port, pop3s_port, smtps_port, submission_port,
-                domain, sd_size, heap, demo_user):
+                domain, sd_size, heap, demo_user, watchdog):
     """Run the firmware on the emulated board (MicroPython's unix port) in the foreground.
 
     Its console is a pseudo-terminal at DATA/console: use it as the --port of pocketpost, or
@@ -461,7 +465,7 @@ def sim_command(data, micropython, bind, pop3_port, smtp_port, pop3s_port, smtps
     sim.Simulator(
         data=data, micropython=micropython, bind=bind, pop3_port=pop3_port, smtp_port=smtp_port,
         pop3s_port=pop3s_port, smtps_port=smtps_port, submission_port=submission_port,
-        domain=domain, sd_size=sd_size, heap=heap, demo_user=demo_user,
+        domain=domain, sd_size=sd_size, heap=heap, demo_user=demo_user, watchdog=watchdog,
     ).run()
 
 

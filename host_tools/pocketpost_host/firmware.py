@@ -53,6 +53,9 @@ def board_definition(name: str) -> dict:
 # suite passes with (the README's "Memory" section); the unix port is 64-bit, so this is
 # stricter than the same number on an ESP32.
 DEFAULT_HEAP = board_definition("unix")["heap"]
+# Seconds the emulated board may go without feeding its watchdog (DATA/alive) before the
+# simulator resets it.
+DEFAULT_WATCHDOG_S = board_definition("unix")["watchdog_s"]
 
 
 def source_dir() -> Path:

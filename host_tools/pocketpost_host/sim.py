@@ -147,6 +147,7 @@ class Simulator:
         pop3s_port=None,
         smtps_port=None,
         submission_port=None,
+        watchdog=firmware.DEFAULT_WATCHDOG_S,
     ):
         self.data = Path(data).resolve()
         self.micropython = micropython
@@ -162,6 +163,8 @@ class Simulator:
         self.smtps_port = smtps_port or 0
         self.submission_port = submission_port or 0
         self.out = out or sys.stdout
+        self.watchdog = watchdog  # seconds without a feed before a reset; 0 is off
+        self.alive = self.data / "alive"  # what the firmware's watchdog feeder rewrites
         self.link = self.data / "console"
         self.app_dir = self.data / "app"
         self.rom_dir = self.data / "rom"
@@ -174,6 +177,9 @@ class Simulator:
         self.link_fd = None  # pty B's master
         self.running_firmware = False  # else the REPL's bare interpreter
         self.ready = False  # the firmware printed "boot: ready"
+        self.ready_at = 0.0  # when it did (time.time())
+        self.watchdog_checked = 0.0
+        self.watchdog_fired = False  # the watchdog reset the process that runs or just ended
         self.interrupted = False  # a Ctrl-C went to the firmware, which is stopping
         self.raw_repl = False  # the REPL is the raw REPL
         self.recent_output = b""  # the end of the board's output, to spot prompts and marks
@@ -327,6 +333,7 @@ class Simulator:
         self.board_fd = master
         self.exit_code = None
         self.ready = self.interrupted = self.raw_repl = self.link_ended_in_cr = False
+        self.watchdog_fired = False
         self.recent_output = self.partial_line = b""
 
     def _process_ended(self):
@@ -348,7 +355,8 @@ class Simulator:
             self._say("sim: the firmware stopped (Ctrl-C); the REPL has the console, Ctrl-D restarts it")
             self._start_repl()
         elif self.running_firmware:
-            self._say(f"sim: the firmware stopped ({exit_reason(code)}); starting it again")
+            reason = "watchdog reset" if self.watchdog_fired else exit_reason(code)
+            self._say(f"sim: the firmware stopped ({reason}); starting it again")
             if not self.ready:
                 self._sleep(RESTART_DELAY)  # a boot loop must not spin
             if not self.stop_requested:
@@ -406,6 +414,27 @@ class Simulator:
                 if wait <= 0:
                     return
             self._poll_once(wait)
+            self._check_watchdog()
+
+    def _check_watchdog(self):
+        """Resets a serving firmware that has not fed its watchdog (rewritten DATA/alive) for
+        `watchdog` seconds, as an ESP32's watchdog timer resets a hung board."""
+        if not self.watchdog or not self.ready or not self.running_firmware or self.interrupted:
+            return
+        if self.board_fd is None or self.watchdog_fired or self.stop_requested:
+            return
+        now = time.time()
+        if now - self.watchdog_checked < POLL_INTERVAL:
+            return
+        self.watchdog_checked = now
+        try:
+            fed = max(self.alive.stat().st_mtime, self.ready_at)
+        except OSError:
+            fed = self.ready_at
+        if now - fed > self.watchdog:
+            self.watchdog_fired = True
+            self._say(f"sim: watchdog: not fed for {self.watchdog:g} s; resetting the board")
+            self.proc.kill()
 
     def _poll_once(self, wait):
         poller = select.poll()
@@ -533,6 +562,7 @@ class Simulator:
             return
         if self.running_firmware and READY_MARK in text:
             self.ready = True
+            self.ready_at = time.time()
         self.last_lines = (self.last_lines + [text])[-10:]
         self._say(text)
 
