@@ -50,3 +50,11 @@ def test_deploy_without_a_board(tmp_path):
     result = run_cli("deploy", "--port", str(tmp_path / "ttyUSB7"))
     assert result.exit_code == 5
     assert result.stderr == f"Error: cannot open {tmp_path / 'ttyUSB7'} (is it there, and not open in another program?)\n"
+
+
+def test_an_esp32_gets_no_unix_board_layer():
+    files = deploy.local_files("esp32-devkitc")
+    assert "pocketpost/board/unix.mpy" in files and "pocketpost/board/esp32.mpy" in files
+    esp32 = deploy.for_platform(files, "esp32")
+    assert set(files) - set(esp32) == {"pocketpost/board/unix.mpy"}
+    assert deploy.for_platform(files, "linux") == files

@@ -49,7 +49,7 @@ def _walk(p):
     except OSError:
         pass
     return out
-print(json.dumps({"hashes": {p: _h(p) for p in %s}, "present": _walk("pocketpost"), "mpy": getattr(sys.implementation, "_mpy", 0) & 0x3ff}))
+print(json.dumps({"hashes": {p: _h(p) for p in %s}, "present": _walk("pocketpost"), "mpy": getattr(sys.implementation, "_mpy", 0) & 0x3ff, "platform": sys.platform}))
 """
 # mpy v6.3: what mpy-cross writes (firmware.MPY_VERSION/MPY_SUBVERSION), as sys.implementation._mpy
 # reports it (low byte the version, the next two bits the sub-version).
@@ -76,6 +76,15 @@ def local_files(board_name: str | None) -> dict[str, bytes]:
     files["main.py"] = (firmware.source_dir() / "main.py").read_bytes()
     if board_name is not None:
         files["board.json"] = boards.firmware_definition(boards.load(board_name))
+    return files
+
+
+def for_platform(files: dict[str, bytes], platform: str) -> dict[str, bytes]:
+    """`files` without the board layer a board of `platform` (its sys.platform) cannot use: an
+    ESP32 gets no unix layer (as `build` leaves it out); the unix port keeps both, since the
+    simulator's app folder is compiled from the whole tree."""
+    if platform == "esp32":
+        return {path: data for path, data in files.items() if path != "pocketpost/board/unix.mpy"}
     return files
 
 
@@ -111,6 +120,7 @@ def deploy(port: str | None = None, board_name: str | None = None, emit=print,
                 f"the board imports .mpy v{version}; pocketpost's are v{firmware.MPY_VERSION}.{firmware.MPY_SUBVERSION} "
                 f"(MicroPython {'.'.join(map(str, firmware.MIN_MICROPYTHON))} or newer)"
             )
+        files = for_platform(files, survey.get("platform", ""))  # a stale unix layer is removed below
         folders = set()
         for path in sorted(files):
             data = files[path]
