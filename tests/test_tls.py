@@ -282,6 +282,30 @@ def test_no_tls_sessions_allowed_means_none_offered(tls_board):
     assert s.cmd("STARTTLS") == "502 5.5.1 Error: STARTTLS is not available"
 
 
+def test_a_board_can_serve_only_implicit_tls_and_submission(make_board, certificate):
+    """pop3_port and smtp_port 0: the plain ports are off, POP3S and submission serve."""
+    board = make_board(pop3_port=0, smtp_port=0, pop3s_port=free_port(), submission_port=free_port()).start()
+    board.add_user("alice", "wonderland")
+    certificates.install(board.console, certificate["cert_der"], certificate["key_der"])
+    board.restart()
+    listening = [line for line in board.lines if " listening on " in line]
+    assert not any(line.endswith(":0") for line in listening)
+    assert sorted(line.split(" INFO ")[1].split(":")[0] for line in listening[-2:]) == ["pop3", "smtp"]
+    assert all(line.endswith("(TLS)") or line.endswith("(submission)") for line in listening[-2:])
+    assert board.request("info")["ports"] == {"pop3": 0, "smtp": 0}
+    board.set_config(pop3_port=0, smtp_port=0)  # what a real board is told (here the command line says it)
+    smtp = smtplib.SMTP("127.0.0.1", board.options["submission_port"], timeout=20)
+    smtp.starttls(context=client_context(certificate))
+    smtp.login("alice", "wonderland")
+    smtp.sendmail("alice@pocketpost.local", ["alice@pocketpost.local"], b"Subject: tls only\r\n\r\nsubmitted")
+    smtp.quit()
+    pop = poplib.POP3_SSL("127.0.0.1", board.options["pop3s_port"], context=client_context(certificate), timeout=20)
+    pop.user("alice")
+    pop.pass_("wonderland")
+    assert pop.retr(1)[1][-1] == b"submitted"
+    pop.quit()
+
+
 def test_handshake_timeout(tls_board):
     tls_board.set_config(tls_handshake_timeout=5)
     raw = socket.create_connection(("127.0.0.1", tls_board.options["pop3s_port"]), timeout=20)

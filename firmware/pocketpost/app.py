@@ -90,8 +90,8 @@ class App:
         return self.reboot_requested
 
     async def _listen(self, cls, key, implicit_tls=False, submission=False):
-        # POP3 and SMTP must listen (a taken port stops the firmware, which then crashes and
-        # restarts); a TLS or submission port that cannot is logged and left out.
+        # POP3 and SMTP must listen unless switched off (a taken port stops the firmware, which
+        # then crashes and restarts); a TLS or submission port that cannot is logged and left out.
         port = self.config[key]
         if not port or port in [listener.port for listener in self.listeners]:
             return  # off, or running already

@@ -45,8 +45,9 @@ SCHEMA = {
     "domains": (["pocketpost.local"], _DOMAINS, 0, 0, NOW, False),
     "postmaster": ("postmaster", _USER, 0, 0, NOW, False),
     "bind": ("0.0.0.0", _ADDRESS, 0, 0, REBOOT, False),
-    "pop3_port": (110, _INT, 1, 65535, REBOOT, False),
-    "smtp_port": (25, _INT, 1, 65535, REBOOT, False),
+    # Every port can be off (0): a board may serve POP3S and submission only, say.
+    "pop3_port": (110, _INT, 0, 65535, REBOOT, False),
+    "smtp_port": (25, _INT, 0, 65535, REBOOT, False),
     # The TLS ports (0: off) listen only while a certificate is installed (pocketpost tls install).
     "pop3s_port": (995, _INT, 0, 65535, REBOOT, False),
     "smtps_port": (465, _INT, 0, 65535, REBOOT, False),
