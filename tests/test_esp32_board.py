@@ -26,10 +26,11 @@ def fakes(tmp_path_factory):
 def make_esp32(fakes, tmp_path):
     made = []
 
-    def make(board=None, hardware=None, config=WIFI_CONFIG, name=None):
+    def make(board=None, hardware=None, config=WIFI_CONFIG, name=None, heap=None):
         state = {"wifi": dict(AP), "ntp": {"ok": True, "time": NTP_TIME}}
         state.update(hardware or {})
-        esp = FakeEsp32(fakes, tmp_path / (name or f"esp{len(made)}"), board or board_variant(), state, config)
+        extra = {"heap": heap} if heap else {}
+        esp = FakeEsp32(fakes, tmp_path / (name or f"esp{len(made)}"), board or board_variant(), state, config, **extra)
         made.append(esp)
         return esp
 
@@ -182,6 +183,19 @@ def test_watchdog_resets_a_hung_board_and_info_reports_why(make_esp32):
     esp.start()
     assert log_index(esp, "INFO board: last reset: watchdog")
     assert esp.info()["reset_cause"] == "watchdog"
+
+
+def test_tls_sessions_default_to_more_with_psram(make_esp32):
+    """A MicroPython with its heap in PSRAM (megabytes: here a 2 MB heap) allows 4 TLS sessions
+    at once by default; without, 1. A stored setting still wins."""
+    plain = make_esp32(name="plain").start()
+    assert plain.info()["psram"] is False
+    assert plain.request("config.get", key="tls_max_sessions")["value"] == 1
+    psram = make_esp32(name="psram", heap="2048k").start()
+    assert psram.info()["psram"] is True
+    assert psram.request("config.get", key="tls_max_sessions")["value"] == 4
+    psram.set_config(tls_max_sessions=2)
+    assert psram.request("config.get", key="tls_max_sessions")["value"] == 2
 
 
 def test_keeps_working_without_ntp(make_esp32):

@@ -19,7 +19,7 @@ def main(board):
     log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))
     flash = board.mount_flash(log)
     sd = board.mount_sd(log)
-    config = Config(flash, board.overrides)
+    config = Config(flash, board.overrides, board.defaults)
     slots = [Slot() for _ in range(config["max_clients"])]
     console_buffer = bytearray(MAX_REQUEST)
     tls = _load_tls(flash, log)

@@ -113,7 +113,10 @@ def check(key, value):
 
 
 class Config:
-    def __init__(self, root, overrides=None):
+    """The settings: the board's command-line overrides, then what `config set` stored, then
+    the board's own defaults (`board_defaults`), then SCHEMA's."""
+
+    def __init__(self, root, overrides=None, board_defaults=None):
         self.path = root + "/config.json"
         self.stored = {}
         try:
@@ -125,12 +128,15 @@ class Config:
         except (OSError, ValueError):
             pass  # no file yet, or a damaged one: defaults apply (`config set` writes it anew)
         self.overrides = overrides or {}
+        self.board_defaults = board_defaults or {}
 
     def __getitem__(self, key):
         if key in self.overrides:
             return self.overrides[key]
         if key in self.stored:
             return self.stored[key]
+        if key in self.board_defaults:
+            return self.board_defaults[key]
         return SCHEMA[key][0]
 
     def effective(self, mask_secrets=True):

@@ -4,6 +4,7 @@
 # restarts a board whose event loop hangs. Only the esp32 port imports this module (boot picks
 # the board layer by feature test), so none of it costs the unix board's heap.
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -26,6 +27,9 @@ _POLL_MS = const(2000)
 _NTP_RETRY_MS = const(60000)
 _NTP_EVERY_MS = const(21600000)
 _TICK_MS = const(250)  # the watchdog feed and the status LED
+# A heap bigger than this is in PSRAM (an ESP32 without PSRAM has ~100-150 KB of it).
+_PSRAM_HEAP = const(1048576)
+_PSRAM_TLS_SESSIONS = const(4)
 # What an OSError from machine.SDCard/os.mount means (FatFS's codes as MicroPython maps them).
 _SD_ERRORS = {5: "card read error", 16: "no card, or the card does not answer", 19: "no FAT file system on the card", 110: "card timed out", 116: "card timed out", 259: "SD host busy"}
 _RESETS = (("PWRON_RESET", "power on"), ("HARD_RESET", "reset button or power glitch"), ("WDT_RESET", "watchdog"), ("DEEPSLEEP_RESET", "deep sleep"), ("SOFT_RESET", "soft reset"))
@@ -51,6 +55,12 @@ class Esp32Board:
         self.definition = definition
         self.name = definition.get("name", "esp32")
         self.overrides = {}
+        # A MicroPython built for PSRAM (SPIRAM) puts its heap there, megabytes of it, and
+        # mbedTLS allocates from PSRAM too: room for more TLS sessions at once (each takes
+        # ~20-36 KB during the session). Without PSRAM the heap is ~100-150 KB and one is the
+        # default.
+        self.psram = gc.mem_free() + gc.mem_alloc() > _PSRAM_HEAP
+        self.defaults = {"tls_max_sessions": _PSRAM_TLS_SESSIONS} if self.psram else {}
         self.storage_state = "not mounted"
         self.card = None
         self.wlan = None
@@ -291,7 +301,7 @@ class Esp32Board:
     console_out = sys.stdout
 
     def info(self):
-        out = {"reset_cause": self.reset_cause, "wifi": self.wifi_state, "ntp": self.ntp}
+        out = {"reset_cause": self.reset_cause, "wifi": self.wifi_state, "ntp": self.ntp, "psram": self.psram}
         if self.wifi_state == "connected":
             out["ip"] = self.address
             out["rssi"] = self._rssi()

@@ -115,6 +115,7 @@ class UnixBoard:
         self.flash_image = self.data + "/flash.img"
         self.storage_state = "not mounted"
         self.mounted = []
+        self.defaults = {}  # settings whose default this board changes: none
 
     @classmethod
     def from_argv(cls, argv=None):
