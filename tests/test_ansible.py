@@ -16,6 +16,7 @@ from pocketpost_host import tls as certificates
 from pocketpost_host.errors import BoardError
 
 from fleet_sims import ALICE_PASSWORD, BOARDS, BOB_PASSWORD, REPO, Fleet, apop_login, pop3_login, recap
+from wire import send_mail
 
 BIN = Path(sys.executable).parent
 
@@ -94,6 +95,53 @@ def test_playbook_on_two_sims(fleet):
     pop3_login(fleet.sims["mail-a"], "alice", ALICE_PASSWORD)
     assert fleet.config("mail-b")["auth_max_failures"] == 5
     assert recap(playbook(fleet).stdout) == {"mail-a": (1, 0, 0, 0), "mail-b": (1, 0, 0, 0)}
+
+
+EXCLUSIVE_PLAYBOOK = """\
+- name: only alice, bob purged, Wi-Fi set
+  hosts: mail-a
+  gather_facts: false
+  tasks:
+    - name: Exclusive users
+      pocketpost.appliance.board:
+        name: "{{ inventory_hostname }}"
+        board: unix
+        sim: "{{ playbook_dir }}/sims/{{ inventory_hostname }}"
+        host: 127.0.0.1
+        users_exclusive: true
+        users:
+          - name: alice
+            password: wonderland
+          - name: bob
+            state: absent
+            purge: true
+        wifi:
+          ssid: lab-net
+          password: not-in-the-log
+"""
+
+
+def test_exclusive_users_purge_and_wifi(fleet):
+    """users_exclusive removes a user added by hand, state absent with purge removes bob and
+    his mailbox, and the Wi-Fi settings are stored (the password never shown)."""
+    assert playbook(fleet).returncode == 0
+    sim = fleet.sims["mail-a"]
+    send_mail(sim.smtp_port, b"Subject: for bob\r\n\r\nx", rcpts=("bob@lab.example",))
+    assert sim.cli("user", "add", "carol", "--password-stdin", input="by hand\n").exit_code == 0
+    fleet.write("exclusive.yml", EXCLUSIVE_PLAYBOOK)
+    result = playbook(fleet, "-v", book="exclusive.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert recap(result.stdout) == {"mail-a": (1, 1, 0, 0)}
+    assert "not-in-the-log" not in result.stdout
+    assert set(fleet.users("mail-a")) == {"alice"}
+    with fleet.board("mail-a") as board:
+        with pytest.raises(BoardError, match="NOTFOUND"):
+            board.request("mailbox.stats", {"name": "bob"})
+    config = fleet.config("mail-a")
+    assert (config["wifi_ssid"], config["wifi_password"]) == ("lab-net", "********")
+    assert set(fleet.users("mail-b")) >= {"alice", "bob"}  # not in this play
+    again = playbook(fleet, book="exclusive.yml")
+    assert recap(again.stdout) == {"mail-a": (1, 0, 0, 0)}
 
 
 def test_one_board_fails_alone(fleet):

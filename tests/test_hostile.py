@@ -117,13 +117,18 @@ def well_behaved_client(board, known=ALICE_KNOWN):
 
 
 _TREE = re.compile(r"^/sd/(tmp|mail|mail/(?P<user>[^/]+)(/index|/\d+|/\d+/\d+)?)$")
+_FLASH_TREE = re.compile(r"^/flash/(config\.json|users|users/(?P<user>[^/]+))$")
 
 
 def card_tree(board, app_dir, users=PASSWORDS):
-    """Stops the board and lists its SD card; asserts that nothing but the mailbox folders of
-    real users and the (empty) temp folder is there."""
+    """Stops the board and lists its SD card and its flash; asserts that nothing but the mailbox
+    folders of real users and the (empty) temp folder is on the card, and nothing but the
+    settings and the records of real users on the flash."""
     board.stop()
     listing = ast.literal_eval(sd_card.run(app_dir, board.data / "sd.img", "print(sorted(tree()))").strip().splitlines()[-1])
+    flash = ast.literal_eval(
+        sd_card.run(app_dir, board.data / "flash.img", "print(sorted(tree()))", flash=True).strip().splitlines()[-1]
+    )
     strays = []
     for path in listing:
         m = _TREE.match(path)
@@ -131,7 +136,11 @@ def card_tree(board, app_dir, users=PASSWORDS):
             strays.append(path)
         if path.startswith("/sd/tmp/"):
             strays.append(path)
-    assert not strays, "files outside the mailbox folders: {}".format(strays)
+    for path in flash:
+        m = _FLASH_TREE.match(path)
+        if m is None or (m.group("user") is not None and m.group("user") not in users):
+            strays.append(path)
+    assert not strays, "files outside the mailbox folders and the user records: {}".format(strays)
     return listing
 
 
