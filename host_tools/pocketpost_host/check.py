@@ -103,6 +103,16 @@ class Unsupported(Exception):
     """The server lacks an optional feature the check needs; the message says which."""
 
 
+class TlsBusy(CheckFailed):
+    """STLS/STARTTLS refused for now (every TLS session the server allows is in use)."""
+
+
+# How long a new session waits for a TLS place before giving up: a session that just ended
+# frees its place a moment after its QUIT.
+TLS_PLACE_WAIT = 5.0
+TLS_PLACE_RETRY = 0.2
+
+
 @dataclasses.dataclass
 class Target:
     """What to check: the servers' address, the account and its mail domain."""
@@ -297,10 +307,27 @@ class Reply:
         return match.group(0) if match else None
 
 
+def _with_tls_place(connect):
+    """Runs `connect()` (which makes a client), again while the server has no TLS place free,
+    for up to TLS_PLACE_WAIT seconds; then raises its TlsBusy."""
+    deadline = time.monotonic() + TLS_PLACE_WAIT
+    while True:
+        try:
+            return connect()
+        except TlsBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(TLS_PLACE_RETRY)
+
+
 class SmtpClient:
     def __init__(self, target):
-        self.conn = Connection(target.host, target.smtp_port, target.timeout)
         self.extensions = {}
+        self.conn = None
+        _with_tls_place(lambda: self._connect(target))
+
+    def _connect(self, target):
+        self.conn = Connection(target.host, target.smtp_port, target.timeout)
         if target.tls == "implicit":
             self.conn.start_tls(target.tls_context())
         greeting = self.read_reply()
@@ -311,6 +338,9 @@ class SmtpClient:
             if "STARTTLS" not in self.extensions:
                 raise CheckFailed("EHLO does not offer STARTTLS (RFC 3207)")
             reply = self.command("STARTTLS")
+            if reply.code == 454:
+                self.conn.close()
+                raise TlsBusy(f"STARTTLS: {reply} (every TLS session the server allows is in use)")
             if reply.code != 220:
                 raise CheckFailed(f"STARTTLS: expected 220, got {reply}")
             self.conn.start_tls(target.tls_context())
@@ -415,6 +445,10 @@ class Status:
 
 class Pop3Client:
     def __init__(self, target):
+        self.conn = None
+        _with_tls_place(lambda: self._connect(target))
+
+    def _connect(self, target):
         self.conn = Connection(target.host, target.pop3_port, target.timeout)
         if target.tls == "implicit":
             self.conn.start_tls(target.tls_context())
@@ -423,6 +457,9 @@ class Pop3Client:
             raise CheckFailed(f"greeting: {greeting.text}")
         if target.tls == "starttls":
             status = self.command("STLS")
+            if not status.ok and status.response_code() == "SYS/TEMP":
+                self.conn.close()
+                raise TlsBusy(f"STLS: {status.text} (every TLS session the server allows is in use)")
             if not status.ok:
                 raise CheckFailed(f"STLS (RFC 2595): {status.text}")
             self.conn.start_tls(target.tls_context())
@@ -959,7 +996,13 @@ class CheckRun:
         first = self.session()  # holds the maildrop
         # Twice: a refused login must not release the first session's lock when it ends.
         for attempt in ("second", "third"):
-            status = self._login_elsewhere()
+            try:
+                status = self._login_elsewhere()
+            except TlsBusy as e:
+                raise Unsupported(
+                    f"a second session cannot have TLS while the first holds it: {e}; allow two TLS "
+                    "sessions (pocketpost config set tls_max_sessions 2) to check the lock"
+                ) from None
             if status.ok:
                 if attempt == "second":
                     raise Unsupported("no exclusive lock: a second session logged in while the first held the maildrop")
@@ -1112,7 +1155,9 @@ class CheckRun:
                 raise CheckFailed(f"{line} (TRANSACTION state): {status.text}")
             pop.ok("NOOP")
         pop.conn.assert_quiet("the bad commands")
-        # The AUTHORIZATION state, on a second connection that does not log in.
+        # The AUTHORIZATION state, on a new connection that does not log in. The session ends
+        # first (dropped: nothing was marked): a board may allow only one TLS session at once.
+        self._close_session()
         other = Pop3Client(self.target)
         try:
             for line in ("STAT", "RETR 1", "PASS before-user"):
