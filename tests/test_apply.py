@@ -168,24 +168,32 @@ def test_drift_is_detected_and_fixed(fleet):
 
 
 def test_password_changed_by_hand(fleet):
-    """The board never reveals a hash: a password changed by hand is not seen unless the
-    inventory asks for `update_password: always`, which sets it on every run."""
+    """The board never reveals a hash, but compares one with its own (user.check): a password
+    changed by hand is seen. `update_password: on_create` (Ansible's default) leaves it and says
+    so; `always` sets it back, once."""
     assert apply(fleet.inventory, "--limit", "mail-a").exit_code == 0
     a = fleet.sims["mail-a"]
     assert a.cli("user", "passwd", "alice", "--password-stdin", input="changed by hand\n").exit_code == 0
-    unseen = apply(fleet.inventory, "--limit", "mail-a")
-    assert ("ok", "mail-a", "user alice") in items(unseen.stdout)
+    seen = apply(fleet.inventory, "--limit", "mail-a")
+    assert "ok: [mail-a] user alice: its password is not the inventory's (update_password: on_create leaves it)" in seen.stdout
+    assert changed_items(seen.stdout, "mail-a") == []
     with pytest.raises(poplib.error_proto):
         pop3_login(a, "alice", ALICE_PASSWORD)
 
     fleet.write("lab.yml", fleet.inventory.read_text().replace(
         "      password_hash:", "      update_password: always\n      password_hash:", 1
     ))
-    for _ in range(2):
-        result = apply(fleet.inventory, "--limit", "mail-a")
-        assert "changed: [mail-a] user alice: password set (update_password: always)" in result.stdout
-        assert changed_items(result.stdout, "mail-a") == ["user alice"]
-        pop3_login(a, "alice", ALICE_PASSWORD)
+    check = apply(fleet.inventory, "--limit", "mail-a", "--check")
+    assert "changed: [mail-a] user alice: would be: password set: it was not the inventory's (changed on the board?)" in check.stdout
+    with pytest.raises(poplib.error_proto):
+        pop3_login(a, "alice", ALICE_PASSWORD)  # --check changed nothing
+    fixed = apply(fleet.inventory, "--limit", "mail-a")
+    assert "changed: [mail-a] user alice: password set: it was not the inventory's (changed on the board?)" in fixed.stdout
+    assert changed_items(fixed.stdout, "mail-a") == ["user alice"]
+    pop3_login(a, "alice", ALICE_PASSWORD)
+    again = apply(fleet.inventory, "--limit", "mail-a")
+    assert changed_items(again.stdout, "mail-a") == []  # the same password now: nothing to do
+    assert ("ok", "mail-a", "user alice") in items(again.stdout)
 
 
 def test_user_absent_and_wifi_password_update(fleet):

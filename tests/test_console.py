@@ -72,6 +72,25 @@ def test_user_add_list_passwd_del(board):
     assert [u["name"] for u in board.request("user.list")["users"]] == ["alice"]
 
 
+def test_user_check_compares_a_hash_without_revealing_the_stored_one(board):
+    stored = hash_password("wonderland-2", TEST_ITERATIONS)
+    board.request("user.passwd", name="alice", hash=stored)
+    params = board.request("user.check", name="alice")
+    _, iterations, salt, _ = stored.split("$")
+    assert params == {"name": "alice", "iterations": int(iterations), "salt": salt}
+    same_salt = hash_password("wonderland-2", params["iterations"], bytes.fromhex(params["salt"]))
+    assert same_salt == stored
+    assert board.request("user.check", name="alice", hash=same_salt)["same"] is True
+    wrong = hash_password("something else", params["iterations"], bytes.fromhex(params["salt"]))
+    assert board.request("user.check", name="alice", hash=wrong)["same"] is False
+    other_salt = hash_password("wonderland-2", TEST_ITERATIONS)
+    assert board.request("user.check", name="alice", hash=other_salt)["same"] is False
+    with pytest.raises(BoardError, match="NOTFOUND"):
+        board.request("user.check", name="nobody")
+    with pytest.raises(BoardError, match="INVALID"):
+        board.request("user.check", name="alice", hash="plaintext")
+
+
 def test_user_whose_name_ends_like_a_new_record_is_a_user_of_its_own(board):
     """Replacing alice's record must leave user "alice.new" alone (and the other way round)."""
     board.add_user("alice.new", "other")

@@ -86,6 +86,30 @@ def user_passwd(app, args):
     return {"name": name}
 
 
+def user_check(app, args):
+    """The iterations and salt of a user's stored hash (not secret); with "hash", whether the
+    stored hash is that one. A host tells a password changed on the board from the one it
+    wants without the board revealing its hash (a key compared here, in constant time)."""
+    from binascii import hexlify
+
+    from .crypto import equal, parse_hash
+
+    name = _arg(args, "name", str)
+    record = app.users.get(name) if valid_name(name) else None
+    if record is None:
+        raise RequestError("NOTFOUND", "no user {}".format(name))
+    iterations, salt, key = parse_hash(record["hash"])
+    out = {"name": name, "iterations": iterations, "salt": hexlify(salt).decode()}
+    given = _arg(args, "hash", str, False)
+    if given is not None:
+        try:
+            given_iterations, given_salt, given_key = parse_hash(given)
+        except ValueError as e:
+            raise RequestError("INVALID", str(e))
+        out["same"] = given_iterations == iterations and given_salt == salt and equal(given_key, key)
+    return out
+
+
 def user_list(app, args):
     users = []
     for name in app.users.names():
@@ -209,6 +233,7 @@ HANDLERS = {
     "user.del": user_del,
     "user.passwd": user_passwd,
     "user.list": user_list,
+    "user.check": user_check,
     "config.get": config_get,
     "config.set": config_set,
     "mailbox.stats": mailbox_stats,

@@ -213,11 +213,22 @@ class _Run:
                 continue
             if on_board["apop"] != user.apop:
                 reason = "APOP " + ("enabled" if user.apop else "disabled") + ", password set from the inventory"
-            elif user.update_password == "always":
-                reason = "password set (update_password: always)"
             else:
-                self.add(item, OK)
-                continue
+                # In a list: call() answers None when the board refused (the item then failed).
+                answer = self.call(item, lambda: [self.board.password_matches(name, user.password, user.password_hash)])
+                if answer is None:
+                    continue
+                same = answer[0]  # None: this firmware cannot compare passwords
+                if same is False and user.update_password == "always":
+                    reason = "password set: it was not the inventory's (changed on the board?)"
+                elif same is None and user.update_password == "always":
+                    reason = "password set (update_password: always; this firmware cannot compare it)"
+                elif same is False:
+                    self.add(item, OK, "its password is not the inventory's (update_password: on_create leaves it)")
+                    continue
+                else:
+                    self.add(item, OK)
+                    continue
             message = ("would be: " if self.check else "") + reason
             if self.check or self.call(item, lambda: self.board.set_password_hash(name, self._hash(user), secret)):
                 self.add(item, CHANGED, message, _user_lines(on_board["apop"]), wanted)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import serial
 
 from .console import REPLY_PREFIX, ConsoleClient
-from .errors import BoardTimeout, PocketpostError, PortError
+from .errors import BoardError, BoardTimeout, PocketpostError, PortError
 from .passwords import DEFAULT_ITERATIONS, check_hash, hash_password
 from .transport import open_port
 
@@ -286,6 +286,20 @@ class Board:
         if apop_secret is not KEEP_APOP:
             args["apop"] = None if apop_secret is None else check_apop_secret(apop_secret)
         return self.request("user.passwd", args)
+
+    def password_matches(self, name: str, password: str | None = None, password_hash: str | None = None):
+        """Whether user `name`'s password on the board is `password` (hashed here with the
+        board's salt), or its stored hash is `password_hash`; None when the firmware cannot
+        tell (before `user.check`). The board never reveals its hash, only salt and iterations."""
+        try:
+            if password_hash is None:
+                params = self.request("user.check", {"name": check_user_name(name)})
+                password_hash = hash_password(password, params["iterations"], bytes.fromhex(params["salt"]))
+            return self.request("user.check", {"name": check_user_name(name), "hash": password_hash})["same"]
+        except BoardError as e:
+            if e.code == "UNKNOWN":
+                return None
+            raise
 
     # ---- configuration and status
 

@@ -17,9 +17,10 @@ description:
   - Runs on the controller, next to the board's USB cable, so use a local connection
     (C(ansible_connection=local)) and the Python that has pocketpost installed
     (C(ansible_python_interpreter)).
-  - Passwords are never read back from a board, so a user's password is set when the user is
-    created, when its APOP flag changes, and on every run with O(users[].update_password=always);
-    the same holds for the Wi-Fi password.
+  - Passwords are never read back from a board; the board compares a hash with its own instead.
+    A user's password is set when the user is created, when its APOP flag changes, and with
+    O(users[].update_password=always) whenever the board's is not the task's. The Wi-Fi password,
+    which cannot be compared, is set on every run with O(wifi.update_password=always).
   - The TLS certificate is compared with the board's by its SHA-256 fingerprint and installed
     only when it differs. The key never leaves a board, but it is checked to belong to the
     certificate before anything is sent, so a new key always comes with a new certificate.
@@ -189,7 +190,7 @@ options:
         type: bool
         default: false
       update_password:
-        description: V(on_create) sets the password only when the user is created (or its APOP flag changes); V(always) on every run.
+        description: V(on_create) sets the password only when the user is created (or its APOP flag changes), and reports a different one on the board; V(always) also sets it whenever the board's differs.
         type: str
         choices: [on_create, always]
         default: on_create
