@@ -192,9 +192,12 @@ async def _refuse(cls, stream, peer, app):
 
 async def reap_idle(app):
     """Ends sessions idle longer than their time-out: one task for all, instead of a timer per
-    read (each asyncio.wait_for would allocate a task)."""
+    read (each asyncio.wait_for would allocate a task). Its once-a-second pass is also the
+    board's beat (the emulated board's watchdog feed)."""
+    beat = app.board.beat  # the emulated board's watchdog is fed here
     while True:
         await asyncio.sleep(1)
+        beat()
         now = time.ticks_ms()
         for entry in app.sessions:
             session = entry[0]

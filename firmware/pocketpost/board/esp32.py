@@ -269,6 +269,9 @@ class Esp32Board:
         else:
             led.value((not on) if spec.get("active_low") else on)
 
+    def beat(self):
+        """Called once a second by the event loop; the watchdog is fed by _tick, with the LED."""
+
     async def _tick(self):
         """Feeds the watchdog while the event loop runs; the LED says how the board is: steady
         when serving, slow blink (blue) while Wi-Fi is not up, fast blink (red) without storage."""

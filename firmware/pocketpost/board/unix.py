@@ -1,8 +1,8 @@
 # The emulated board: MicroPython's unix port. The SD card is a FAT image file mounted with
 # os.VfsFat (the FatFS code machine.SDCard uses on the ESP32), the internal flash a LittleFS v2
 # image (what MicroPython's ESP32 port formats its flash with), the console stdin/stdout. Its
-# watchdog: while serving, the event loop rewrites DATA/alive every second; the simulator resets
-# a board whose file stops changing, as an ESP32's watchdog timer does.
+# watchdog: while serving, the server's once-a-second task (server.reap_idle) rewrites DATA/alive;
+# the simulator resets a board whose file stops changing, as an ESP32's watchdog timer does.
 #
 #   micropython -X heapsize=144k firmware/main.py --data DIR [--bind ADDR] [--pop3-port N]
 #       [--smtp-port N] [--pop3s-port N] [--smtps-port N] [--submission-port N] [--domain D]
@@ -22,7 +22,6 @@ EXIT_REBOOT = const(75)
 EXIT_CRASH = const(70)
 _FAT_BLOCK = const(512)
 _LFS_BLOCK = const(4096)
-_FEED_MS = const(1000)  # how often the watchdog is fed (the simulator's limit is seconds)
 
 _OPTIONS = {
     "--data": "data",
@@ -116,6 +115,7 @@ class UnixBoard:
         self.storage_state = "not mounted"
         self.mounted = []
         self.defaults = {}  # settings whose default this board changes: none
+        self.alive = None  # the watchdog's file, open while serving
 
     @classmethod
     def from_argv(cls, argv=None):
@@ -179,22 +179,23 @@ class UnixBoard:
     # ---- network and console
 
     async def network_up(self, config, log):
-        """Starts feeding the watchdog; the address to listen on (the unix board has its
-        sockets straight away)."""
-        asyncio.create_task(self._feed_watchdog(self.data + "/alive"))
+        """The address to listen on: the unix board has its sockets straight away."""
+        try:
+            # Kept open: each feed is one write, nothing allocated (unix-port files are unbuffered).
+            self.alive = open(self.data + "/alive", "wb")
+        except OSError:
+            self.alive = None
         return config["bind"]
 
-    @staticmethod
-    async def _feed_watchdog(path):
-        # Fed from a task of the event loop, as on the ESP32: a loop blocked by a hung task
-        # stops feeding.
-        while True:
+    def beat(self):
+        """Called once a second by the event loop (a loop blocked by a hung task stops calling):
+        feeds the watchdog."""
+        if self.alive is not None:
             try:
-                with open(path, "w") as f:
-                    f.write("fed\n")
+                self.alive.seek(0)
+                self.alive.write(b"fed\n")
             except OSError:
                 pass  # the data folder went away: nothing to tell the simulator
-            await asyncio.sleep_ms(_FEED_MS)
 
     @staticmethod
     def peer_address(stream):
