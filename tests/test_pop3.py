@@ -362,18 +362,6 @@ def test_too_many_bad_commands_close_the_session(board):
     assert w.closed()
 
 
-def rest_until_closed(w):
-    """Everything the server sends until it closes the connection, raw."""
-    w.sock.settimeout(5)
-    try:
-        while True:
-            w._more()
-    except EOFError:
-        pass
-    data, w.buf = w.buf, b""
-    return data
-
-
 TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
 INVALID = b"-ERR Invalid arguments.\r\n"
 
@@ -387,7 +375,7 @@ def test_repeated_invalid_arguments_close_the_session(board, command):
     w = pop3_login(board.pop3_port)
     w.send((command + "\r\n") * 3)
     # The same ending as for unknown commands: two answered, the third closes the session.
-    assert rest_until_closed(w) == INVALID * 2 + TOO_MANY
+    assert w.rest_until_closed() == INVALID * 2 + TOO_MANY
     assert board.wait_log("too many bad commands")
 
 
@@ -401,18 +389,18 @@ def test_repeated_authorization_errors_close_the_session(board, command, reply):
     w = Wire(board.pop3_port)
     w.line()
     w.send((command + "\r\n") * 3)
-    assert rest_until_closed(w) == reply * 2 + TOO_MANY
+    assert w.rest_until_closed() == reply * 2 + TOO_MANY
 
 
 def test_invalid_arguments_are_counted_with_unknown_commands(board):
     board.set_config(max_bad_commands=10)
     w = pop3_login(board.pop3_port)
     w.send("RETR x\r\n" * 10)
-    assert rest_until_closed(w) == INVALID * 9 + TOO_MANY
+    assert w.rest_until_closed() == INVALID * 9 + TOO_MANY
     board.set_config(max_bad_commands=3)
     w = pop3_login(board.pop3_port)  # the lock was released
     w.send("FOO\r\nRETR x\r\nBAR\r\n")
-    assert rest_until_closed(w) == b"-ERR Unknown command.\r\n" + INVALID + TOO_MANY
+    assert w.rest_until_closed() == b"-ERR Unknown command.\r\n" + INVALID + TOO_MANY
 
 
 def test_missing_or_deleted_messages_do_not_count(board):

@@ -276,18 +276,6 @@ def test_too_many_bad_commands_close_the_session(board):
     assert w.closed()
 
 
-def rest_until_closed(w):
-    """Everything the server sends until it closes the connection, raw."""
-    w.sock.settimeout(5)
-    try:
-        while True:
-            w._more()
-    except EOFError:
-        pass
-    data, w.buf = w.buf, b""
-    return data
-
-
 TOO_MANY_ERRORS = b"421 4.7.0 pocketpost Error: too many errors\r\n"
 
 
@@ -312,19 +300,19 @@ def test_repeated_syntax_and_sequence_errors_close_the_session(board, command, r
     w = smtp_session(board.smtp_port)
     w.send((command + "\r\n") * 3)
     # The same ending as for unknown commands: two answered, the third closes the session.
-    assert rest_until_closed(w) == reply * 2 + TOO_MANY_ERRORS
+    assert w.rest_until_closed() == reply * 2 + TOO_MANY_ERRORS
 
 
 def test_syntax_errors_are_counted_with_unknown_commands(board):
     board.set_config(max_bad_commands=10)
     w = smtp_session(board.smtp_port)
     w.send("MAIL FROM:bad\r\n" * 10)
-    assert rest_until_closed(w) == b"501 5.1.7 Bad sender address syntax\r\n" * 9 + TOO_MANY_ERRORS
+    assert w.rest_until_closed() == b"501 5.1.7 Bad sender address syntax\r\n" * 9 + TOO_MANY_ERRORS
     assert board.wait_log("too many bad commands")
     board.set_config(max_bad_commands=3)
     w = smtp_session(board.smtp_port)
     w.send("FOO\r\nMAIL FROM:bad\r\nBAR\r\n")
-    assert rest_until_closed(w) == (
+    assert w.rest_until_closed() == (
         b"500 5.5.2 Error: command not recognized\r\n501 5.1.7 Bad sender address syntax\r\n" + TOO_MANY_ERRORS
     )
 
@@ -340,7 +328,7 @@ def test_sequence_errors_count(board):
     w = Wire(board.smtp_port)
     assert w.line().startswith("220 ")
     w.send("MAIL FROM:<bob@example.org>\r\nSTARTTLS\r\nAUTH PLAIN\r\nHELO\r\n")
-    assert rest_until_closed(w) == (
+    assert w.rest_until_closed() == (
         b"503 5.5.1 Error: send HELO/EHLO first\r\n"
         b"502 5.5.1 Error: STARTTLS is not available\r\n"  # no certificate: not counted
         b"503 5.5.1 Error: send EHLO first\r\n" + TOO_MANY_ERRORS

@@ -85,6 +85,17 @@ class Wire:
             return False
         return False
 
+    def rest_until_closed(self):
+        """Everything the server sends until it closes the connection, raw."""
+        self.sock.settimeout(5)
+        try:
+            while True:
+                self._more()
+        except EOFError:
+            pass
+        data, self.buf = self.buf, b""
+        return data
+
     def close(self):
         self.sock.close()
 
