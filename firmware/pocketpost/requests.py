@@ -95,7 +95,7 @@ def user_check(app, args):
     from .crypto import equal, parse_hash
 
     name = _arg(args, "name", str)
-    record = app.users.get(name) if valid_name(name) else None
+    record = app.users.get(name)  # None for an unknown or invalid name
     if record is None:
         raise RequestError("NOTFOUND", "no user {}".format(name))
     iterations, salt, key = parse_hash(record["hash"])
