@@ -162,7 +162,7 @@ def test_drift_is_detected_and_fixed(fleet):
     purged = apply(fleet.inventory, "--limit", "mail-b")
     assert "changed: [mail-b] user stray: removed, mailbox deleted" in purged.stdout
     with fleet.board("mail-b") as board:
-        assert board.request("mailbox.stats")["mailboxes"] == [
+        assert sorted(board.request("mailbox.stats")["mailboxes"], key=lambda m: m["name"]) == [
             {"name": n, "messages": 0, "octets": 0, "locked": False} for n in ("alice", "bob", "pupil")
         ]
 

@@ -56,5 +56,5 @@ def test_an_esp32_gets_no_unix_board_layer():
     files = deploy.local_files("esp32-devkitc")
     assert "pocketpost/board/unix.mpy" in files and "pocketpost/board/esp32.mpy" in files
     esp32 = deploy.for_platform(files, "esp32")
-    assert set(files) - set(esp32) == {"pocketpost/board/unix.mpy"}
+    assert set(files) - set(esp32) == {"pocketpost/board/unix.mpy", "pocketpost/board/unix_setup.mpy"}
     assert deploy.for_platform(files, "linux") == files

@@ -8,8 +8,12 @@ def unload(name):
     """Forgets module `name` (imported for one job: the boot check, a console request), so the
     heap its code takes is freed. The package keeps a reference too, which goes as well."""
     sys.modules.pop(name, None)
-    package, _, attribute = name.rpartition(".")
     try:
+        package, _, attribute = name.rpartition(".")
         delattr(sys.modules[package], attribute)
-    except (KeyError, AttributeError):
+    except MemoryError:  # (caught alone: a tuple of classes would need heap itself)
+        pass  # the package's reference goes when the module is loaded again
+    except KeyError:
+        pass
+    except AttributeError:
         pass

@@ -3,7 +3,7 @@
 import asyncio
 import gc
 
-from . import requests, unload  # noqa: F401  (the console's handlers, loaded with the rest of the code)
+from . import unload
 from .console import Console
 from .pop3 import Pop3Session
 from .server import Listener, reap_idle
@@ -33,6 +33,13 @@ class App:
         self.console_buffer = console_buffer
         self.flash = flash
         self.tls = tls  # a tls.Tls once a certificate is installed, else None
+        self.held = None  # heap held by the test hook debug.hold (emulated board only)
+
+    def relieve_memory(self):
+        """Called where a MemoryError was caught: gives back the heap that can be given back."""
+        from .heap import relieve
+
+        relieve()
 
     def storage_ready(self):
         return self.store is not None
@@ -58,16 +65,13 @@ class App:
         log = self.log
         if self.sd is not None:
             store = MailStore(self.sd, log)
-            from . import recovery
+            if board.boot_hold is not None:  # the emulated board's test hook: a short heap
+                from .heap import hold
 
-            try:
-                recovery.check_store(store, self.free_slots[0].inbuf)  # no client yet
+                self.held = hold(board.boot_hold)
+            if self.check_store(store):
                 self.store = store
-            except OSError as e:
-                log.exception("store", "the SD card cannot be used", e)
-            # The boot check runs once: unloading it gives its code's heap back.
-            unload(recovery.__name__)
-            del recovery
+            self.held = None
         console = Console(self, board.console_stream(), board.console_out, self.console_buffer)
         tasks = [asyncio.create_task(console.serve())]
         self._waiting = asyncio.current_task()
@@ -82,12 +86,49 @@ class App:
         await self._listen(SmtpSession, "submission_port", submission=True)
         await self.start_tls_listeners()
         tasks.append(asyncio.create_task(reap_idle(self)))
+        if self.store is not None and self.store.checked is not None:
+            tasks.append(asyncio.create_task(self._finish_store_check()))
         self.accepting = True
         gc.collect()
         log.info("boot", "ready, {} bytes of heap free".format(gc.mem_free()))
         await self._stop.wait()
         await self._shutdown(tasks)
         return self.reboot_requested
+
+    def check_store(self, store):
+        """Runs the boot check of the mail store (recovery.py); False when the card cannot be
+        used. A heap too short to finish it is no reason not to serve: the check stops where it
+        is, each mailbox it did not reach is checked when first opened, and the whole check runs
+        again once the board is idle (_finish_store_check)."""
+        try:
+            from . import recovery
+
+            recovery.check_store(store, self.free_slots[0].inbuf)  # no client uses it yet
+            store.checked = None
+        except OSError as e:
+            self.log.exception("store", "the SD card cannot be used", e)
+            return False
+        except MemoryError:
+            recovery = None
+            self.held = None  # the test hook's shortage (--debug-boot-hold) ends here
+            self.relieve_memory()
+            try:
+                self.log.warn("store", "boot check not finished (not enough memory): {} mailboxes checked, the others when first used".format(len(store.checked)))
+            except MemoryError:
+                pass
+        finally:
+            # The boot check runs once: unloading it gives its code's heap back.
+            unload("pocketpost.recovery")
+        return True
+
+    async def _finish_store_check(self):
+        # The boot check again, whole, when no client is connected (it empties tmp/, where a
+        # delivery in progress writes), until it gets to its end.
+        store = self.store
+        while store.checked is not None:
+            await asyncio.sleep(5)
+            if not self.sessions and self.check_store(store) and store.checked is None:
+                self.log.info("store", "boot check finished")
 
     async def _listen(self, cls, key, implicit_tls=False, submission=False):
         # POP3 and SMTP must listen unless switched off (a taken port stops the firmware, which

@@ -139,14 +139,12 @@ class Config:
             return self.board_defaults[key]
         return SCHEMA[key][0]
 
-    def effective(self, mask_secrets=True):
-        out = {}
-        for key in SCHEMA:
-            value = self[key]
-            if mask_secrets and SCHEMA[key][5] and value:
-                value = "********"
-            out[key] = value
-        return out
+    def shown(self, key):
+        """The value of `key` as the console shows it: a secret that is set reads "********"."""
+        value = self[key]
+        if SCHEMA[key][5] and value:
+            return "********"
+        return value
 
     def set(self, key, value):
         """Validates and stores one key; returns (stored value, when it takes effect)."""

@@ -67,16 +67,20 @@ class Log:
         self._line("ERROR", source, "{}: {}: {}".format(text, type(exc).__name__, exc))
 
     def tail(self, n):
-        """The last `n` lines kept (oldest first). Reads the ring in place, one line at a time,
-        so no copy of the whole ring is ever made."""
+        """Yields the last `n` lines kept (oldest first), one at a time: the ring is read in
+        place, so no copy of it nor a list of its lines is ever made. (Console handlers run
+        without yielding to other tasks, so the ring does not change meanwhile.)"""
         ring = self.ring
         if self.wrapped:
             parts = ((self.pos, len(ring)), (0, self.pos))
         else:
             parts = ((0, self.pos),)
-        lines = []
+        # Complete lines in the ring: the oldest one is partly overwritten once it wrapped.
+        complete = 0
+        for start, end in parts:
+            complete += ring.count(b"\n", start, end)
+        skip = complete - max(0, min(n, complete - (1 if self.wrapped else 0)))
         pending = b""
-        skip = self.wrapped  # the oldest line is partly overwritten
         for start, end in parts:
             while start < end:
                 nl = ring.find(b"\n", start, end)
@@ -87,9 +91,6 @@ class Log:
                 pending = b""
                 start = nl + 1
                 if skip:
-                    skip = False
-                elif n > 0:
-                    lines.append(str(line, "utf-8"))
-                    if len(lines) > n:
-                        lines.pop(0)
-        return lines
+                    skip -= 1
+                else:
+                    yield str(line, "utf-8")

@@ -1,6 +1,8 @@
 # A POP3 session's view of a locked mailbox (RFC 1939): the messages present at login, numbered
-# from 1, and the deletion marks. Per message it keeps one bit in RAM; sequence numbers and sizes
-# are read from the index on the card when a command needs them.
+# from 1, and the deletion marks. Per message it keeps one bit in RAM, in blocks of 128 octets
+# (1,024 messages: a 10,000-message mailbox takes 10 small blocks, never one large one that a
+# fragmented heap may not have); sequence numbers and sizes are read from the index on the card
+# when a command needs them.
 import asyncio
 import time
 
@@ -12,6 +14,10 @@ from .mailbox import RECORD, parse_record, read_records
 _RECORDS_PER_READ = const(12)
 # Longest stretch (ms) the removal of deleted messages keeps the processor (see update).
 _TURN_MS = const(20)
+# Deletion marks: octets in a block, and log2 of the messages a block holds.
+_MARK_BLOCK = const(128)
+_MARK_SHIFT = const(10)
+_MARK_MASK = const(1023)
 
 
 class Maildrop:
@@ -25,12 +31,13 @@ class Maildrop:
         self.cache_count = 0
         self.uid_prefix = self.box.uid_prefix(memoryview(self.cache)[:RECORD]).encode()
         self.count, self.octets = self.box.totals(self.buf)  # later deliveries wait for the next session
-        self.deleted = bytearray((self.count + 7) >> 3)
+        self.deleted = [bytearray(_MARK_BLOCK) for _ in range((self.count + _MARK_MASK) >> _MARK_SHIFT)]
         self.deleted_count = 0
         self.deleted_octets = 0
 
     def is_deleted(self, n):
-        return self.deleted[(n - 1) >> 3] & (1 << ((n - 1) & 7))
+        n -= 1
+        return self.deleted[n >> _MARK_SHIFT][(n & _MARK_MASK) >> 3] & (1 << (n & 7))
 
     def message(self, n):
         """(seq, size) of message n, or None when there is no such message or it is deleted."""
@@ -81,7 +88,8 @@ class Maildrop:
                     n += 1
                     if n > self.count:
                         return
-                    if not deleted[(n - 1) >> 3] & (1 << ((n - 1) & 7)):
+                    i = n - 1
+                    if not deleted[i >> _MARK_SHIFT][(i & _MARK_MASK) >> 3] & (1 << (i & 7)):
                         seq, size = parse_record(buf, off)
                         if uids:
                             yield b"%d %s%d\r\n" % (n, prefix, seq)
@@ -89,13 +97,15 @@ class Maildrop:
                             yield b"%d %d\r\n" % (n, size)
 
     def mark_deleted(self, n, size):
-        self.deleted[(n - 1) >> 3] |= 1 << ((n - 1) & 7)
+        n -= 1
+        self.deleted[n >> _MARK_SHIFT][(n & _MARK_MASK) >> 3] |= 1 << (n & 7)
         self.deleted_count += 1
         self.deleted_octets += size
 
     def unmark_all(self):
-        for i in range(len(self.deleted)):
-            self.deleted[i] = 0
+        for block in self.deleted:
+            for i in range(_MARK_BLOCK):
+                block[i] = 0
         self.deleted_count = 0
         self.deleted_octets = 0
 

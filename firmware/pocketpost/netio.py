@@ -72,6 +72,7 @@ class Connection:
         self.outlen = 0  # octets queued in outbuf
         self.sent = 0  # of those, octets already written
         self.overflow = b""  # what did not fit in outbuf, sent after it
+        self.pushed = 0  # writes made so far (tells whether a reply has begun to leave)
         # ticks_ms of the last progress in either direction; the server's reaper reads it.
         self.last_active = time.ticks_ms()
         self.handshaking = False  # a TLS handshake started and no data has come through yet
@@ -193,6 +194,18 @@ class Connection:
         straight into it, after those queued (none of them sent yet)."""
         self.outlen = n
 
+    def mark(self):
+        """Where the output stands, before a reply is made (see `rewind`)."""
+        return self.pushed, self.outlen, len(self.overflow)
+
+    def rewind(self, mark):
+        """Forgets what was queued since `mark`, the start of a reply that cannot be finished;
+        False when part of it may have been sent already (the reply can only be cut off)."""
+        if self.pushed != mark[0] or len(self.overflow) != mark[2] or self.outlen < mark[1]:
+            return False
+        self.outlen = mark[1]
+        return True
+
     def drop_output(self):
         """Forgets everything queued and not sent yet."""
         self.outlen = self.sent = 0
@@ -210,6 +223,7 @@ class Connection:
             if not n:
                 return False
             self.sent += n
+            self.pushed += 1
             self.last_active = time.ticks_ms()
         self.sent = self.outlen = 0
         while self.overflow:
@@ -217,6 +231,7 @@ class Connection:
             if not n:
                 return False
             self.overflow = self.overflow[n:]
+            self.pushed += 1
             self.last_active = time.ticks_ms()
         return True
 

@@ -62,6 +62,9 @@ class Pop3Session(Session):
     TIMEOUT_KEY = "pop3_idle_timeout"
     BUSY_REPLY = b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n"
     FAILED_REPLY = b"-ERR [SYS/TEMP] Local error, closing connection.\r\n"
+    NOMEM_REPLY = b"-ERR [SYS/TEMP] Not enough memory, try again later.\r\n"
+    # A multi-line reply cut off can only end with the connection (RFC 1939 has no way to say so).
+    NOMEM_CLOSING = b""
 
     def __init__(self, app, conn, peer, submission=False):
         super().__init__(app, conn, peer, submission)
@@ -105,8 +108,13 @@ class Pop3Session(Session):
                 if self._bad(_ERR_STATE):
                     return
                 continue
-            if await entry[0](self, arg):
-                return  # QUIT
+            mark = conn.mark()
+            try:
+                if await entry[0](self, arg):
+                    return  # QUIT
+            except MemoryError:
+                if not self.short_of_memory(mark):
+                    return
 
     def _bad(self, reply):
         """Answers a bad command (malformed, or out of sequence: the client's fault whatever
@@ -238,16 +246,28 @@ class Pop3Session(Session):
             conn.put(_ERR_IN_USE)
             return
         try:
-            self.drop = Maildrop(app.store, name)
+            self.drop = self._open_maildrop(name)
         except (OSError, ValueError) as e:
             app.store.unlock(name)
             app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
             conn.put(_ERR_STORAGE)
             return
+        except MemoryError:
+            app.store.unlock(name)
+            raise  # answered by the session loop
         self.name = name
         self.state = _TRANSACTION
         self.log("login {} ({}), {} messages".format(name, how, self.drop.count))
         conn.put("+OK Logged in, {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
+
+    def _open_maildrop(self, name):
+        # A mailbox of thousands of messages needs its deletion marks in one go: when the heap
+        # is short, what can be given back is, and it is tried once more.
+        try:
+            return Maildrop(self.app.store, name)
+        except MemoryError:
+            self.app.relieve_memory()
+        return Maildrop(self.app.store, name)
 
     # ---- both states
 

@@ -6,7 +6,12 @@ from .mailbox import PER_FOLDER, RECORD, parse_record, path_exists, read_records
 
 
 def check_store(store, buf):
-    """Makes the folders, empties the temp folder, repairs every mailbox; logs what it did."""
+    """Makes the folders, empties the temp folder, repairs every mailbox; logs what it did.
+
+    Its memory does not grow with the number of mailboxes or messages: folders are read entry
+    by entry and nothing is listed. Each mailbox checked goes into `store.checked`, so when the
+    heap runs short part-way (MemoryError, raised to the caller) the board can serve the
+    mailboxes checked, check the others when first used, and run this again later."""
     log = store.log
     for path in (store.mail, store.tmp):
         try:
@@ -24,12 +29,18 @@ def check_store(store, buf):
     if leftovers:
         log.warn("store", "removed {} partly received messages".format(leftovers))
     for entry in os.ilistdir(store.mail):
-        if entry[1] == 0x4000:
-            try:
-                for what in recover(store.mailbox(entry[0]), buf):
-                    log.warn("store", "{}: {}".format(entry[0], what))
-            except (OSError, ValueError) as e:
-                log.error("store", "{}: boot check failed: {}".format(entry[0], e))
+        if entry[1] == 0x4000 and entry[0] not in store.checked:
+            check_mailbox(store, entry[0], buf)
+
+
+def check_mailbox(store, name, buf):
+    """Repairs one mailbox (see recover) and counts it as checked."""
+    try:
+        for what in recover(store.mailbox(name), buf):
+            store.log.warn("store", "{}: {}".format(name, what))
+    except (OSError, ValueError) as e:
+        store.log.error("store", "{}: boot check failed: {}".format(name, e))
+    store.checked.add(name)
 
 
 def _drop_cut_moves(store):
@@ -39,30 +50,35 @@ def _drop_cut_moves(store):
     # them to other files later). Such a message is its mailbox's first unindexed file and was
     # never acknowledged: both entries go (the second removal finds the clusters free already).
     # They share clusters when a byte written through the temp file shows through the other.
-    tmp = [(e[0], e[3]) for e in os.ilistdir(store.tmp) if e[3]]
+    # Both folders are read entry by entry (tmp/ once, mail/ once per temp file that has data).
     rec = bytearray(RECORD)
-    for entry in os.ilistdir(store.mail) if tmp else ():
+    for entry in os.ilistdir(store.tmp):
+        if entry[3]:
+            _drop_cut_move(store, entry[0], entry[3], rec)
+
+
+def _drop_cut_move(store, name, tsize, rec):
+    other = store.tmp + "/" + name
+    for entry in os.ilistdir(store.mail):
         box = store.mailbox(entry[0])
         try:
             path = box.message_path(box.next_seq(rec))
             size = os.stat(path)[6]
         except (OSError, ValueError):
             continue
-        for name, tsize in tmp:
-            other = store.tmp + "/" + name
-            if tsize != size:
+        if tsize != size:
+            continue
+        with open(path, "rb") as f:
+            first = f.read(1)
+        with open(other, "r+b") as f:
+            f.write(bytes((first[0] ^ 255,)))
+        with open(path, "rb") as f:
+            if f.read(1) == first:
                 continue
-            with open(path, "rb") as f:
-                first = f.read(1)
-            with open(other, "r+b") as f:
-                f.write(bytes((first[0] ^ 255,)))
-            with open(path, "rb") as f:
-                if f.read(1) == first:
-                    continue
-            os.remove(other)
-            os.remove(path)
-            store.log.warn("store", "{}: dropped a half-moved message".format(entry[0]))
-            break
+        os.remove(other)
+        os.remove(path)
+        store.log.warn("store", "{}: dropped a half-moved message".format(entry[0]))
+        return
 
 
 def recover(box, buf):
@@ -131,26 +147,34 @@ def _truncate(box, kept, buf):
 
 
 def _reindex(box, done):
-    # The index is gone: make a new one and fill it from the shard folders, in sequence order.
-    # The folders tell the layout: with 1,000 messages to a folder (the first layout) some message
-    # sits outside the folder of 100 it would have now. (Up to seq 99 both layouts agree.)
-    shards = [int(e[0]) for e in os.ilistdir(box.dir) if e[1] == 0x4000 and e[0].isdigit()]
-    shards.sort()
+    # The index is gone: make a new one and fill it from the shard folders, in sequence order,
+    # trying each sequence number a folder can hold (a stat each) rather than listing and
+    # sorting its files, so memory stays the same however many there are. The folders tell the
+    # layout: with 1,000 messages to a folder (the first layout) some message sits outside the
+    # folder of 100 it would have now. (Up to seq 99 both layouts agree.)
+    top = -1
     legacy = False
-    for shard in shards:
-        for e in os.ilistdir("{}/{}".format(box.dir, shard)):
-            if e[0].isdigit() and int(e[0]) // PER_FOLDER != shard:
-                legacy = True
-                break
-        if legacy:
-            break
+    for e in os.ilistdir(box.dir):
+        if e[1] != 0x4000 or not e[0].isdigit():
+            continue
+        shard = int(e[0])
+        top = max(top, shard)
+        if not legacy:
+            for f in os.ilistdir("{}/{}".format(box.dir, shard)):
+                if f[0].isdigit() and int(f[0]) // PER_FOLDER != shard:
+                    legacy = True
+                    break
     box.create(legacy)
     count = 0
-    for shard in shards:
-        folder = "{}/{}".format(box.dir, shard)
-        entries = [(int(e[0]), e[3]) for e in os.ilistdir(folder) if e[0].isdigit()]
-        entries.sort()
-        for seq, size in entries:
+    for shard in range(top + 1):
+        first = shard * box.per_folder
+        if not path_exists(box.folder(first)):
+            continue
+        for seq in range(first, first + box.per_folder):
+            try:
+                size = os.stat(box.message_path(seq))[6]
+            except OSError:
+                continue
             box.append(seq, size)
             count += 1
     if count:

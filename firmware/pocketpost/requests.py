@@ -1,12 +1,12 @@
 # The console's requests (docs/console-protocol.md): what each does, apart from the framing
-# (console.py).
+# (console.py), which imports this module for each request and unloads it afterwards.
 import asyncio
 import gc
 import micropython
 
 from . import VERSION, unload
 from .config import SCHEMA
-from .console import PROTOCOL, RequestError
+from .console import PROTOCOL, RequestError, Streamed
 from .users import valid_name
 
 
@@ -26,6 +26,8 @@ def hello(app, args):
 
 
 def info(app, args):
+    from .heap import largest_block
+
     gc.collect()
     info = {
         "firmware": VERSION,
@@ -33,6 +35,7 @@ def info(app, args):
         "uptime_s": app.log.uptime_ms() // 1000,
         "heap_free": gc.mem_free(),
         "heap_used": gc.mem_alloc(),
+        "heap_max_block": largest_block(),
         "hostname": app.config["hostname"],
         "domains": app.config["domains"],
         "bind": app.address,
@@ -44,7 +47,7 @@ def info(app, args):
             "sessions": app.tls.sessions if app.tls else 0,
         },
         "clients": len(app.sessions),
-        "users": len(app.users.names()),
+        "users": sum(1 for _ in app.users.names()),
     }
     info["storage"] = app.storage_info()
     # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
@@ -111,7 +114,10 @@ def user_check(app, args):
 
 
 def user_list(app, args):
-    users = []
+    return Streamed("users", _users(app))
+
+
+def _users(app):
     for name in app.users.names():
         record = app.users.get(name) or {}
         entry = {"name": name, "apop": "apop" in record, "messages": 0}
@@ -119,19 +125,18 @@ def user_list(app, args):
             box = app.store.mailbox(name)
             if box.exists():
                 entry["messages"] = box.count()
-        users.append(entry)
-    return {"users": users}
+        yield entry
 
 
 def config_get(app, args):
     key = _arg(args, "key", str, False)
     config = app.config
-    values = config.effective()
     if key is None:
-        return {"config": values, "overridden": sorted(config.overrides)}
+        # One part per key, {key: value}; the host merges them into one object again.
+        return Streamed("config", ({k: config.shown(k)} for k in SCHEMA), {"overridden": sorted(config.overrides), "object": True})
     if key not in SCHEMA:
         raise RequestError("INVALID", "unknown key {}; known: {}".format(key, ", ".join(sorted(SCHEMA))))
-    return {"key": key, "value": values[key], "overridden": key in config.overrides}
+    return {"key": key, "value": config.shown(key), "overridden": key in config.overrides}
 
 
 def config_set(app, args):
@@ -155,26 +160,27 @@ def mailbox_stats(app, args):
     name = _arg(args, "name", str, False)
     if not app.storage_ready():
         raise RequestError("STORAGE", "mail storage is not available")
-    names = [name] if name is not None else app.users.names()
-    if name is not None and not valid_name(name):
-        raise RequestError("INVALID", "bad user name")
-    out = []
+    if name is not None:
+        if not valid_name(name):
+            raise RequestError("INVALID", "bad user name")
+        if not app.store.mailbox(name).exists() and app.users.get(name) is None:
+            raise RequestError("NOTFOUND", "no user or mailbox {}".format(name))
+    return Streamed("mailboxes", _mailboxes(app, [name] if name is not None else app.users.names()))
+
+
+def _mailboxes(app, names):
     buf = bytearray(400)
     for n in names:
         box = app.store.mailbox(n)
+        messages = octets = 0
         if box.exists():
             messages, octets = box.totals(buf)
-        elif name is not None and app.users.get(n) is None:
-            raise RequestError("NOTFOUND", "no user or mailbox {}".format(n))
-        else:
-            messages = octets = 0
-        out.append({"name": n, "messages": messages, "octets": octets, "locked": n in app.store.locked})
-    return {"mailboxes": out}
+        yield {"name": n, "messages": messages, "octets": octets, "locked": n in app.store.locked}
 
 
 def log_tail(app, args):
     n = _arg(args, "n", int, False)
-    return {"lines": app.log.tail(20 if n is None else max(0, n))}
+    return Streamed("lines", app.log.tail(20 if n is None else max(0, n)))
 
 
 # ---- TLS certificate: installed in chunks (a frame holds 1 KB), shown from its DER
@@ -200,6 +206,11 @@ def tls_commit(app, args):
         applies = app.load_tls().commit(digests)
     except ValueError as e:
         raise RequestError("INVALID", "the certificate or key is not usable: {}".format(e))
+    except MemoryError:
+        # Short before the new files were put in place (Tls.commit): they stay staged, and
+        # the same tls.commit can be sent again.
+        app.relieve_memory()
+        raise RequestError("NOMEM", "not enough memory to install the certificate now; the installed one (or none) is unchanged, send tls.commit again")
     if applies == "now":
         asyncio.create_task(app.start_tls_listeners())
     app.log.info("console", "TLS certificate installed (takes effect {})".format(applies))

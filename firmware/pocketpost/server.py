@@ -23,8 +23,12 @@ class Session:
     NAME = ""
     # Sent to a client beyond the client limit, which is then closed.
     BUSY_REPLY = b""
-    # Sent when the session cannot go on (out of memory, an internal error) before it closes.
+    # Sent when the session cannot go on (an internal error) before it closes.
     FAILED_REPLY = b""
+    # The answer to a command that ran out of memory (a temporary error; the session goes on).
+    NOMEM_REPLY = b""
+    # Sent before closing when a reply ran out of memory after part of it was sent.
+    NOMEM_CLOSING = b""
 
     def __init__(self, app, conn, peer, submission=False):
         self.app = app
@@ -77,6 +81,20 @@ class Session:
 
     def log(self, text):
         self.app.log.info(self.NAME, "{} {}".format(self.peer, text))
+
+    def short_of_memory(self, mark):
+        """A command ran out of memory (a MemoryError reached the session loop): the heap gets
+        back what can be given back and the command gets a temporary error. True when the
+        session can go on; False when part of its reply had left already, and the session ends
+        (with NOMEM_CLOSING). `mark` is where the output stood when the command began."""
+        self.app.relieve_memory()
+        conn = self.conn
+        going_on = conn.rewind(mark)
+        if not going_on:
+            conn.drop_output()
+        conn.put(self.NOMEM_REPLY if going_on else self.NOMEM_CLOSING)
+        self.app.log.warn(self.NAME, "{} not enough memory for a command{}".format(self.peer, "" if going_on else ", closing"))
+        return going_on
 
 
 class Listener:
@@ -138,6 +156,14 @@ class Listener:
             await conn.flush()
         except (Closed, OSError):  # the peer closed, or the connection broke (ECONNRESET, EPIPE)
             pass
+        except MemoryError:
+            # Short of memory outside a command (reading a line, or while answering one).
+            app.relieve_memory()
+            _last_word(conn, cls.NOMEM_CLOSING or cls.NOMEM_REPLY)
+            try:
+                app.log.warn(cls.NAME, "{} session closed: not enough memory".format(peer))
+            except MemoryError:
+                pass
         except asyncio.CancelledError:
             if entry[2]:
                 session.log("idle time-out")
@@ -199,11 +225,14 @@ async def reap_idle(app):
         await asyncio.sleep(1)
         beat()
         now = time.ticks_ms()
-        for entry in app.sessions:
-            session = entry[0]
-            if not entry[2] and time.ticks_diff(now, session.conn.last_active) > session.timeout_ms():
-                entry[2] = True
-                entry[1].cancel()
+        try:
+            for entry in app.sessions:
+                session = entry[0]
+                if not entry[2] and time.ticks_diff(now, session.conn.last_active) > session.timeout_ms():
+                    entry[2] = True
+                    entry[1].cancel()
+        except MemoryError:  # tried again in a second: a shortage never ends this task
+            gc.collect()
         # This frame lives as long as the firmware: it must not keep an ended session (and all
         # it refers to) from the garbage collector until the next session comes along.
         entry = session = None

@@ -101,6 +101,8 @@ class SmtpSession(Session):
     TIMEOUT_KEY = "smtp_timeout"
     BUSY_REPLY = b"421 4.3.2 Too many connections, try again later\r\n"
     FAILED_REPLY = b"421 4.3.0 Local error, closing connection\r\n"
+    NOMEM_REPLY = b"451 4.3.0 Not enough memory, try again later\r\n"
+    NOMEM_CLOSING = b"421 4.3.0 Not enough memory, closing connection\r\n"
 
     def __init__(self, app, conn, peer, submission=False):
         super().__init__(app, conn, peer, submission)
@@ -147,8 +149,13 @@ class SmtpSession(Session):
                 if self._bad(_ERR_UNKNOWN):
                     return
                 continue
-            if await handler(self, arg):
-                return  # QUIT
+            mark = conn.mark()
+            try:
+                if await handler(self, arg):
+                    return  # QUIT
+            except MemoryError:
+                if not self.short_of_memory(mark):
+                    return
 
     def _bad(self, reply):
         """Answers a bad command (malformed, or out of sequence: the client's fault whatever
@@ -296,8 +303,9 @@ class SmtpSession(Session):
             conn.put(_ERR_STORAGE)
             return
         queue_id = "{:08X}".format(int.from_bytes(os.urandom(4), "big"))
-        incoming = app.store.incoming()
         trace = self._trace(queue_id)
+        # Nothing is allocated between opening the temp file and the try blocks that remove it.
+        incoming = app.store.incoming()
         try:
             incoming.write(trace, 0, len(trace))
         except OSError as e:
@@ -320,6 +328,13 @@ class SmtpSession(Session):
         try:
             # The output buffer is empty now (the 354 went out): it holds the copies' chunks.
             await incoming.commit(mailboxes, conn.outbuf)
+        except MemoryError:
+            # Nothing was delivered that the log does not name (store.commit); the client
+            # hears a temporary error and sends the message again.
+            app.relieve_memory()
+            app.log.warn(self.NAME, "{} delivery {}: not enough memory".format(self.peer, queue_id))
+            conn.put(self.NOMEM_REPLY)
+            return
         except OSError as e:
             app.log.exception(self.NAME, "{} delivery {} failed".format(self.peer, queue_id), e)
             if e.errno == _ENOSPC:

@@ -8,7 +8,7 @@ import os
 
 from micropython import const
 
-from .mailbox import RECORD, Mailbox, sync
+from .mailbox import RECORD, Mailbox, path_exists, sync
 
 _ENOSPC = const(28)
 # Free space kept beyond a message's copies before a multi-recipient delivery starts: FAT needs
@@ -25,12 +25,18 @@ class MailStore:
         self.locked = set()  # users with a POP3 session open
         self._tmp_counter = 0
         self.rec = bytearray(RECORD)  # scratch for single-record reads (no awaits while in use)
+        # None once the boot check (recovery.py) has run to its end; until then the names of the
+        # mailboxes it has checked: the others are checked when first opened.
+        self.checked = set()
 
     def mailbox(self, name):
         return Mailbox(self.mail, name)
 
     def existing_mailbox(self, name):
-        """The user's mailbox, created (empty) if it does not exist yet."""
+        """The user's mailbox, created (empty) if it does not exist yet; checked first when the
+        boot check has not reached it (MemoryError when the heap is too short for that now)."""
+        if self.checked is not None and name not in self.checked:
+            self._check(name)
         box = self.mailbox(name)
         if not box.exists():
             box.create()
@@ -40,6 +46,14 @@ class MailStore:
         """(total, free) octets on the card."""
         st = os.statvfs(self.root)
         return st[0] * st[2], st[0] * st[3]
+
+    def _check(self, name):
+        from . import recovery, unload
+
+        try:
+            recovery.check_mailbox(self, name, bytearray(RECORD * 12))
+        finally:
+            unload(recovery.__name__)
 
     # ---- maildrop locks (RFC 1939: exclusive access for the whole session)
 
@@ -55,9 +69,13 @@ class MailStore:
     # ---- receiving
 
     def tmp_path(self):
-        """A new name in the temp folder."""
-        self._tmp_counter += 1
-        return "{}/m{}".format(self.tmp, self._tmp_counter)
+        """A new name in the temp folder (one no file has, while the boot check has not emptied
+        the folder: a file left there may share clusters with a message, see recovery.py)."""
+        while True:
+            self._tmp_counter += 1
+            path = "{}/m{}".format(self.tmp, self._tmp_counter)
+            if self.checked is None or not path_exists(path):
+                return path
 
     def incoming(self):
         return Incoming(self, self.tmp_path())
@@ -149,7 +167,7 @@ class Incoming:
                     copy = store.tmp_path()
                     copies.append(copy)
                     await _copy_file(self.path, copy, buf)
-        except OSError:
+        except (OSError, MemoryError):
             for path in copies:
                 try:
                     os.remove(path)
@@ -162,7 +180,7 @@ class Incoming:
             try:
                 box = store.existing_mailbox(name)
                 delivered[name] = box.deliver(copies[i], self.size, store.rec)
-            except OSError:
+            except (OSError, MemoryError):
                 for path in copies[i:]:
                     try:
                         os.remove(path)

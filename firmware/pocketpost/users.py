@@ -66,9 +66,10 @@ class Users:
             return False
 
     def names(self):
-        names = [e[0] for e in os.ilistdir(self.dir) if valid_name(e[0])]
-        names.sort()
-        return names
+        """Yields the user names, in no particular order (no list of them is made)."""
+        for entry in os.ilistdir(self.dir):
+            if valid_name(entry[0]):
+                yield entry[0]
 
     def apop_enabled(self):
         """True when at least one user has an APOP secret (the POP3 greeting then has a timestamp)."""

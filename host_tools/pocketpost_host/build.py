@@ -173,7 +173,7 @@ def app_files(board: boards.Board, frozen: bool = False, config: dict | None = N
             firmware.compile_tree(firmware.source_dir(), Path(tmp))
             for mpy in sorted(Path(tmp).rglob("*.mpy")):
                 rel = mpy.relative_to(tmp).as_posix()
-                if rel != f"pocketpost/board/{other_layer}.mpy":
+                if not rel.startswith(f"pocketpost/board/{other_layer}"):  # unix.mpy, unix_setup.mpy
                     files[rel] = mpy.read_bytes()
     files["main.py"] = (firmware.source_dir() / "main.py").read_bytes()
     files["board.json"] = boards.firmware_definition(board)
@@ -226,10 +226,10 @@ def _write_frozen_source(board: boards.Board, folder: Path):
     if folder.exists():
         shutil.rmtree(folder)
     src = firmware.source_dir() / "pocketpost"
-    other = "unix.py" if not board.emulated else "esp32.py"
+    other = "unix" if not board.emulated else "esp32"
     for py in sorted(src.rglob("*.py")):
         rel = py.relative_to(src)
-        if rel.as_posix() == f"board/{other}":
+        if rel.as_posix().startswith(f"board/{other}"):  # unix.py, unix_setup.py
             continue
         target = folder / "pocketpost" / rel
         target.parent.mkdir(parents=True, exist_ok=True)

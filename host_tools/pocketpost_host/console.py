@@ -1,7 +1,9 @@
 """Client of the firmware's console service (docs/console-protocol.md).
 
 A request is one line ``PP> ID COMMAND JSON``; the reply ``PP< ID ok JSON`` or
-``PP< ID err CODE "message"``. Any other line the board prints (logs, tracebacks) is handed to
+``PP< ID err CODE "message"``, after zero or more ``PP< ID part JSON`` frames when the reply is a
+list streamed item by item (the ``ok`` frame's ``parts`` names the key they are gathered under;
+with ``"object": true`` each part is a one-entry object and they are merged into one). Any other line the board prints (logs, tracebacks) is handed to
 ``on_line`` and otherwise ignored, so interleaved log output never confuses a request.
 """
 
@@ -17,6 +19,10 @@ REPLY_PREFIX = "PP< "
 # The firmware discards longer request lines (console.MAX_REQUEST).
 MAX_REQUEST = 1024
 DEFAULT_TIMEOUT = 5.0
+# A board short of memory answers NOMEM having done nothing: the request is sent again after a
+# pause, this many times.
+NOMEM_RETRIES = 3
+NOMEM_PAUSE_S = 0.5
 
 
 class ConsoleClient:
@@ -27,13 +33,24 @@ class ConsoleClient:
         self.port = port
         self.timeout = timeout
         self.on_line = on_line
+        self.nomem_retries = NOMEM_RETRIES  # tests set 0 to see a NOMEM answer
         self._pending = bytearray()
         # Ids unique per client and unlikely to match a stale reply of an earlier client.
         self._ids = itertools.count(int.from_bytes(os.urandom(2), "big"))
 
     def request(self, command, args=None, timeout=None):
         """Sends one request and returns the reply's JSON value; raises BoardError when the
-        board answers with an error and BoardTimeout when it does not answer."""
+        board answers with an error and BoardTimeout when it does not answer. A NOMEM answer
+        (the board's heap is short for a moment) is retried a few times first."""
+        for attempt in range(self.nomem_retries + 1):
+            try:
+                return self._request_once(command, args, timeout)
+            except BoardError as e:
+                if e.code != "NOMEM" or attempt == self.nomem_retries:
+                    raise
+                time.sleep(NOMEM_PAUSE_S)
+
+    def _request_once(self, command, args, timeout):
         rid = f"h{next(self._ids)}"
         line = f"{REQUEST_PREFIX}{rid} {command} {json.dumps(args or {}, separators=(',', ':'))}\n"
         if len(line) > MAX_REQUEST:
@@ -42,6 +59,7 @@ class ConsoleClient:
         if hasattr(self.port, "flush"):
             self.port.flush()
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        parts_seen = []
         while True:
             text = self.read_line(deadline)
             if text is None:
@@ -53,8 +71,17 @@ class ConsoleClient:
             parts = text[len(REPLY_PREFIX):].split(" ", 2)
             if len(parts) < 3 or parts[0] != rid:
                 continue  # a reply to an earlier client's request
+            if parts[1] == "part":
+                parts_seen.append(json.loads(parts[2]))
+                continue
             if parts[1] == "ok":
-                return json.loads(parts[2])
+                result = json.loads(parts[2])
+                if isinstance(result, dict) and "parts" in result:
+                    if result.pop("object", False):  # one-entry objects, merged
+                        result[result.pop("parts")] = {k: v for part in parts_seen for k, v in part.items()}
+                    else:
+                        result[result.pop("parts")] = parts_seen
+                return result
             code, _, message = parts[2].partition(" ")
             try:
                 message = json.loads(message)

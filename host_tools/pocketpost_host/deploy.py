@@ -84,7 +84,7 @@ def for_platform(files: dict[str, bytes], platform: str) -> dict[str, bytes]:
     ESP32 gets no unix layer (as `build` leaves it out); the unix port keeps both, since the
     simulator's app folder is compiled from the whole tree."""
     if platform == "esp32":
-        return {path: data for path, data in files.items() if path != "pocketpost/board/unix.mpy"}
+        return {path: data for path, data in files.items() if not path.startswith("pocketpost/board/unix")}
     return files
 
 

@@ -252,8 +252,8 @@ class Board:
         return self.request("user.add", args)
 
     def list_users(self) -> list[dict]:
-        """The users: [{"name", "apop", "messages"}]."""
-        return self.request("user.list")["users"]
+        """The users, by name: [{"name", "apop", "messages"}]."""
+        return sorted(self.request("user.list")["users"], key=lambda user: user["name"])
 
     def delete_user(self, name: str, purge: bool = False):
         """Deletes user `name`; with `purge` its mailbox too."""

@@ -51,6 +51,10 @@ def _wifi_reason(code):
 
 
 class Esp32Board:
+    # The console's test hooks (debug.hold) are for the emulated board only.
+    debug_requests = False
+    boot_hold = None
+
     def __init__(self, definition):
         self.definition = definition
         self.name = definition.get("name", "esp32")

@@ -14,42 +14,14 @@ import sys
 
 from micropython import const
 
+from .. import unload
+
 SD_MOUNT = "/sd"
 FLASH_MOUNT = "/flash"
 # Exit codes the simulator acts on: it starts the firmware again after a reboot or a crash.
 EXIT_STOPPED = const(0)
 EXIT_REBOOT = const(75)
 EXIT_CRASH = const(70)
-_FAT_BLOCK = const(512)
-_LFS_BLOCK = const(4096)
-
-_OPTIONS = {
-    "--data": "data",
-    "--bind": "bind",
-    "--pop3-port": "pop3_port",
-    "--smtp-port": "smtp_port",
-    "--pop3s-port": "pop3s_port",
-    "--smtps-port": "smtps_port",
-    "--submission-port": "submission_port",
-    "--domain": "domains",
-    "--hostname": "hostname",
-    "--sd-size": "sd_size",
-    "--flash-size": "flash_size",
-}
-# Options that become configuration overrides: the simulator's command line defines its network.
-_OVERRIDES = ("bind", "pop3_port", "smtp_port", "pop3s_port", "smtps_port", "submission_port", "domains", "hostname")
-
-
-def parse_size(text):
-    """Octets from "64M", "512K", "2G" or a plain number."""
-    factor = 1
-    unit = text[-1:].upper()
-    if unit in ("K", "M", "G"):
-        factor = 1 << (10 * "KMG".index(unit) + 10)
-        text = text[:-1]
-    if not text.isdigit():
-        raise ValueError("bad size " + text)
-    return int(text) * factor
 
 
 class FileBlockDevice:
@@ -80,93 +52,41 @@ class FileBlockDevice:
         return None
 
 
-def _create_image(path, size):
-    with open(path, "wb") as f:
-        f.seek(size - 1)
-        f.write(b"\x00")
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
 class UnixBoard:
     name = "unix"
+    # The console's test hooks (debug.hold) exist on the emulated board only.
+    debug_requests = True
 
     def __init__(self, options):
-        self.data = options["data"]
-        self.sd_size = parse_size(options.get("sd_size", "64M"))
-        self.flash_size = parse_size(options.get("flash_size", "2M"))
+        from . import unix_setup
+
         self.overrides = {}
-        for key in _OVERRIDES:
-            if key in options:
-                value = options[key]
-                if key.endswith("_port"):
-                    value = int(value)
-                elif key == "domains":
-                    value = [d.strip().lower() for d in value.split(",") if d.strip()]
-                self.overrides[key] = value
-        self.sd_image = self.data + "/sd.img"
-        self.flash_image = self.data + "/flash.img"
         self.storage_state = "not mounted"
         self.mounted = []
         self.defaults = {}  # settings whose default this board changes: none
         self.alive = None  # the watchdog's file, open while serving
+        self.boot_hold = None  # see unix_setup: --debug-boot-hold
+        unix_setup.configure(self, options)
 
     @classmethod
     def from_argv(cls, argv=None):
-        argv = sys.argv[1:] if argv is None else argv
-        options = {}
-        i = 0
-        while i < len(argv):
-            key = _OPTIONS.get(argv[i])
-            if key is None or i + 1 >= len(argv):
-                raise SystemExit("usage: main.py --data DIR " + " ".join("[{} X]".format(o) for o in _OPTIONS if o != "--data"))
-            options[key] = argv[i + 1]
-            i += 2
-        if "data" not in options:
-            raise SystemExit("--data DIR is required")
-        return cls(options)
+        from . import unix_setup
 
-    # ---- storage
+        return cls(unix_setup.options_from_argv(argv))
+
+    # ---- storage (made and mounted by unix_setup, forgotten once the board has started)
 
     def mount_flash(self, log):
         """Mounts the internal flash (config and users); returns its path."""
-        if not _exists(self.data):
-            os.mkdir(self.data)
-        fresh = not _exists(self.flash_image)
-        if fresh:
-            _create_image(self.flash_image, self.flash_size)
-        device = FileBlockDevice(self.flash_image, _LFS_BLOCK)
-        if fresh:
-            os.VfsLfs2.mkfs(device)
-            log.info("board", "formatted the flash image {}".format(self.flash_image))
-        os.mount(os.VfsLfs2(device), FLASH_MOUNT)
-        self.mounted.append(FLASH_MOUNT)
-        return FLASH_MOUNT
+        return _setup().mount_flash(self, log)
 
     def mount_sd(self, log):
         """Mounts the SD card; returns its path, or None when it cannot be used."""
         try:
-            fresh = not _exists(self.sd_image)
-            if fresh:
-                _create_image(self.sd_image, self.sd_size)
-            device = FileBlockDevice(self.sd_image, _FAT_BLOCK)
-            if fresh:
-                os.VfsFat.mkfs(device)
-                log.info("board", "formatted the SD image {} ({} octets)".format(self.sd_image, self.sd_size))
-            os.mount(os.VfsFat(device), SD_MOUNT)
-        except OSError as e:
-            self.storage_state = "error {}".format(e)
-            log.exception("board", "cannot mount the SD image {}".format(self.sd_image), e)
-            return None
-        self.mounted.append(SD_MOUNT)
-        self.storage_state = "ok"
-        return SD_MOUNT
+            return _setup().mount_sd(self, log)
+        finally:
+            # The SD card is mounted last (boot.py): start-up code is done with.
+            unload("pocketpost.board.unix_setup")
 
     def unmount(self):
         """Unmounts everything mounted, so FatFS writes back what it holds."""
@@ -221,3 +141,9 @@ class UnixBoard:
     def reset(self, reason):
         """What a board does on machine.reset(): the simulator starts the firmware again."""
         sys.exit(EXIT_REBOOT if reason == "reboot" else EXIT_CRASH)
+
+
+def _setup():
+    from . import unix_setup
+
+    return unix_setup

@@ -1,0 +1,209 @@
+"""A heap that runs short is a temporary condition: every place the firmware allocates for a
+client answers a temporary error that says why, logs one line and serves on; nothing
+acknowledged is lost and nothing half-stored becomes visible. The shortage is made on purpose
+with the emulated board's test hook (console debug.hold, --debug-boot-hold), so each path is
+reached at a chosen point, not by luck."""
+
+import base64
+import hashlib
+import socket
+
+import pytest
+
+import sd_card
+from pocketpost_host import tls as certificates
+from pocketpost_host.errors import BoardError
+
+from wire import Wire, pop3_login, send_mail, smtp_session, unstuff
+
+POP3_NOMEM = "-ERR [SYS/TEMP] Not enough memory, try again later."
+SMTP_NOMEM = "451 4.3.0 Not enough memory, try again later"
+
+
+def hold(board, leave, **options):
+    """Leaves `leave` octets of the board's heap free (until release)."""
+    return board.request("debug.hold", leave=leave, **options)["heap_free"]
+
+
+def release(board):
+    board.request("debug.hold")
+
+
+def raw_request(board, command, **args):
+    """A console request without the client's retries of a NOMEM answer."""
+    board.console.nomem_retries = 0
+    try:
+        return board.request(command, **args)
+    finally:
+        board.console.nomem_retries = 3
+
+
+def deliver_many(port, count, body=b"Subject: bulk\r\n\r\nline\r\n"):
+    """Delivers `count` messages to alice through one SMTP session (MAIL, RCPT and DATA
+    pipelined)."""
+    w = smtp_session(port)
+    for _ in range(count):
+        w.send(b"MAIL FROM:<bulk@example.org>\r\nRCPT TO:<alice@pocketpost.local>\r\nDATA\r\n")
+        assert w.smtp_reply()[0].startswith("250")
+        assert w.smtp_reply()[0].startswith("250")
+        assert w.smtp_reply()[0].startswith("354")
+        w.send(body + b".\r\n")
+        assert w.smtp_reply()[0].startswith("250 2.0.0 Ok: queued")
+    w.cmd("QUIT")
+    w.close()
+
+
+def test_console_request_short_of_memory_is_refused_and_the_board_serves_on(board):
+    send_mail(board.smtp_port, b"Subject: kept\r\n\r\nbefore\r\n")
+    free = hold(board, 300)
+    assert free < 1500
+    with pytest.raises(BoardError) as e:
+        raw_request(board, "user.list")
+    assert e.value.code == "NOMEM"
+    assert e.value.board_message == "not enough memory for this request now, try again later"
+    assert board.wait_log("WARN console: request refused: not enough memory")
+    release(board)
+    # The same request again, and the board's clients, as if nothing had happened.
+    assert [u["name"] for u in board.request("user.list")["users"]] == ["alice"]
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("STAT") == "+OK 1 {}".format(w.cmd("LIST 1").split()[2])
+    w.cmd("QUIT")
+    assert not any("INTERNAL" in line or "Traceback" in line for line in board.lines)
+
+
+def test_host_retries_a_nomem_answer(board):
+    # Only the next request runs short; the client's retry then succeeds.
+    hold(board, 200, next=True)
+    assert board.request("mailbox.stats", name="alice")["mailboxes"][0]["name"] == "alice"
+    assert board.log_has("WARN console: request refused: not enough memory")
+
+
+def test_pop3_login_short_of_memory_is_a_temporary_error_and_unlocks(board):
+    deliver_many(board.smtp_port, 2100)  # deletion marks in three blocks
+    w = Wire(board.pop3_port)
+    w.line()
+    assert w.cmd("USER alice").startswith("+OK")
+    hold(board, 400)
+    assert w.cmd("PASS wonderland") == POP3_NOMEM
+    release(board)
+    assert board.wait_log("WARN pop3: 127.0.0.1 not enough memory for a command")
+    # The session goes on, and the mailbox was not left locked.
+    assert w.cmd("USER alice").startswith("+OK")
+    assert w.cmd("PASS wonderland").startswith("+OK Logged in, 2100 messages")
+    assert w.cmd("STAT").startswith("+OK 2100 ")
+    w.cmd("DELE 2100")
+    assert w.cmd("QUIT") == "+OK Logging out."
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("STAT").startswith("+OK 2099 ")
+    w.cmd("QUIT")
+
+
+def test_smtp_command_short_of_memory_is_451_and_the_session_goes_on(board):
+    w = smtp_session(board.smtp_port)
+    hold(board, 0)
+    assert w.cmd("MAIL FROM:<bob@example.org>") == SMTP_NOMEM
+    release(board)
+    assert w.cmd("MAIL FROM:<bob@example.org>").startswith("250")
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>").startswith("250")
+    assert w.cmd("DATA").startswith("354")
+    w.send(b"Subject: after\r\n\r\nafter the shortage\r\n.\r\n")
+    assert w.smtp_reply()[0].startswith("250 2.0.0 Ok: queued as ")
+    w.cmd("QUIT")
+    assert board.log_has("WARN smtp: 127.0.0.1 not enough memory for a command")
+
+
+def test_delivery_short_of_memory_stores_nothing_and_can_be_sent_again(board):
+    send_mail(board.smtp_port, b"Subject: first\r\n\r\none\r\n")
+    w = smtp_session(board.smtp_port)
+    assert w.cmd("MAIL FROM:<bob@example.org>").startswith("250")
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>").startswith("250")
+    hold(board, 0)
+    assert w.cmd("DATA") == SMTP_NOMEM
+    release(board)
+    login = pop3_login(board.pop3_port)
+    assert login.cmd("STAT").startswith("+OK 1 ")  # nothing half-stored is visible
+    login.cmd("QUIT")
+    # The transaction is still open: DATA again, and the message is stored once.
+    assert w.cmd("DATA").startswith("354")
+    w.send(b"Subject: second\r\n\r\nagain\r\n.\r\n")
+    assert w.smtp_reply()[0].startswith("250 2.0.0 Ok: queued as ")
+    w.cmd("QUIT")
+    login = pop3_login(board.pop3_port)
+    assert login.cmd("STAT").startswith("+OK 2 ")
+    login.cmd("RETR 2")
+    assert unstuff(login.multiline()).endswith(b"Subject: second\r\n\r\nagain\r\n")
+    login.cmd("QUIT")
+    assert not any("INTERNAL" in line or "Traceback" in line for line in board.lines)
+
+
+def test_log_tail_streams_lines_as_parts(board):
+    for i in range(40):
+        board.request("config.set", key="max_bad_commands", value=10 + i % 5)
+    lines = board.request("log.tail", n=1000)["lines"]
+    assert len(lines) > 10 and all(" INFO " in line or " WARN " in line for line in lines)
+    assert lines[-1].endswith("INFO console: config max_bad_commands set")
+    # One frame per line, none of them longer than a log line and its frame.
+    assert max(len(line) for line in lines) <= 240
+
+
+def test_tls_commit_short_of_memory_keeps_the_installed_certificate(make_board):
+    board = make_board().start()
+    first = certificates.generate("127.0.0.1", days=30)
+    second = certificates.generate("127.0.0.1", days=60)
+    der_first = certificates.to_der(*first)
+    der_second = certificates.to_der(*second)
+    certificates.install(board.console, *der_first)
+    board.request("tls.begin")
+    for name, data in zip(("cert", "key"), der_second):
+        board.request("tls.chunk", file=name, data=base64.b64encode(data).decode())
+    digests = {"cert_sha256": hashlib.sha256(der_second[0]).hexdigest(), "key_sha256": hashlib.sha256(der_second[1]).hexdigest()}
+    hold(board, 300, next=True)
+    with pytest.raises(BoardError) as e:
+        raw_request(board, "tls.commit", **digests)
+    assert e.value.code == "NOMEM"
+    assert "unchanged" in e.value.board_message
+    assert board.request("tls.show")["sha256"] == certificates.fingerprint(der_first[0])
+    # The staged files are still there: the same commit, with the heap back, installs them.
+    shown = board.request("tls.commit", **digests)
+    assert shown["sha256"] == certificates.fingerprint(der_second[0])
+    board.restart()
+    assert board.request("tls.show")["sha256"] == certificates.fingerprint(der_second[0])
+
+
+def test_boot_check_short_of_memory_still_serves_and_finishes_later(make_board):
+    board = make_board().start()
+    board.add_user("alice", "wonderland")
+    board.add_user("bob", "builder")
+    for i in range(3):
+        send_mail(board.smtp_port, "Subject: {}\r\n\r\nbody {}\r\n".format(i, i).encode())
+    board.stop()
+    # A deletion of message 2 was committed (its journal written) when the power went.
+    sd_card.run(board.app_dir, board.data / "sd.img", 'write("/sd/mail/alice/purge", b"00000002\\n")')
+    board.options["debug_boot_hold"] = 0
+    board.start()
+    assert board.wait_log("WARN store: boot check not finished (not enough memory)")
+    assert board.log_has("INFO boot: ready")
+    # Alice's mailbox is checked when it is first opened: the deletion is finished first.
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("STAT").startswith("+OK 2 ")
+    w.cmd("QUIT")
+    assert board.wait_log("WARN store: alice: finished a deletion (1 files)")
+    # The rest of the check runs once the board is idle.
+    assert board.wait_log("INFO store: boot check finished", timeout=20)
+    send_mail(board.smtp_port, b"Subject: after\r\n\r\nafter\r\n", rcpts=("bob@pocketpost.local",))
+    assert board.request("mailbox.stats", name="bob")["mailboxes"][0]["messages"] == 1
+
+
+def test_large_mailbox_boot_check_and_login_fit_the_heap(board):
+    """A mailbox of thousands of messages whose index is lost: the boot check rebuilds it in
+    memory that does not grow with it, and the login that follows fits."""
+    deliver_many(board.smtp_port, 3000)
+    board.stop()
+    sd_card.run(board.app_dir, board.data / "sd.img", 'os.remove("/sd/mail/alice/index")')
+    board.start()
+    assert board.wait_log("WARN store: alice: re-indexed 3000 messages from the folders", timeout=30)
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("STAT").startswith("+OK 3000 ")
+    assert w.cmd("UIDL 3000").split()[1] == "3000"
+    w.cmd("QUIT")
+    assert not board.log_has("MemoryError")
