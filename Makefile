@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null && { echo $$p; break; }; done)
 # Reference servers and clients the tests run against (Debian package names).
-DEBIAN_PACKAGES := dovecot-pop3d postfix swaks mpop fetchmail curl dosfstools socat
+DEBIAN_PACKAGES := dovecot-pop3d postfix swaks mpop fetchmail curl dosfstools socat mtools
 SIM_OPTIONS ?= --demo-user demo:demo
 
 .PHONY: sim test venv debian-packages clean bench

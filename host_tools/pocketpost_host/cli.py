@@ -19,6 +19,7 @@ from .board_commands import boards_command, build_command, deploy_command, flash
 from .check import check_command
 from .errors import PocketpostError
 from .fleet import apply_command, hash_password_command
+from .mailbox_commands import mailbox_command
 from .provision import (
     CONFIG_KEYS,
     DEFAULT_TIMEOUT,
@@ -476,6 +477,7 @@ cli.add_command(flash_command)
 cli.add_command(deploy_command)
 cli.add_command(apply_command)
 cli.add_command(hash_password_command)
+cli.add_command(mailbox_command)
 
 
 def main(argv=None) -> int:

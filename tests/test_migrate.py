@@ -1,0 +1,474 @@
+"""`pocketpost mailbox export` and `import`: a sim's mailboxes moved to the real Dovecot and back,
+checked by Dovecot itself (UIDL, LIST, RETR) and by fetchmail and mpop fetching nothing twice;
+mbox and .eml imports byte-checked through the firmware's own POP3 server; bad input refused
+with nothing changed."""
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pocketpost_host import migrate
+from pocketpost_host.cli import cli
+
+from client_tools import Pop3Wire, crlf, large_message, sample_message
+from emulated_board import EmulatedBoard
+from reference_servers import ReferenceServers, find_dovecot
+from test_third_party_clients import CORPUS, FETCHMAIL_GOT_MAIL, FETCHMAIL_NO_MAIL, Fetchmail, Mpop
+
+pytestmark = pytest.mark.timeout(240)
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+DOMAIN = "pocketpost.local"
+SENDER = "sender@example.org"
+
+
+def pocketpost(*args, ok=0):
+    """Runs the CLI; returns (exit code, stdout, stderr); asserts the exit code is `ok`."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == ok, f"exit {result.exit_code}\n{result.stdout}\n{result.stderr}\n{result.exception!r}"
+    return result.exit_code, result.stdout, result.stderr
+
+
+def pop3_state(port, user, password):
+    """{uids, sizes, messages} of a mailbox, by a raw POP3 client that keeps exact octets."""
+    box = Pop3Wire(port, user, password)
+    try:
+        uids, sizes = box.uids(), box.sizes()
+        messages = {n: box.retr(n, sizes[n]) for n in sorted(sizes)}
+    finally:
+        box.quit()
+    return {"uids": uids, "sizes": sizes, "messages": messages}
+
+
+def store_warnings(board):
+    return [line for line in board.lines if "WARN store" in line or "ERROR" in line]
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class DovecotMaildirs(ReferenceServers):
+    """A private Dovecot (POP3 only, loopback) serving one Maildir a user under `mail_root`
+    (where an export writes them): `mail_location = maildir:<mail_root>/%u`, plus `extra`
+    settings. The folder is made first, so the export can write into it."""
+
+    def __init__(self, users, extra=""):
+        super().__init__()
+        self.users = users
+        self.extra = extra
+        self.dir = Path(tempfile.mkdtemp(prefix="pocketpost-migrate-"))
+        self.mail_root.mkdir()
+
+    @property
+    def mail_root(self):
+        return self.dir / "mail"
+
+    def start(self):
+        dovecot = find_dovecot()
+        try:
+            owner = self._prepare()
+            conf = self.dir / "dovecot.conf"
+            conf.write_text(
+                conf.read_text().replace("mail_location = maildir:~/Maildir", f"mail_location = maildir:{self.mail_root}/%u")
+                + self.extra + "\n"
+            )
+            uid, gid = owner or (os.getuid(), os.getgid())
+            (self.dir / "users").write_text(
+                "".join(f"{u}:{{PLAIN}}{p}:{uid}:{gid}::{self.dir}/home/{u}::\n" for u, p in self.users.items())
+            )
+            if owner is not None:
+                for root, dirs, files in os.walk(self.mail_root):
+                    for name in dirs + files:
+                        os.chown(os.path.join(root, name), *owner)
+                os.chown(self.mail_root, *owner)
+            self.dovecot = subprocess.Popen([dovecot, "-c", str(conf), "-F"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self._wait_for_pop3()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop_dovecot(self):
+        """Stops Dovecot and keeps its folder (stop() removes it)."""
+        if self.dovecot is not None:
+            self.dovecot.terminate()
+            self.dovecot.wait(15)
+            self.dovecot.stdout.close()
+            self.dovecot = None
+
+
+def deliver(board, user, messages):
+    with board.smtp() as s:
+        for m in messages:
+            assert not s.sendmail(SENDER, [f"{user}@{DOMAIN}"], m)
+
+
+def delete(board, user, numbers):
+    box = Pop3Wire(board.pop3_port, user, USERS[user])
+    for n in numbers:
+        box.command(f"DELE {n}")
+    box.quit()
+
+
+# ---- the sim's mailboxes moved to Dovecot
+
+
+@pytest.fixture(scope="module")
+def sim(app_dir, tmp_path_factory):
+    """A stopped sim whose card holds the corpus and generated messages for alice (196 left
+    after deletions, the last one deleted: the next number is past the last UIDL) and bob (150),
+    with what POP3 showed of each mailbox, fetchmail's id file for alice and mpop's for bob
+    (both kept everything on the server), and a POP3 export of bob's mailbox."""
+    home = tmp_path_factory.mktemp("migrate-sim")
+    board = EmulatedBoard(app_dir, home / "board").start()
+    for user, password in USERS.items():
+        board.add_user(user, password)
+    corpus = [crlf(p.read_bytes()) for p in sorted(CORPUS.glob("msg_*.txt"))]
+    assert len(corpus) >= 30
+    generated = [sample_message(n, "moving") for n in range(150)]
+    generated += [large_message(6000 + 3000 * n, seed=n) for n in range(20)]
+    deliver(board, "alice", corpus + generated)
+    deliver(board, "bob", [sample_message(n, "bob") for n in range(151)])
+    delete(board, "alice", [3, 5, len(corpus) + len(generated)])
+    delete(board, "bob", [1])
+    state = {user: pop3_state(board.pop3_port, user, password) for user, password in USERS.items()}
+    assert len(state["alice"]["uids"]) == len(corpus) + len(generated) - 3 and len(state["bob"]["uids"]) == 150
+
+    port = types.SimpleNamespace(pop3_port=board.pop3_port)
+    fetchmail = Fetchmail(port, home / "fetchmail")
+    fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_GOT_MAIL,))
+    mpop = Mpop(port, home / "mpop", "maildir", keep=True)
+    mpop.config.write_text(mpop.config.read_text().replace("user alice", "user bob").replace("password wonderland", "password builder"))
+    mpop("--auth=user")
+    assert len(mpop.maildir_messages()) == 150
+
+    pocketpost("mailbox", "export", f"pop3://127.0.0.1:{board.pop3_port}", home / "over-pop3", "--user", "bob:builder")
+    board.stop()
+    assert not store_warnings(board)
+    yield types.SimpleNamespace(board=board, image=board.data / "sd.img", state=state, fetchmail=fetchmail,
+                                mpop=mpop, pop3_export=home / "over-pop3", home=home)
+
+
+def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_board):
+    image_before = sha(sim.image)
+    dovecot = DovecotMaildirs(USERS, extra="pop3_uidl_format = %08Xv.%u")
+    try:
+        code, out, _ = pocketpost("mailbox", "export", sim.image, dovecot.mail_root, "--json")
+        summary = json.loads(out)
+        assert summary["messages"] == sum(len(s["uids"]) for s in sim.state.values()) and summary["skipped"] == []
+        assert "pop3_uidl_format = %08Xv.%u" in summary["dovecot_config"]
+        assert sha(sim.image) == image_before  # the source is never written
+        # LF line ends in the files, the card's sizes in their names (W=).
+        some = next((dovecot.mail_root / "alice" / "cur").iterdir())
+        assert b"\r\n" not in some.read_bytes() and some.name.endswith(":2,")
+        # The POP3 export wrote the same files as the image export (its uidlist's N can only
+        # be the last UIDL's number + 1).
+        names = sorted(p.name for p in (sim.pop3_export / "bob" / "cur").iterdir())
+        assert names == sorted(p.name for p in (dovecot.mail_root / "bob" / "cur").iterdir())
+        for name in names:
+            assert (sim.pop3_export / "bob" / "cur" / name).read_bytes() == (dovecot.mail_root / "bob" / "cur" / name).read_bytes()
+
+        dovecot.start()
+        for user, password in USERS.items():
+            served = pop3_state(dovecot.pop3_port, user, password)
+            assert served["uids"] == sim.state[user]["uids"]  # message for message
+            assert served["sizes"] == sim.state[user]["sizes"]
+            assert served["messages"] == sim.state[user]["messages"]
+
+        # fetchmail (--keep --uidl, its id file from the sim) and mpop (--only-new) fetch nothing.
+        port = types.SimpleNamespace(pop3_port=dovecot.pop3_port)
+        fetchmail = Fetchmail(port, sim.home / "fetchmail-dovecot")
+        shutil.copy(sim.fetchmail.home / "fetchids", fetchmail.home / "fetchids")
+        again = fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_NO_MAIL,))
+        assert "POP3> RETR" not in again.out and fetchmail.delivered() == b""
+        sim.mpop.config.write_text(sim.mpop.config.read_text().replace(f"port {sim.board.pop3_port}", f"port {dovecot.pop3_port}"))
+        result = sim.mpop("--auth=user", "--only-new")
+        assert "--> RETR" not in result.out and "new: no messages" in result.out, result.transcript()
+        assert len(sim.mpop.maildir_messages()) == 150
+
+        # Mail that reaches Dovecot later continues the card's UIDLs (pop3_uidl_format above).
+        gen, next_seq = summary["users"][0]["generation"], summary["users"][0]["next_seq"]
+        assert next_seq == int(sim.state["alice"]["uids"][len(sim.state["alice"]["uids"])].split(".")[1]) + 2
+        late = dovecot.mail_root / "alice" / "new" / "1700000000.M1P1.late"
+        late.write_bytes(b"Subject: after the move\n\nFrom here on.\n.\n")
+        os.chown(late, *dovecot.mail_root.stat()[4:6])
+        served = pop3_state(dovecot.pop3_port, "alice", "wonderland")
+        assert served["uids"][len(served["uids"])] == f"{gen}.{next_seq}"
+        dovecot.stop_dovecot()
+
+        # A re-run writes nothing and changes nothing.
+        files = sorted((p.name, p.read_bytes()) for p in (dovecot.mail_root / "bob" / "cur").iterdir())
+        _, out, _ = pocketpost("mailbox", "export", sim.image, dovecot.mail_root, "--user", "bob", "--json")
+        assert json.loads(out)["users"][0]["written"] == 0
+        assert files == sorted((p.name, p.read_bytes()) for p in (dovecot.mail_root / "bob" / "cur").iterdir())
+        # alice's Maildir now holds mail that is not on the card: an export onto it is refused.
+        code, _, err = pocketpost("mailbox", "export", sim.image, dovecot.mail_root, "--user", "alice", ok=1)
+        assert "already holds mail that is not from the source" in err and err.count("\n") == 1
+
+        # And back onto a fresh card: every UIDL kept, the late message's too.
+        board = make_board().start()
+        for user, password in USERS.items():
+            board.add_user(user, password)
+        board.stop()
+        # Dovecot gave the late message no P field: its UIDL comes from pop3_uidl_format.
+        pocketpost("mailbox", "import", dovecot.mail_root, board.data / "sd.img", "--uidl-format", "%08Xv.%u")
+        board.start()
+        assert not store_warnings(board)  # the boot check found nothing to repair
+        for user, password in USERS.items():
+            back = pop3_state(board.pop3_port, user, password)
+            if user == "alice":
+                assert back["uids"] == served["uids"] and back["messages"] == served["messages"]
+            else:
+                assert back == sim.state[user]
+        # The UIDL rule holds: the next delivery takes the next number.
+        deliver(board, "alice", [sample_message(1, "after")])
+        uids = pop3_state(board.pop3_port, "alice", "wonderland")["uids"]
+        assert uids[len(uids)] == f"{gen}.{next_seq + 1}"
+    finally:
+        dovecot.stop()
+
+
+# ---- a Dovecot Maildir onto a fresh card
+
+
+class DeliveringDovecot(ReferenceServers):
+    """The suite's reference Dovecot + SMTP, with extra settings."""
+
+    def __init__(self, extra):
+        super().__init__()
+        self.extra = extra
+
+    def _prepare(self):
+        owner = super()._prepare()
+        conf = self.dir / "dovecot.conf"
+        conf.write_text(conf.read_text() + self.extra + "\n")
+        return owner
+
+
+def fresh_card(make_board, users=("alice",)):
+    board = make_board().start()
+    for user in users:
+        board.add_user(user, USERS.get(user, "secret"))
+    board.stop()
+    return board
+
+
+def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
+    with DeliveringDovecot("pop3_uidl_format = %08Xv.%u") as dovecot:
+        messages = [crlf(p.read_bytes()) for p in sorted(CORPUS.glob("msg_*.txt"))[:10]]
+        messages += [sample_message(n, "dovecot") for n in range(15)] + [large_message(9000, seed=7)]
+        with dovecot_smtp(dovecot) as s:
+            for m in messages:
+                s.sendmail(SENDER, ["alice@reference.test"], m)
+        served = pop3_state(dovecot.pop3_port, "alice", "wonderland")
+        assert len(served["uids"]) == len(messages)
+        fetchmail = Fetchmail(types.SimpleNamespace(pop3_port=dovecot.pop3_port), tmp_path / "fetchmail")
+        fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_GOT_MAIL,))
+        source = tmp_path / "Maildir"
+        shutil.copytree(dovecot.maildir, source)
+
+    board = fresh_card(make_board)
+    image = board.data / "sd.img"
+    # An interrupted import (here: after the first 25 messages) is finished by running it again.
+    before = sha(image)
+    pocketpost("mailbox", "import", source, image, "--user", "alice", "--dry-run", "--uidl-format", "%08Xv.%u")
+    assert sha(image) == before
+    with pytest.raises(KeyboardInterrupt):
+        migrate.import_mailboxes(source, image, user="alice", progress=interrupt_after(1), uidl_format="%08Xv.%u")
+    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", "--uidl-format", "%08Xv.%u")
+    summary = json.loads(out)
+    assert summary["users"][0]["uidls"] == {"kept": len(messages), "new": 0, "changed": 0}
+    assert 0 < summary["users"][0]["written"] < len(messages)
+    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", "--uidl-format", "%08Xv.%u")
+    assert json.loads(out)["users"][0]["written"] == 0  # converged: nothing twice
+
+    board.start()
+    assert not store_warnings(board)
+    assert pop3_state(board.pop3_port, "alice", "wonderland") == served
+    # fetchmail with Dovecot's id file fetches nothing new from the sim.
+    fetchmail.rcfile.write_text(fetchmail.rcfile.read_text().replace(f"port {dovecot.pop3_port}", f"port {board.pop3_port}"))
+    again = fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_NO_MAIL,))
+    assert "POP3> RETR" not in again.out
+
+
+def dovecot_smtp(dovecot):
+    import smtplib
+
+    return smtplib.SMTP("127.0.0.1", dovecot.smtp_port, local_hostname="client.example", timeout=20)
+
+
+def interrupt_after(calls):
+    """A progress callback that stops the run (as Ctrl-C would) at its `calls`-th call."""
+    count = [0]
+
+    def progress(octets):
+        count[0] += 1
+        if count[0] >= calls:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_maildir_with_dovecot_default_uidls_needs_new_uidls(make_board, tmp_path):
+    # Dovecot's default pop3_uidl_format (%08Xu%08Xv) makes UIDLs the card cannot serve.
+    source = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (source / sub).mkdir(parents=True)
+    (source / "cur" / "1.M1.host:2,S").write_bytes(b"Subject: one\n\nbody\n")
+    (source / "cur" / "2.M2.host:2,").write_bytes(b"Subject: two\n\nbody\n")
+    (source / "new" / "3.M3.host").write_bytes(b"Subject: three, never listed\n\nbody\n")
+    (source / "dovecot-uidlist").write_text("3 V1700000000 N3 Gabcdef\n1 :1.M1.host\n2 :2.M2.host\n")
+    board = fresh_card(make_board)
+    image = board.data / "sd.img"
+    before = sha(image)
+    _, _, err = pocketpost("mailbox", "import", source, image, "--user", "alice", ok=2)
+    assert "2 messages would get new UIDLs" in err and "'000000016553f100'" in err and "--new-uidls" in err
+    assert sha(image) == before
+    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--new-uidls", "--json")
+    summary = json.loads(out)
+    assert summary["users"][0]["uidls"] == {"kept": 0, "new": 1, "changed": 2}
+    assert [s["reason"].split(":")[0] for s in summary["skipped"]] == [
+        "UIDL '000000016553f100' changed", "UIDL '000000026553f100' changed"]
+    board.start()
+    assert not store_warnings(board)
+    state = pop3_state(board.pop3_port, "alice", "wonderland")
+    assert [m.split(b"\r\n")[0] for m in state["messages"].values()] == [b"Subject: one", b"Subject: two", b"Subject: three, never listed"]
+
+
+# ---- mbox and .eml
+
+
+BODY_LINES = [
+    b"From: Someone <someone@example.org>",
+    b"Subject: tricky lines",
+    b"",
+    b"From the start of a line, in the body.",
+    b">From a line that was quoted already.",
+    b">>From twice.",
+    b".a line starting with a dot",
+    b"..two dots",
+    b".",
+    b"",
+    b"From the second paragraph, after an empty line",
+    b"last line",
+]
+
+
+def mbox_messages():
+    """(the messages as the card must store them, an mboxrd file of them, an mboxo file)."""
+    messages = [b"\r\n".join(BODY_LINES[:2] + [b"Message-ID: <%d@example.org>" % n] + BODY_LINES[2:]) + b"\r\n" for n in range(3)]
+    messages.append(b"Subject: no trailing newline in the file\r\n\r\nshort\r\n")
+
+    def mbox(quote):
+        out = b""
+        for m in messages:
+            body = m.replace(b"\r\n", b"\n")
+            body = b"\n".join(quote(line) for line in body.split(b"\n"))
+            out += b"From sender@example.org Thu Jan  1 00:00:00 2026\n" + body + b"\n"
+        return out[:-2]  # the last message's final newline and the empty line missing
+
+    import re
+
+    rd = mbox(lambda line: b">" + line if re.match(rb">*From ", line) else line)
+    o = mbox(lambda line: b">" + line if line.startswith(b"From ") else line)
+    return messages, rd, o
+
+
+def test_mbox_and_eml_imports_are_byte_exact(make_board, tmp_path):
+    messages, mboxrd, mboxo = mbox_messages()
+    (tmp_path / "rd.mbox").write_bytes(mboxrd)
+    (tmp_path / "o.mbox").write_bytes(mboxo)
+    eml = tmp_path / "eml"
+    eml.mkdir()
+    for n, m in enumerate(messages):
+        (eml / f"{n:03d}.eml").write_bytes(m if n % 2 else m.replace(b"\r\n", b"\n"))  # CRLF or LF files
+    (eml / "notes.txt").write_text("not a message")
+
+    board = fresh_card(make_board, ("alice", "bob", "carol"))
+    image = board.data / "sd.img"
+    pocketpost("mailbox", "import", tmp_path / "rd.mbox", image, "--user", "alice")
+    pocketpost("mailbox", "import", tmp_path / "o.mbox", image, "--user", "carol", "--mbox-quoting", "mboxo")
+    _, out, _ = pocketpost("mailbox", "import", eml, image, "--user", "bob", "--json")
+    assert json.loads(out)["skipped"] == [{"message": str(eml / "notes.txt"), "reason": "not an .eml file", "user": "bob"}]
+    board.start()
+    assert not store_warnings(board)
+    alice = pop3_state(board.pop3_port, "alice", "wonderland")["messages"]
+    assert list(alice.values()) == messages
+    assert list(pop3_state(board.pop3_port, "bob", "builder")["messages"].values()) == messages
+    # mboxo cannot tell ">From " that was written so from a quoted "From ": both come back as "From ".
+    carol = list(pop3_state(board.pop3_port, "carol", "secret")["messages"].values())
+    assert carol == [m.replace(b">From a line", b"From a line") for m in messages]
+
+
+# ---- bad input: a clear one-line error, nothing changed
+
+
+def test_bad_input_is_refused_and_changes_nothing(make_board, tmp_path):
+    board = fresh_card(make_board)
+    image = board.data / "sd.img"
+    good = tmp_path / "good.mbox"
+    good.write_bytes(b"From a@example.org Thu Jan  1 00:00:00 2026\nSubject: x\n\nbody\n")
+    pocketpost("mailbox", "import", good, image, "--user", "alice")
+    before = sha(image)
+
+    corrupt = tmp_path / "corrupt.mbox"
+    corrupt.write_bytes(b"Subject: no From line\n\nbody\n")
+    empty_message = tmp_path / "empty.mbox"
+    empty_message.write_bytes(b"From a@example.org Thu Jan  1 00:00:00 2026\n\nFrom b@example.org x\nSubject: y\n\nz\n")
+    not_fat = tmp_path / "not-fat.img"
+    not_fat.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * 65536)
+    garbage = tmp_path / "garbage.img"
+    garbage.write_bytes(os.urandom(100000))
+    cases = [
+        (("import", corrupt, image, "--user", "alice"), 2, "not an mbox file"),
+        (("import", empty_message, image, "--user", "alice"), 2, "message 1 is empty"),
+        (("import", good, image, "--user", "alice"), 1, "already holds"),  # bob's mailbox is alice's
+        (("import", good, not_fat, "--user", "alice"), 2, "not a FAT image"),
+        (("import", good, garbage, "--user", "alice"), 2, "not a FAT image"),
+        (("export", not_fat, tmp_path / "out"), 2, "not a FAT image"),
+        (("export", tmp_path / "missing.img", tmp_path / "out"), 2, "no such card folder"),
+        (("import", good, image, "--user", "Not/A/User"), 2, "is not a user name"),
+    ]
+    other = tmp_path / "other.mbox"
+    other.write_bytes(b"From a@example.org Thu Jan  1 00:00:00 2026\nSubject: other\n\nbody\n")
+    cases[2] = (("import", other, image, "--user", "alice"), 1, "already holds")
+    for args, code, text in cases:
+        _, out, err = pocketpost("mailbox", *args, ok=code)
+        assert text in err and err.count("\n") == 1, (args, err)
+        assert out == ""
+    assert sha(image) == before
+    assert not (tmp_path / "out").exists()
+    board.start()
+    assert not store_warnings(board)
+    assert len(pop3_state(board.pop3_port, "alice", "wonderland")["uids"]) == 1
+
+
+def test_card_folder_import_converges_and_reads_back(tmp_path):
+    # A card mounted on this computer is a folder; an import interrupted part-way and run again
+    # leaves exactly what one run leaves (same generation, no duplicates).
+    messages, mboxrd, _ = mbox_messages()
+    source = tmp_path / "in.mbox"
+    source.write_bytes(mboxrd)
+    card = tmp_path / "card"
+    card.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        migrate.import_mailboxes(source, card, user="alice", progress=interrupt_after(2))
+    assert len(list((card / "mail" / "alice" / "0").iterdir())) == 2
+    summary = migrate.import_mailboxes(source, card, user="alice")
+    assert summary["users"][0]["written"] == 2
+    (box,) = migrate.read_card(card)
+    assert [m.load() for m in box.messages] == messages
+    assert [m.seq for m in box.messages] == [1, 2, 3, 4] and box.next_seq == 5
+    assert list((card / "tmp").iterdir()) == []
+    index = (card / "mail" / "alice" / "index").read_bytes()
+    assert len(index) == 5 * migrate.RECORD and index.startswith(b"+") and index[10:20] == b"000000005\n"
