@@ -472,3 +472,69 @@ def test_card_folder_import_converges_and_reads_back(tmp_path):
     assert list((card / "tmp").iterdir()) == []
     index = (card / "mail" / "alice" / "index").read_bytes()
     assert len(index) == 5 * migrate.RECORD and index.startswith(b"+") and index[10:20] == b"000000005\n"
+
+
+def test_import_over_smtp_gets_new_uidls_and_converges(make_board, tmp_path):
+    # A running board over SMTP: the board's trace fields go in front, UIDLs are new; what the
+    # mailbox holds already (read over POP3) is not sent again.
+    messages, mboxrd, _ = mbox_messages()
+    source = tmp_path / "in.mbox"
+    source.write_bytes(mboxrd)
+    board = make_board().start()
+    board.add_user("alice", "wonderland")
+    dest = f"smtp://127.0.0.1:{board.smtp_port}"
+    _, _, err = pocketpost("mailbox", "import", source, dest, "--user", "alice", ok=2)
+    assert "needs the user's password" in err
+    with pytest.raises(KeyboardInterrupt):
+        migrate.import_mailboxes(source, dest, user="alice", password="wonderland", pop3_port=board.pop3_port,
+                                 progress=interrupt_after(2))
+    _, out, _ = pocketpost("mailbox", "import", source, dest, "--user", "alice", "--password", "wonderland",
+                           "--pop3-port", board.pop3_port, "--json")
+    summary = json.loads(out)
+    assert summary["users"][0]["written"] == 2 and summary["users"][0]["uidls"]["new"] == 4
+    stored = list(pop3_state(board.pop3_port, "alice", "wonderland")["messages"].values())
+    assert [migrate.strip_trace(m) for m in stored] == messages
+    assert all(m.startswith(b"Return-Path: <sender@example.org>\r\nReceived: ") for m in stored)
+    # A Maildir's UIDLs cannot survive SMTP: refused unless --new-uidls.
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "cur" / "1.M1.host:2,").write_bytes(b"Subject: one\n\nbody\n")
+    (maildir / "dovecot-uidlist").write_text("3 V1700000000 N2 Gabcdef\n1 P6553f100.1 :1.M1.host\n")
+    _, _, err = pocketpost("mailbox", "import", maildir, dest, "--user", "alice", "--password", "wonderland",
+                           "--pop3-port", board.pop3_port, ok=2)
+    assert "over SMTP every message gets a new UIDL" in err
+
+
+def test_export_reads_a_partitioned_card_copy_and_the_first_layout(sim, tmp_path):
+    # A dd copy of a whole card: an MBR, the FAT partition at 1 MiB.
+    card = tmp_path / "card.img"
+    mbr = bytearray(512)
+    mbr[446 + 4] = 0x0C  # FAT32 LBA
+    mbr[446 + 8 : 446 + 12] = (2048).to_bytes(4, "little")
+    mbr[446 + 12 : 446 + 16] = (sim.image.stat().st_size // 512).to_bytes(4, "little")
+    mbr[510:512] = b"\x55\xaa"
+    with open(card, "wb") as f:
+        f.write(mbr + bytes(2048 * 512 - 512))
+        f.write(sim.image.read_bytes())
+    _, out, _ = pocketpost("mailbox", "export", card, tmp_path / "out", "--user", "bob", "--json")
+    assert json.loads(out)["messages"] == 150
+    uidlist = (tmp_path / "out" / "bob" / "dovecot-uidlist").read_text().splitlines()
+    assert [line.split()[1][1:] for line in uidlist[1:]] == list(sim.state["bob"]["uids"].values())
+
+    # A card folder with a mailbox of the first layout (mark "#", 1,000 messages a folder), a
+    # committed deletion not finished yet (its journal), and a message not yet indexed.
+    root = tmp_path / "folder-card"
+    box = root / "mail" / "carol"
+    for seq, shard in ((999, 0), (1000, 1), (1001, 1), (1002, 1)):
+        (box / str(shard)).mkdir(parents=True, exist_ok=True)
+        (box / str(shard) / str(seq)).write_bytes(b"Subject: %d\r\n\r\nbody\r\n" % seq)
+    size = len(b"Subject: 999\r\n\r\nbody\r\n")
+    (box / "index").write_bytes(b"#0badcafe 000000999\n" + b"".join(b"%08d %010d\n" % (s, size + 1 if s >= 1000 else size) for s in (999, 1000, 1001)))
+    (box / "purge").write_bytes(b"00001000\n")
+    _, out, _ = pocketpost("mailbox", "export", root, tmp_path / "out2", "--json")
+    summary = json.loads(out)
+    assert summary["users"][0]["next_seq"] == 1003
+    uidlist = (tmp_path / "out2" / "carol" / "dovecot-uidlist").read_text().splitlines()
+    assert uidlist[0].startswith(f"3 V{0x0badcafe} N1003 ")
+    assert [line.split()[:2] for line in uidlist[1:]] == [["999", "P0badcafe.999"], ["1001", "P0badcafe.1001"], ["1002", "P0badcafe.1002"]]

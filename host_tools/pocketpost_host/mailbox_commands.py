@@ -94,7 +94,7 @@ def mailbox_export(source, dest, fmt, users, dry_run, as_json):
 
 @mailbox_command.command("import")
 @click.argument("source", type=click.Path(exists=True))
-@click.argument("dest", type=click.Path(exists=True))
+@click.argument("dest")
 @click.option("--user", help="The user whose mailbox a single source becomes (or the one to take from a folder of Maildirs).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "maildir", "mbox", "eml"]), default="auto", show_default=True,
               help="What SOURCE is; auto: an mbox file, a Maildir, a folder of Maildirs or a folder of .eml files.")
@@ -104,20 +104,28 @@ def mailbox_export(source, dest, fmt, users, dry_run, as_json):
               help="Import messages whose UIDL the card cannot keep, with new UIDLs (clients fetch them again).")
 @click.option("--uidl-format", default=migrate.DOVECOT_DEFAULT_UIDL_FORMAT, show_default=True,
               help="The Maildir's Dovecot pop3_uidl_format, for messages its uidlist gives no P field.")
+@click.option("--password", envvar="POCKETPOST_PASSWORD", show_envvar=True,
+              help="With an smtp:// DEST: the user's password, to read over POP3 what the mailbox holds.")
+@click.option("--domain", default="pocketpost.local", show_default=True, help="With an smtp:// DEST: the board's mail domain.")
+@click.option("--pop3-port", type=click.IntRange(1, 65535), default=110, show_default=True,
+              help="With an smtp:// DEST: the board's POP3 port.")
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def mailbox_import(source, dest, user, fmt, mbox_quoting, new_uidls, uidl_format, dry_run, as_json):
+def mailbox_import(source, dest, user, fmt, mbox_quoting, new_uidls, uidl_format, password, domain, pop3_port,
+                   dry_run, as_json):
     """Import a Maildir (with Dovecot's uidlist), an mbox or .eml files onto a card.
 
     DEST is a card's folder (mounted on this computer) or a card image file (written with mtools,
-    never mounted; the board or sim must be stopped). UIDLs of the card's form (GGGGGGGG.N, as
-    an export leaves them) are kept; others cannot be (see --new-uidls). The users must exist on
-    the board (pocketpost user add)."""
+    never mounted; the board or sim must be stopped): UIDLs of the card's form (GGGGGGGG.N, as
+    an export leaves them) are kept; others cannot be (see --new-uidls). DEST may also be
+    smtp://HOST[:PORT] of a running board: every message then gets a new UIDL and the board's
+    Return-Path and Received fields. The users must exist on the board (pocketpost user add)."""
     progress = Progress("importing", not as_json)
     try:
         summary = migrate.import_mailboxes(
             source, dest, user=user, fmt=fmt, quoting=mbox_quoting, new_uidls=new_uidls, dry_run=dry_run,
             progress=progress, on_total=progress.total, uidl_format=uidl_format,
+            password=password, domain=domain, pop3_port=pop3_port,
         )
     finally:
         progress.close()

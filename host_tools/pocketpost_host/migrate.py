@@ -24,10 +24,12 @@ makes duplicates; a destination that holds anything else is refused before anyth
 import dataclasses
 import fcntl
 import hashlib
+import mmap
 import os
 import re
 import secrets
 import shutil
+import smtplib
 import socket
 import subprocess
 import tempfile
@@ -86,6 +88,7 @@ class Message:
     size: int
     uidl: str = None
     seq: int = None  # on the card: its sequence number
+    sender: str = None  # the envelope sender, where the source keeps it (an mbox "From " line)
 
 
 @dataclasses.dataclass
@@ -98,6 +101,8 @@ class Mailbox:
     generation: int = None
     next_seq: int = 1
     skipped: list = dataclasses.field(default_factory=list)  # (origin, reason)
+    # {generation: next sequence number} the source knows were used up to (a uidlist's N)
+    reserved: dict = dataclasses.field(default_factory=dict)
     uidls: dict = dataclasses.field(default_factory=lambda: {"kept": 0, "new": 0, "changed": 0})
 
 
@@ -328,7 +333,13 @@ def plan_card_mailbox(box, mailbox):
     if held and mailbox.generation is not None and existing_gen not in (None, mailbox.generation):
         raise DestinationInUse(f"{user}: the destination already holds {len(held)} other messages")
     if mailbox.generation is None:
-        mailbox.generation = existing_gen if existing_gen is not None else int.from_bytes(secrets.token_bytes(4), "big")
+        # New UIDLs: those of an earlier run of this import if it got as far as writing
+        # messages, else a new generation (an empty mailbox's own may have been used up to
+        # any number).
+        if held and existing_gen is not None:
+            mailbox.generation = existing_gen
+        else:
+            mailbox.generation = int.from_bytes(secrets.token_bytes(4), "big")
     by_seq = {m.seq: m for m in mailbox.messages}
     sizes = dict(records)
     for seq in held:
@@ -345,20 +356,26 @@ def plan_card_mailbox(box, mailbox):
 
 def number_messages(mailbox, new_uidls):
     """Gives each message its sequence number on the card: the one in a UIDL of the card's form
-    (one generation per mailbox, ascending) is kept; other messages take the next free number.
+    (one generation per mailbox, ascending) is kept; other messages take the next number that
+    was never used (above the last kept one and the source's next number, `mailbox.reserved`).
     A message whose clients know another UIDL is refused unless `new_uidls`."""
     gen = mailbox.generation
+    if gen is None:
+        for m in mailbox.messages:
+            match = CARD_UIDL.fullmatch(m.uidl) if m.uidl else None
+            if match:
+                gen = int(match[1], 16)
+                break
+    floor = mailbox.reserved.get(gen, 1) if gen is not None else 1
     last = 0
     refused = []
     for m in mailbox.messages:
         match = CARD_UIDL.fullmatch(m.uidl) if m.uidl else None
-        if match and (gen is None or int(match[1], 16) == gen) and int(match[2]) > last:
-            gen = int(match[1], 16)
+        if match and int(match[1], 16) == gen and int(match[2]) > last:
             m.seq = last = int(match[2])
             mailbox.uidls["kept"] += 1
             continue
-        last += 1
-        m.seq = last
+        m.seq = last = max(last + 1, floor)
         if m.uidl is None:
             mailbox.uidls["new"] += 1
             continue
@@ -373,10 +390,7 @@ def number_messages(mailbox, new_uidls):
     if last > MAX_SEQ:
         raise BadInput(f"{mailbox.user}: message numbers beyond {MAX_SEQ}")
     mailbox.generation = gen
-    if gen is not None:
-        mailbox.next_seq = max(mailbox.next_seq, last + 1)
-    else:
-        mailbox.next_seq = last + 1
+    mailbox.next_seq = max(floor, last + 1)
     if refused and not new_uidls:
         origin, uidl, why = refused[0]
         raise BadInput(
@@ -392,6 +406,16 @@ def index_bytes(mailbox):
     out = [f"+{mailbox.generation:08x} {mailbox.next_seq:09d}\n".encode()]
     out += [f"{m.seq:08d} {m.size:010d}\n".encode() for m in mailbox.messages]
     return b"".join(out)
+
+
+def _needs_header(index, mailbox):
+    """Whether a header of the mailbox's generation must be written before its messages: there
+    is no index yet, or an empty one of another generation. (A boot between the messages and the
+    index then indexes them with the right UIDs.)"""
+    if not index.exists():
+        return True
+    data = index.read_bytes()
+    return len(data) < 2 * RECORD and data[1:9] != f"{mailbox.generation:08x}".encode()
 
 
 def _write_new(path, data, tmp):
@@ -425,7 +449,7 @@ class CardFolder:
         for folder in (self.root / "mail", tmp, box):
             folder.mkdir(exist_ok=True)
         index = box / "index"
-        if not index.exists():
+        if _needs_header(index, mailbox):
             first = todo[0].seq if todo else mailbox.next_seq
             _write_new(index, f"+{mailbox.generation:08x} {first:09d}\n".encode(), tmp / "import.idx")
         for m in todo:
@@ -468,7 +492,7 @@ class CardImage:
                 image.mkdir(folder)
         box = self.stage / "mail" / user
         box.mkdir(parents=True, exist_ok=True)
-        if not image.exists(f"/mail/{user}/index"):
+        if _needs_header(box / "index", mailbox):
             if not image.exists(f"/mail/{user}"):
                 image.mkdir(f"/mail/{user}")
             first = todo[0].seq if todo else mailbox.next_seq
@@ -493,6 +517,78 @@ class CardImage:
                 progress(sum(m.size for m in messages[i : i + 25]))
         (box / "index").write_bytes(index_bytes(mailbox))
         image.put([box / "index"], f"/mail/{user}")
+
+
+class BoardOverSmtp:
+    """A running board as an import destination: messages are delivered to it over SMTP, so the
+    board puts its Return-Path and Received fields in front of each and gives it a new UIDL (no
+    UIDL survives this way). What the mailbox holds already is read over POP3 with the user's
+    password: it must be the start of the source (an earlier, interrupted run), and only the
+    rest is sent."""
+
+    def __init__(self, host, smtp_port, pop3_port, domain, password):
+        self.host, self.smtp_port, self.pop3_port = host, smtp_port, pop3_port
+        self.domain = domain
+        self.password = password
+
+    def close(self):
+        pass
+
+    def plan(self, mailbox):
+        if self.password is None:
+            raise BadInput("an import over SMTP needs the user's password (--password), to see what the mailbox holds")
+        pop = Pop3Reader(self.host, self.pop3_port, mailbox.user, self.password)
+        try:
+            numbers = [int(line.split()[0]) for line in pop.multiline("LIST").splitlines()]
+            held = [strip_trace(pop.multiline(f"RETR {n}")) for n in numbers]
+        finally:
+            pop.close()
+        if len(held) > len(mailbox.messages) or any(h != m.load() for h, m in zip(held, mailbox.messages)):
+            raise DestinationInUse(f"{mailbox.user}: the mailbox already holds {len(held)} messages that are not all from the source")
+        mailbox.uidls["changed"] = 0
+        mailbox.uidls["new"] = len(mailbox.messages)
+        mailbox.uidls["kept"] = 0
+        mailbox.generation = None
+        return mailbox.messages[len(held) :]
+
+    def write(self, mailbox, todo, progress):
+        rcpt = f"{mailbox.user}@{self.domain}"
+        try:
+            with smtplib.SMTP(self.host, self.smtp_port, local_hostname="pocketpost-import", timeout=60) as smtp:
+                for m in todo:
+                    data = m.load()
+                    sender = m.sender
+                    if sender is None:
+                        found = re.match(rb"Return-Path: *<([^<>\r\n]*)>", data)
+                        sender = found[1].decode("ascii", "replace") if found else ""
+                    refused = smtp.sendmail(sender, [rcpt], data)
+                    if refused:
+                        raise MigrateError(f"{rcpt} refused: {refused[rcpt]}")
+                    progress(m.size)
+        except smtplib.SMTPException as e:
+            raise MigrateError(f"SMTP delivery to {rcpt} failed: {e}") from None
+        except OSError as e:
+            raise MigrateError(f"cannot deliver over SMTP to {self.host}:{self.smtp_port}: {e.strerror or e}") from None
+
+
+def strip_trace(message):
+    """A message as stored by a board, without the Return-Path and Received fields the board put
+    in front when it took it over SMTP."""
+    lines = message.split(b"\r\n")
+    i = 1 if lines and lines[0].startswith(b"Return-Path:") else 0
+    if i < len(lines) and lines[i].startswith(b"Received:"):
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b"\t", b" "):
+            i += 1
+    return b"\r\n".join(lines[i:])
+
+
+def parse_smtp_dest(dest):
+    """(host, port) of "smtp://HOST[:PORT]", or None for another destination."""
+    match = re.fullmatch(r"smtp://([^:/]+)(?::([0-9]{1,5}))?/?", dest)
+    if not match:
+        return None
+    return match[1], int(match[2] or 25)
 
 
 def open_card(dest):
@@ -633,9 +729,9 @@ def read_maildir(path, user, uidl_format=DOVECOT_DEFAULT_UIDL_FORMAT):
         if base not in seen:
             mailbox.messages.append(_file_message(f, None))
     if validity and next_uid:
-        # An export's uidlist has V = the generation and N = the card's next sequence number.
-        mailbox.next_seq = next_uid
-        mailbox.hint_validity = validity
+        # An export's uidlist has V = the generation and N = the card's next sequence number
+        # (Dovecot raises N as mail arrives).
+        mailbox.reserved[validity] = next_uid
     return mailbox
 
 
@@ -652,9 +748,13 @@ def read_mbox(path, user, quoting="mboxrd"):
     after an empty line (that empty line ends the message before it and is not part of it).
     `quoting` undoes the writer's quoting of body lines: mboxrd (">From ", ">>From "... lose one
     ">") or mboxo (">From " becomes "From "; mboxo cannot tell it from a line that was
-    ">From " already)."""
-    data = Path(path).read_bytes()
-    if not data.startswith(b"From "):
+    ">From " already). The file is mapped, not read into memory; messages are read when
+    written."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise BadInput(f"{path} is not an mbox file: it is empty")
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if data[:5] != b"From ":
         raise BadInput(f"{path} is not an mbox file: it does not start with a 'From ' line")
     # (start of the "From " line, end of the message before it: the separating empty line left out)
     bounds = [(m.end(), m.start() + 1) for m in re.finditer(rb"\n\r?\n(?=From )", data)]
@@ -662,16 +762,21 @@ def read_mbox(path, user, quoting="mboxrd"):
     ends = [end for _, end in bounds] + [len(data)]
     mailbox = Mailbox(user, [])
     pattern = re.compile(rb"^>(>*From )" if quoting == "mboxrd" else rb"^>(From )", re.M)
-    for n, (start, end) in enumerate(zip(starts, ends)):
+
+    def wire(start, end):
         chunk = data[start:end]
-        nl = chunk.find(b"\n")
-        if nl < 0 or not re.fullmatch(rb"From [^ \r\n]+ .*", chunk[:nl].rstrip(b"\r")):
+        return crlf(pattern.sub(rb"\1", chunk[chunk.find(b"\n") + 1 :]))
+
+    for n, (start, end) in enumerate(zip(starts, ends)):
+        nl = data.find(b"\n", start, end)
+        if nl < 0 or not re.fullmatch(rb"From [^ \r\n]+ .*", data[start:nl].rstrip(b"\r")):
             raise BadInput(f"{path}: damaged 'From ' line of message {n + 1}")
-        body = chunk[nl + 1 :]
-        if not body.strip():
+        if not data[nl + 1 : end].strip():
             raise BadInput(f"{path}: message {n + 1} is empty (a damaged mbox?)")
-        wire = crlf(pattern.sub(rb"\1", body))
-        mailbox.messages.append(Message(f"{path} message {n + 1}", lambda w=wire: w, len(wire)))
+        size = len(wire(start, end))
+        sender = data[start + 5 : nl].split(b" ", 1)[0].decode("ascii", "replace")
+        mailbox.messages.append(Message(f"{path} message {n + 1}", lambda s=start, e=end: wire(s, e), size,
+                                        sender="" if sender == "MAILER-DAEMON" else sender))
     return mailbox
 
 
@@ -893,11 +998,14 @@ def detect_import_source(source, fmt="auto"):
 
 
 def import_mailboxes(source, dest, user=None, fmt="auto", quoting="mboxrd", new_uidls=False, dry_run=False,
-                     progress=None, on_total=None, uidl_format=DOVECOT_DEFAULT_UIDL_FORMAT):
-    """Imports SOURCE (see detect_import_source) into the card `dest` (a mounted card folder or
-    an image file). `user` names the mailbox of a single source (a Maildir, an mbox, a folder of
-    .eml) or picks one of a folder of Maildirs. Every mailbox is read and every destination
-    checked before anything is written. Returns the summary."""
+                     progress=None, on_total=None, uidl_format=DOVECOT_DEFAULT_UIDL_FORMAT,
+                     password=None, domain="pocketpost.local", pop3_port=110):
+    """Imports SOURCE (see detect_import_source) into `dest`: a mounted card folder, a card
+    image file, or "smtp://HOST[:PORT]" of a running board (new UIDLs; `password` for reading
+    the mailbox over POP3 at `pop3_port`, `domain` the board's mail domain). `user` names the
+    mailbox of a single source (a Maildir, an mbox, a folder of .eml) or picks one of a folder
+    of Maildirs. Every mailbox is read and every destination checked before anything is
+    written. Returns the summary."""
     progress = progress or (lambda n: None)
     fmt, sources = detect_import_source(source, fmt)
     if sources[0][0] is None:
@@ -908,6 +1016,9 @@ def import_mailboxes(source, dest, user=None, fmt="auto", quoting="mboxrd", new_
         sources = [s for s in sources if s[0] == user]
         if not sources:
             raise BadInput(f"{source} has no Maildir for {user}")
+    smtp = parse_smtp_dest(str(dest))
+    if smtp and len(sources) != 1:
+        raise BadInput("an import over SMTP takes one user at a time (--user)")
     mailboxes = []
     for name, path in sources:
         try:
@@ -923,16 +1034,22 @@ def import_mailboxes(source, dest, user=None, fmt="auto", quoting="mboxrd", new_
                 mb = read_eml_folder(path, name)
         except OSError as e:
             raise BadInput(f"cannot read {path}: {e.strerror}") from None
-        hint = getattr(mb, "hint_validity", None)
-        next_hint = mb.next_seq
-        mb.next_seq = 1
+        if smtp:
+            for m in mb.messages:
+                if m.uidl is not None and not new_uidls:
+                    raise BadInput(f"{name}: over SMTP every message gets a new UIDL, and {m.origin} has one "
+                                   "(--new-uidls imports anyway; clients fetch the messages again)")
         number_messages(mb, new_uidls)
-        if hint is not None and mb.generation == hint:
-            mb.next_seq = max(mb.next_seq, next_hint)  # the card's next number, kept by the export
         mailboxes.append(mb)
-    card = open_card(dest)
+    if smtp:
+        card = BoardOverSmtp(smtp[0], smtp[1], pop3_port, domain, password)
+    else:
+        card = open_card(dest)
     try:
-        plans = [(mb, plan_card_mailbox(card.mailbox_dir(mb.user), mb)) for mb in mailboxes]
+        if smtp:
+            plans = [(mb, card.plan(mb)) for mb in mailboxes]
+        else:
+            plans = [(mb, plan_card_mailbox(card.mailbox_dir(mb.user), mb)) for mb in mailboxes]
         if on_total:
             on_total(sum(m.size for _, todo in plans for m in todo))
         for mb, todo in plans:
