@@ -442,6 +442,21 @@ def test_bad_input_is_refused_and_changes_nothing(make_board, tmp_path):
     other = tmp_path / "other.mbox"
     other.write_bytes(b"From a@example.org Thu Jan  1 00:00:00 2026\nSubject: other\n\nbody\n")
     cases[2] = (("import", other, image, "--user", "alice"), 1, "already holds")
+    # An image a running sim holds (its folder's sim.lock) is refused.
+    import fcntl
+
+    with open(image.parent / "sim.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cases.append((("import", good, image, "--user", "alice"), 1, "a pocketpost sim is running on"))
+        cases.append((("export", image, tmp_path / "out"), 1, "a pocketpost sim is running on"))
+        for args, code, text in cases[-2:]:
+            _, out, err = pocketpost("mailbox", *args, ok=code)
+            assert text in err and err.count("\n") == 1, (args, err)
+    cases[-2:] = []
+    (image.parent / "sim.lock").unlink()
+    # --dry-run reads and checks, and writes nothing.
+    _, out, _ = pocketpost("mailbox", "export", image, tmp_path / "out", "--dry-run", "--json")
+    assert json.loads(out)["messages"] == 1 and json.loads(out)["dry_run"]
     for args, code, text in cases:
         _, out, err = pocketpost("mailbox", *args, ok=code)
         assert text in err and err.count("\n") == 1, (args, err)
@@ -530,11 +545,36 @@ def test_export_reads_a_partitioned_card_copy_and_the_first_layout(sim, tmp_path
         (box / str(shard)).mkdir(parents=True, exist_ok=True)
         (box / str(shard) / str(seq)).write_bytes(b"Subject: %d\r\n\r\nbody\r\n" % seq)
     size = len(b"Subject: 999\r\n\r\nbody\r\n")
-    (box / "index").write_bytes(b"#0badcafe 000000999\n" + b"".join(b"%08d %010d\n" % (s, size + 1 if s >= 1000 else size) for s in (999, 1000, 1001)))
+    (box / "index").write_bytes(b"#0badcafe 000000999\n" + b"".join(b"%08d %010d\n" % (s, size + 1 if s >= 1000 else size) for s in (998, 999, 1000, 1001)))
     (box / "purge").write_bytes(b"00001000\n")
     _, out, _ = pocketpost("mailbox", "export", root, tmp_path / "out2", "--json")
     summary = json.loads(out)
     assert summary["users"][0]["next_seq"] == 1003
+    assert summary["skipped"] == [{"user": "carol", "message": "carol 0badcafe.998", "reason": "its file is missing"}]
     uidlist = (tmp_path / "out2" / "carol" / "dovecot-uidlist").read_text().splitlines()
     assert uidlist[0].startswith(f"3 V{0x0badcafe} N1003 ")
     assert [line.split()[:2] for line in uidlist[1:]] == [["999", "P0badcafe.999"], ["1001", "P0badcafe.1001"], ["1002", "P0badcafe.1002"]]
+
+
+def test_export_over_pop3s_from_a_board_with_a_certificate(make_board, tmp_path):
+    from emulated_board import free_port
+    from pocketpost_host import tls as certificates
+
+    cert_pem, key_pem = certificates.generate("127.0.0.1", days=30)
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    board = make_board(pop3s_port=free_port()).start()
+    certificates.install(board.console, *certificates.to_der(cert_pem, key_pem))
+    board.restart()
+    board.add_user("alice", "wonderland")
+    deliver(board, "alice", [sample_message(n, "tls") for n in range(3)])
+    source = f"pop3s://127.0.0.1:{board.options['pop3s_port']}"
+    _, _, err = pocketpost("mailbox", "export", source, tmp_path / "out", "--user", "alice:wonderland", ok=1)
+    assert "TLS with" in err and "--cafile" in err and not (tmp_path / "out").exists()
+    _, out, _ = pocketpost("mailbox", "export", source, tmp_path / "out", "--user", "alice:wonderland",
+                           "--cafile", tmp_path / "cert.pem", "--json")
+    assert json.loads(out)["messages"] == 3
+    # The same files as an export of the card itself.
+    board.stop()
+    pocketpost("mailbox", "export", board.data / "sd.img", tmp_path / "card")
+    read = lambda root: sorted((p.name, p.read_bytes()) for p in (root / "alice" / "cur").iterdir())
+    assert read(tmp_path / "out") == read(tmp_path / "card") and len(read(tmp_path / "out")) == 3

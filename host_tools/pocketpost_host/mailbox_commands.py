@@ -71,19 +71,21 @@ def mailbox_command():
               help="What to write: one Maildir a user (with dovecot-uidlist) under DEST.")
 @click.option("--user", "users", multiple=True, callback=_user_password, metavar="NAME[:PASSWORD]",
               help="Export only this user (repeatable); a pop3:// SOURCE needs NAME:PASSWORD for each.")
+@click.option("--cafile", type=click.Path(exists=True, dir_okay=False),
+              help="With a pop3s:// SOURCE: a certificate to trust (a board's self-signed one), PEM.")
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def mailbox_export(source, dest, fmt, users, dry_run, as_json):
+def mailbox_export(source, dest, fmt, users, cafile, dry_run, as_json):
     """Export a card's mailboxes to Maildirs that Dovecot serves with the same POP3 UIDLs.
 
     SOURCE is a card's folder (mounted on this computer), a card image file (a sim's sd.img or a
-    dd copy of a card; read with mtools, never mounted) or pop3://HOST[:PORT] of a running
-    board. Prints the Dovecot settings the Maildirs need."""
+    dd copy of a card; read with mtools, never mounted) or pop3://HOST[:PORT] (pop3s:// for
+    POP3S) of a running board. Prints the Dovecot settings the Maildirs need."""
     progress = Progress("exporting", not as_json)
     try:
         summary = migrate.export_mailboxes(
             source, dest, fmt, users=sorted(users) or None, passwords={u: p for u, p in users.items() if p},
-            dry_run=dry_run, progress=progress, on_total=progress.total,
+            dry_run=dry_run, progress=progress, on_total=progress.total, cafile=cafile,
         )
     finally:
         progress.close()

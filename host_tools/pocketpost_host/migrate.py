@@ -31,6 +31,7 @@ import secrets
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 from pathlib import Path
@@ -803,9 +804,13 @@ def read_eml_folder(path, user):
 class Pop3Reader:
     """A minimal POP3 client that keeps exact octets (poplib refuses lines over 2,048 octets)."""
 
-    def __init__(self, host, port, user, password, timeout=30):
+    def __init__(self, host, port, user, password, timeout=30, tls=None):
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
+            if tls is not None:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=host)
+        except ssl.SSLError as e:
+            raise MigrateError(f"TLS with {host}:{port} failed: {e.reason or e} (--cafile for a self-signed certificate)") from None
         except OSError as e:
             raise MigrateError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         self.file = self.sock.makefile("rb")
@@ -843,11 +848,11 @@ class Pop3Reader:
         self.sock.close()
 
 
-def read_pop3(host, port, user, password):
-    """A user's mailbox read from a running board over POP3 (nothing is deleted). The card's
-    header (its next sequence number) is not visible over POP3: the export takes the highest
-    UIDL's number + 1."""
-    pop = Pop3Reader(host, port, user, password)
+def read_pop3(host, port, user, password, tls=None):
+    """A user's mailbox read from a running board over POP3 (`tls`: an ssl context for POP3S;
+    nothing is deleted). The card's header (its next sequence number) is not visible over POP3:
+    the export takes the highest UIDL's number + 1."""
+    pop = Pop3Reader(host, port, user, password, tls=tls)
     try:
         uidls = [line.split() for line in pop.multiline("UIDL").splitlines()]
         sizes = dict(line.split() for line in pop.multiline("LIST").decode().splitlines())
@@ -901,17 +906,19 @@ def _summary(mailboxes, dry_run, **extra):
 
 
 def parse_pop3_source(source):
-    """(host, port) of "pop3://HOST[:PORT]", or None for another source."""
-    match = re.fullmatch(r"pop3://([^:/]+)(?::([0-9]{1,5}))?/?", source)
+    """(host, port, tls) of "pop3://HOST[:PORT]" or "pop3s://HOST[:PORT]" (implicit TLS), or
+    None for another source."""
+    match = re.fullmatch(r"pop3(s?)://([^:/]+)(?::([0-9]{1,5}))?/?", source)
     if not match:
         return None
-    return match[1], int(match[2] or 110)
+    return match[2], int(match[3] or (995 if match[1] else 110)), bool(match[1])
 
 
 def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dry_run=False,
-                     progress=None, on_total=None):
+                     progress=None, on_total=None, cafile=None):
     """Exports the mailboxes of SOURCE — a card folder, a card image file or "pop3://HOST:PORT"
-    (with `passwords` {user: password}) — into Maildirs under `dest`, one a user (dest/<user>).
+    or "pop3s://HOST:PORT" (with `passwords` {user: password}; `cafile` the certificate to trust
+    besides the system's) — into Maildirs under `dest`, one a user (dest/<user>).
     `progress(octets)` is called as messages are written, `on_total(octets)` once before.
     Returns the summary (see _summary), with the Dovecot settings it needs."""
     if fmt != "maildir":
@@ -922,7 +929,14 @@ def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dr
     if pop3:
         if not passwords:
             raise BadInput("a POP3 source needs each user's password (--user NAME:PASSWORD)")
-        mailboxes = [read_pop3(*pop3, user, password) for user, password in sorted(passwords.items())]
+        host, port, tls = pop3
+        context = None
+        if tls:
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as e:
+                raise BadInput(f"cannot load {cafile}: {e}") from None
+        mailboxes = [read_pop3(host, port, user, password, context) for user, password in sorted(passwords.items())]
     elif Path(source).is_dir():
         mailboxes = read_card(source, users)
     elif Path(source).is_file():
