@@ -578,3 +578,18 @@ def test_export_over_pop3s_from_a_board_with_a_certificate(make_board, tmp_path)
     pocketpost("mailbox", "export", board.data / "sd.img", tmp_path / "card")
     read = lambda root: sorted((p.name, p.read_bytes()) for p in (root / "alice" / "cur").iterdir())
     assert read(tmp_path / "out") == read(tmp_path / "card") and len(read(tmp_path / "out")) == 3
+
+
+def test_import_that_does_not_fit_is_refused_before_writing(make_board, tmp_path):
+    board = fresh_card(make_board)
+    image = board.data / "sd.img"
+    free, _ = migrate.FatImage(image).space()
+    eml = tmp_path / "eml"
+    eml.mkdir()
+    big = large_message(free // 3)
+    for n in range(3):
+        (eml / f"{n}.eml").write_bytes(big)
+    before = sha(image)
+    _, _, err = pocketpost("mailbox", "import", eml, image, "--user", "alice", ok=1)
+    assert "octets free; the import needs" in err
+    assert sha(image) == before

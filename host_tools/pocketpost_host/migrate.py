@@ -15,6 +15,8 @@ card folder or, without mounting, on a FAT image file through mtools (the Debian
   generation and the message's sequence number (`GGGGGGGG.N`), so a UIDL of that form is kept
   (the generation and numbers are taken over); any other UIDL cannot be carried by the card's
   format and the message gets a new one (only with `new_uidls`: clients download it again).
+  A running board is a source over POP3 (pop3:// or pop3s://) and a destination over SMTP
+  (smtp://: every message gets a new UIDL and the board's trace fields).
 
 Nothing on the source is ever written. Both directions can be interrupted and run again: what is
 already in the destination is compared octet for octet and kept, so a re-run converges and never
@@ -66,7 +68,8 @@ pop3_uidl_format = %08Xv.%u
 
 
 class MigrateError(PocketpostError):
-    """A move that cannot be done as asked; nothing was written."""
+    """A move that cannot be done as asked (or a transfer that failed part-way: running it again
+    finishes it)."""
 
 
 class BadInput(MigrateError):
@@ -276,6 +279,16 @@ class FatImage:
             raise (BadInput if what else MigrateError)(f"{what or 'mtools failed'}: {tool}: {detail}")
         return proc
 
+    def space(self):
+        """(free octets, cluster size) of the image's file system."""
+        info = self.run("minfo", "-i", self.spec, "::").stdout
+        sector = re.search(r"sector size: (\d+) bytes", info)
+        cluster = re.search(r"cluster size: (\d+) sectors", info)
+        free = re.search(r"([\d ]+) bytes free", self.run("mdir", "-i", self.spec, "::/").stdout)
+        if not (sector and cluster and free):
+            raise MigrateError(f"cannot tell the free space of {self.path} (mtools said something unexpected)")
+        return int(free[1].replace(" ", "")), int(sector[1]) * int(cluster[1])
+
     def exists(self, path):
         return self.run("mdir", "-b", "-i", self.spec, f"::{path}", ok=(0, 1)).returncode == 0
 
@@ -442,6 +455,11 @@ class CardFolder:
     def mailbox_dir(self, user):
         return self.root / "mail" / user
 
+    def space(self):
+        """(free octets, allocation unit) of the file system."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize, st.f_bsize
+
     def write(self, mailbox, todo, progress):
         """Writes the messages `todo` of a planned mailbox, then its index (firmware's order: a
         message file before its record; the index replaced as a deletion replaces it)."""
@@ -475,6 +493,9 @@ class CardImage:
     def close(self):
         self.image.close()
         shutil.rmtree(self.stage, ignore_errors=True)
+
+    def space(self):
+        return self.image.space()
 
     def mailbox_dir(self, user):
         """The user's mailbox as it is on the image, copied out to the host (for checking)."""
@@ -515,6 +536,8 @@ class CardImage:
             # mtools takes many files a call; a few at a time keeps the progress bar moving.
             for i in range(0, len(paths), 25):
                 image.put(paths[i : i + 25], f"/mail/{user}/{shard}")
+                for path in paths[i : i + 25]:
+                    path.unlink()  # on the image now: the host keeps no second copy
                 progress(sum(m.size for m in messages[i : i + 25]))
         (box / "index").write_bytes(index_bytes(mailbox))
         image.put([box / "index"], f"/mail/{user}")
@@ -592,6 +615,24 @@ def parse_smtp_dest(dest):
     return match[1], int(match[2] or 25)
 
 
+# Free space left on a card after an import, as the firmware keeps it free for deletions (its
+# journal, a new index) and folders: store.py's _SPACE_MARGIN.
+SPACE_MARGIN = 65536
+
+
+def check_space(card, todo):
+    """Raises MigrateError when the messages `todo` (and their folders and index) do not fit on
+    the card with the firmware's margin left free."""
+    if not todo:
+        return
+    free, unit = card.space()
+    clusters = lambda n: -(-n // unit) * unit
+    need = sum(clusters(m.size) for m in todo) + clusters(RECORD * (len(todo) + 1))
+    need += clusters(1) * (len({m.seq // PER_FOLDER for m in todo}) + 1) + SPACE_MARGIN
+    if need > free:
+        raise MigrateError(f"the card has {free:,} octets free; the import needs {need:,} (with the firmware's margin)")
+
+
 def open_card(dest):
     """A card destination: a folder (mounted card) or an image file."""
     path = Path(dest)
@@ -638,41 +679,58 @@ def read_uidlist(path):
     return validity, next_uid, records
 
 
-def write_maildir(dest, mailbox, progress):
-    """Writes (or completes) the Maildir dest/<user> of a mailbox read from a card. Returns the
-    number of message files written. Raises DestinationInUse when it holds other mail."""
-    md = Path(dest) / mailbox.user
-    names = {}
-    forms = {}
-    for m in mailbox.messages:
-        data = m.load()
-        lf = data.replace(b"\r\n", b"\n")
-        if crlf(lf) != data:
-            lf = data  # a CR that LF line ends would lose: the file keeps CRLF (Dovecot reads both)
-        forms[m.seq] = lf
-        names[maildir_name(mailbox, m, lf)] = m
-    validity = mailbox.generation or 1  # Dovecot refuses a UIDVALIDITY of 0
+def maildir_form(data):
+    """A message's octets as a Maildir file holds them: LF line ends, unless the message has a CR
+    that LF line ends would lose (then CRLF as it is: Dovecot reads both)."""
+    lf = data.replace(b"\r\n", b"\n")
+    return lf if crlf(lf) == data else data
+
+
+def _maildir_present(md):
+    """{base name: path} of the message files in a Maildir's cur/ and new/."""
     present = {}
-    if md.exists():
-        for sub in ("cur", "new"):
-            if (md / sub).is_dir():
-                for f in (md / sub).iterdir():
-                    present[f.name.split(":")[0]] = f
-        others = [n for n in present if n not in names]
-        if others:
-            raise DestinationInUse(f"{md} already holds {len(others)} messages that are not from the source")
-        if (md / "dovecot-uidlist").exists() and read_uidlist(md / "dovecot-uidlist")[0] != validity:
-            raise DestinationInUse(f"{md} already holds a mailbox with another UIDVALIDITY")
-        for name, f in present.items():
-            if f.read_bytes() != forms[names[name].seq]:
-                raise DestinationInUse(f"{md}: {f.name} differs from the source's message")
+    for sub in ("cur", "new"):
+        if (md / sub).is_dir():
+            for f in (md / sub).iterdir():
+                present[f.name.split(":")[0]] = f
+    return present
+
+
+def check_maildir_dest(dest, mailbox):
+    """Raises DestinationInUse when the Maildir dest/<user> holds a message or a uidlist that an
+    export of `mailbox` would not have written (names are checked here, contents while
+    writing)."""
+    md = Path(dest) / mailbox.user
+    if not md.exists():
+        return
+    ours = {f"{mailbox.generation:08x}.{m.seq}.pocketpost" for m in mailbox.messages}
+    for base, f in _maildir_present(md).items():
+        if base.split(",")[0] not in ours:
+            raise DestinationInUse(f"{md} already holds mail that is not from the source ({f.name})")
+    uidlist = md / "dovecot-uidlist"
+    if uidlist.exists() and read_uidlist(uidlist)[0] != (mailbox.generation or 1):
+        raise DestinationInUse(f"{md} already holds a mailbox with another UIDVALIDITY")
+
+
+def write_maildir(dest, mailbox, progress):
+    """Writes (or completes) the Maildir dest/<user> of a mailbox read from a card, one message
+    at a time, then its dovecot-uidlist. Returns the number of message files written."""
+    md = Path(dest) / mailbox.user
+    check_maildir_dest(dest, mailbox)
+    present = _maildir_present(md)
     for sub in ("cur", "new", "tmp"):
         (md / sub).mkdir(parents=True, exist_ok=True)
-    written = 0
+    validity = mailbox.generation or 1  # Dovecot refuses a UIDVALIDITY of 0
     uidlist = [f"3 V{validity} N{mailbox.next_seq} G{_guid('pocketpost', mailbox.user, mailbox.generation)}\n"]
-    for name, m in names.items():
-        if name not in present:
-            _write_new(md / "cur" / f"{name}:2,", forms[m.seq], md / "tmp" / name)
+    written = 0
+    for m in mailbox.messages:
+        data = maildir_form(m.load())
+        name = maildir_name(mailbox, m, data)
+        if name in present:
+            if present[name].read_bytes() != data:
+                raise DestinationInUse(f"{md}: {present[name].name} differs from the source's message")
+        else:
+            _write_new(md / "cur" / f"{name}:2,", data, md / "tmp" / name)
             written += 1
         uidlist.append(f"{m.seq} P{m.uidl} :{name}\n")
         progress(m.size)
@@ -956,7 +1014,7 @@ def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dr
         if dest.exists() and not dest.is_dir():
             raise BadInput(f"{dest} is not a folder")
         for mb in mailboxes:  # every destination is checked before anything is written
-            _check_maildir_dest(dest, mb)
+            check_maildir_dest(dest, mb)
         if on_total:
             on_total(sum(m.size for mb in mailboxes for m in mb.messages))
         for mb in mailboxes:
@@ -968,20 +1026,6 @@ def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dr
     finally:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
-
-
-def _check_maildir_dest(dest, mailbox):
-    md = dest / mailbox.user
-    if not md.exists():
-        return
-    expected = set()
-    for m in mailbox.messages:
-        expected.add(f"{mailbox.generation:08x}.{m.seq}.pocketpost")
-    for sub in ("cur", "new"):
-        if (md / sub).is_dir():
-            for f in (md / sub).iterdir():
-                if f.name.split(",")[0] not in expected:
-                    raise DestinationInUse(f"{md} already holds mail that is not from the source ({f.name})")
 
 
 def detect_import_source(source, fmt="auto"):
@@ -1064,6 +1108,7 @@ def import_mailboxes(source, dest, user=None, fmt="auto", quoting="mboxrd", new_
             plans = [(mb, card.plan(mb)) for mb in mailboxes]
         else:
             plans = [(mb, plan_card_mailbox(card.mailbox_dir(mb.user), mb)) for mb in mailboxes]
+            check_space(card, [m for _, todo in plans for m in todo])
         if on_total:
             on_total(sum(m.size for _, todo in plans for m in todo))
         for mb, todo in plans:
