@@ -57,6 +57,15 @@ def sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def tree(root):
+    """{relative path: (mode, mtime, octets)} of every file and folder under `root`."""
+    out = {}
+    for path in sorted(Path(root).rglob("*")):
+        st = path.stat()
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, None if path.is_dir() else path.read_bytes())
+    return out
+
+
 class DovecotMaildirs(ReferenceServers):
     """A private Dovecot (POP3 only, loopback) serving one Maildir a user under `mail_root`
     (where an export writes them): `mail_location = maildir:<mail_root>/%u`, plus `extra`
@@ -178,6 +187,17 @@ def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_b
         for name in names:
             assert (sim.pop3_export / "bob" / "cur" / name).read_bytes() == (dovecot.mail_root / "bob" / "cur" / name).read_bytes()
 
+        # An interrupted export, run again, ends as one that ran through.
+        exported = tree(dovecot.mail_root / "bob" / "cur")
+        shutil.rmtree(dovecot.mail_root / "bob")
+        with pytest.raises(KeyboardInterrupt):
+            migrate.export_mailboxes(sim.image, dovecot.mail_root, users=["bob"], progress=interrupt_after(40))
+        assert len(list((dovecot.mail_root / "bob" / "cur").iterdir())) == 40
+        assert not (dovecot.mail_root / "bob" / "dovecot-uidlist").exists()
+        again = migrate.export_mailboxes(sim.image, dovecot.mail_root, users=["bob"])
+        assert again["users"][0]["written"] == 110
+        assert {k: v[2] for k, v in tree(dovecot.mail_root / "bob" / "cur").items()} == {k: v[2] for k, v in exported.items()}
+
         dovecot.start()
         for user, password in USERS.items():
             served = pop3_state(dovecot.pop3_port, user, password)
@@ -276,6 +296,7 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
         fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_GOT_MAIL,))
         source = tmp_path / "Maildir"
         shutil.copytree(dovecot.maildir, source)
+    source_before = tree(source)
 
     board = fresh_card(make_board)
     image = board.data / "sd.img"
@@ -292,6 +313,7 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
     _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", "--uidl-format", "%08Xv.%u")
     assert json.loads(out)["users"][0]["written"] == 0  # converged: nothing twice
 
+    assert tree(source) == source_before  # the source is never written
     board.start()
     assert not store_warnings(board)
     assert pop3_state(board.pop3_port, "alice", "wonderland") == served
@@ -327,22 +349,28 @@ def test_maildir_with_dovecot_default_uidls_needs_new_uidls(make_board, tmp_path
     (source / "cur" / "1.M1.host:2,S").write_bytes(b"Subject: one\n\nbody\n")
     (source / "cur" / "2.M2.host:2,").write_bytes(b"Subject: two\n\nbody\n")
     (source / "new" / "3.M3.host").write_bytes(b"Subject: three, never listed\n\nbody\n")
-    (source / "dovecot-uidlist").write_text("3 V1700000000 N3 Gabcdef\n1 :1.M1.host\n2 :2.M2.host\n")
+    (source / "cur" / "4.M4.host:2,").write_bytes(b"Subject: four\n\nbody\n")
+    (source / "dovecot-uidlist").write_text(
+        "3 V1700000000 N5 Gabcdef\n1 :1.M1.host\n2 :2.M2.host\n4 P" + "x" * 71 + " :4.M4.host\n"
+    )
     board = fresh_card(make_board)
     image = board.data / "sd.img"
     before = sha(image)
     _, _, err = pocketpost("mailbox", "import", source, image, "--user", "alice", ok=2)
-    assert "2 messages would get new UIDLs" in err and "'000000016553f100'" in err and "--new-uidls" in err
+    assert "3 messages would get new UIDLs" in err and "'000000016553f100'" in err and "--new-uidls" in err
     assert sha(image) == before
     _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--new-uidls", "--json")
     summary = json.loads(out)
-    assert summary["users"][0]["uidls"] == {"kept": 0, "new": 1, "changed": 2}
-    assert [s["reason"].split(":")[0] for s in summary["skipped"]] == [
-        "UIDL '000000016553f100' changed", "UIDL '000000026553f100' changed"]
+    assert summary["users"][0]["uidls"] == {"kept": 0, "new": 1, "changed": 3}
+    reasons = [s["reason"] for s in summary["skipped"]]
+    assert reasons[0] == "UIDL '000000016553f100' changed: it is not of the card's form GGGGGGGG.N, the only UIDLs a card serves"
+    assert reasons[1].startswith("UIDL '000000026553f100' changed")
+    assert reasons[2].endswith("not a valid POP3 UIDL (RFC 1939: 1-70 printable characters), so no client can hold it")
     board.start()
     assert not store_warnings(board)
     state = pop3_state(board.pop3_port, "alice", "wonderland")
-    assert [m.split(b"\r\n")[0] for m in state["messages"].values()] == [b"Subject: one", b"Subject: two", b"Subject: three, never listed"]
+    assert [m.split(b"\r\n")[0] for m in state["messages"].values()] == [
+        b"Subject: one", b"Subject: two", b"Subject: four", b"Subject: three, never listed"]
 
 
 # ---- mbox and .eml
@@ -593,3 +621,23 @@ def test_import_that_does_not_fit_is_refused_before_writing(make_board, tmp_path
     _, _, err = pocketpost("mailbox", "import", eml, image, "--user", "alice", ok=1)
     assert "octets free; the import needs" in err
     assert sha(image) == before
+
+
+def test_dovecot_serves_the_uidlist_p_field_and_x_uidl_only_when_told(tmp_path):
+    # What docs/storage.md says of Dovecot 2.3, checked: the P field needs no setting and wins;
+    # an X-UIDL header counts only with pop3_reuse_xuidl (and would change the message anyway).
+    for extra, expected in (("", ["1a2b3c4d.41", None]), ("pop3_reuse_xuidl = yes", ["1a2b3c4d.41", "from-the-header"])):
+        dovecot = DovecotMaildirs({"alice": "wonderland"}, extra=extra)
+        try:
+            md = dovecot.mail_root / "alice"
+            for sub in ("cur", "new", "tmp"):
+                (md / sub).mkdir(parents=True)
+            for uid, x_uidl in ((41, "ignored"), (42, "from-the-header")):
+                (md / "cur" / f"{uid}.M1.host:2,").write_bytes(b"X-UIDL: %s\nSubject: %d\n\nbody\n" % (x_uidl.encode(), uid))
+            (md / "dovecot-uidlist").write_text(f"3 V{0x1a2b3c4d} N43 G{'0123456789abcdef' * 2}\n41 P1a2b3c4d.41 :41.M1.host\n42 :42.M1.host\n")
+            dovecot.start()
+            uids = pop3_state(dovecot.pop3_port, "alice", "wonderland")["uids"]
+            assert uids[1] == expected[0]
+            assert uids[2] == expected[1] if expected[1] else uids[2] == f"{42:08x}{0x1a2b3c4d:08x}"
+        finally:
+            dovecot.stop()
