@@ -6,7 +6,6 @@ with nothing changed."""
 import hashlib
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -88,7 +87,7 @@ class DovecotMaildirs(ReferenceServers):
             owner = self._prepare()
             conf = self.dir / "dovecot.conf"
             conf.write_text(
-                conf.read_text().replace("mail_location = maildir:~/Maildir", f"mail_location = maildir:{self.mail_root}/%u")
+                conf.read_text().replace("maildir:~/Maildir", f"maildir:{self.mail_root}/%u")
                 + self.extra + "\n"
             )
             uid, gid = owner or (os.getuid(), os.getgid())
@@ -100,7 +99,9 @@ class DovecotMaildirs(ReferenceServers):
                     for name in dirs + files:
                         os.chown(os.path.join(root, name), *owner)
                 os.chown(self.mail_root, *owner)
-            self.dovecot = subprocess.Popen([dovecot, "-c", str(conf), "-F"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            self.dovecot = subprocess.Popen(
+                [dovecot, "-c", str(conf), "-F"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
             self._wait_for_pop3()
         except BaseException:
             self.stop()
@@ -157,7 +158,8 @@ def sim(app_dir, tmp_path_factory):
     fetchmail = Fetchmail(port, home / "fetchmail")
     fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_GOT_MAIL,))
     mpop = Mpop(port, home / "mpop", "maildir", keep=True)
-    mpop.config.write_text(mpop.config.read_text().replace("user alice", "user bob").replace("password wonderland", "password builder"))
+    config = mpop.config.read_text().replace("user alice", "user bob")
+    mpop.config.write_text(config.replace("password wonderland", "password builder"))
     mpop("--auth=user")
     assert len(mpop.maildir_messages()) == 150
 
@@ -185,7 +187,8 @@ def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_b
         names = sorted(p.name for p in (sim.pop3_export / "bob" / "cur").iterdir())
         assert names == sorted(p.name for p in (dovecot.mail_root / "bob" / "cur").iterdir())
         for name in names:
-            assert (sim.pop3_export / "bob" / "cur" / name).read_bytes() == (dovecot.mail_root / "bob" / "cur" / name).read_bytes()
+            over_pop3 = (sim.pop3_export / "bob" / "cur" / name).read_bytes()
+            assert over_pop3 == (dovecot.mail_root / "bob" / "cur" / name).read_bytes()
 
         # An interrupted export, run again, ends as one that ran through.
         exported = tree(dovecot.mail_root / "bob" / "cur")
@@ -196,7 +199,8 @@ def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_b
         assert not (dovecot.mail_root / "bob" / "dovecot-uidlist").exists()
         again = migrate.export_mailboxes(sim.image, dovecot.mail_root, users=["bob"])
         assert again["users"][0]["written"] == 110
-        assert {k: v[2] for k, v in tree(dovecot.mail_root / "bob" / "cur").items()} == {k: v[2] for k, v in exported.items()}
+        contents = lambda files: {name: octets for name, (_, _, octets) in files.items()}
+        assert contents(tree(dovecot.mail_root / "bob" / "cur")) == contents(exported)
 
         dovecot.start()
         for user, password in USERS.items():
@@ -211,7 +215,8 @@ def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_b
         shutil.copy(sim.fetchmail.home / "fetchids", fetchmail.home / "fetchids")
         again = fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_NO_MAIL,))
         assert "POP3> RETR" not in again.out and fetchmail.delivered() == b""
-        sim.mpop.config.write_text(sim.mpop.config.read_text().replace(f"port {sim.board.pop3_port}", f"port {dovecot.pop3_port}"))
+        config = sim.mpop.config.read_text()
+        sim.mpop.config.write_text(config.replace(f"port {sim.board.pop3_port}", f"port {dovecot.pop3_port}"))
         result = sim.mpop("--auth=user", "--only-new")
         assert "--> RETR" not in result.out and "new: no messages" in result.out, result.transcript()
         assert len(sim.mpop.maildir_messages()) == 150
@@ -318,7 +323,8 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
     assert not store_warnings(board)
     assert pop3_state(board.pop3_port, "alice", "wonderland") == served
     # fetchmail with Dovecot's id file fetches nothing new from the sim.
-    fetchmail.rcfile.write_text(fetchmail.rcfile.read_text().replace(f"port {dovecot.pop3_port}", f"port {board.pop3_port}"))
+    rc = fetchmail.rcfile.read_text()
+    fetchmail.rcfile.write_text(rc.replace(f"port {dovecot.pop3_port}", f"port {board.pop3_port}"))
     again = fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_NO_MAIL,))
     assert "POP3> RETR" not in again.out
 
@@ -363,7 +369,9 @@ def test_maildir_with_dovecot_default_uidls_needs_new_uidls(make_board, tmp_path
     summary = json.loads(out)
     assert summary["users"][0]["uidls"] == {"kept": 0, "new": 1, "changed": 3}
     reasons = [s["reason"] for s in summary["skipped"]]
-    assert reasons[0] == "UIDL '000000016553f100' changed: it is not of the card's form GGGGGGGG.N, the only UIDLs a card serves"
+    assert reasons[0] == (
+        "UIDL '000000016553f100' changed: it is not of the card's form GGGGGGGG.N, the only UIDLs a card serves"
+    )
     assert reasons[1].startswith("UIDL '000000026553f100' changed")
     assert reasons[2].endswith("not a valid POP3 UIDL (RFC 1939: 1-70 printable characters), so no client can hold it")
     board.start()
@@ -394,7 +402,10 @@ BODY_LINES = [
 
 def mbox_messages():
     """(the messages as the card must store them, an mboxrd file of them, an mboxo file)."""
-    messages = [b"\r\n".join(BODY_LINES[:2] + [b"Message-ID: <%d@example.org>" % n] + BODY_LINES[2:]) + b"\r\n" for n in range(3)]
+    messages = [
+        b"\r\n".join(BODY_LINES[:2] + [b"Message-ID: <%d@example.org>" % n] + BODY_LINES[2:]) + b"\r\n"
+        for n in range(3)
+    ]
     messages.append(b"Subject: no trailing newline in the file\r\n\r\nshort\r\n")
 
     def mbox(quote):
@@ -427,7 +438,8 @@ def test_mbox_and_eml_imports_are_byte_exact(make_board, tmp_path):
     pocketpost("mailbox", "import", tmp_path / "rd.mbox", image, "--user", "alice")
     pocketpost("mailbox", "import", tmp_path / "o.mbox", image, "--user", "carol", "--mbox-quoting", "mboxo")
     _, out, _ = pocketpost("mailbox", "import", eml, image, "--user", "bob", "--json")
-    assert json.loads(out)["skipped"] == [{"message": str(eml / "notes.txt"), "reason": "not an .eml file", "user": "bob"}]
+    skipped = {"message": str(eml / "notes.txt"), "reason": "not an .eml file", "user": "bob"}
+    assert json.loads(out)["skipped"] == [skipped]
     board.start()
     assert not store_warnings(board)
     alice = pop3_state(board.pop3_port, "alice", "wonderland")["messages"]
@@ -573,7 +585,8 @@ def test_export_reads_a_partitioned_card_copy_and_the_first_layout(sim, tmp_path
         (box / str(shard)).mkdir(parents=True, exist_ok=True)
         (box / str(shard) / str(seq)).write_bytes(b"Subject: %d\r\n\r\nbody\r\n" % seq)
     size = len(b"Subject: 999\r\n\r\nbody\r\n")
-    (box / "index").write_bytes(b"#0badcafe 000000999\n" + b"".join(b"%08d %010d\n" % (s, size + 1 if s >= 1000 else size) for s in (998, 999, 1000, 1001)))
+    records = b"".join(b"%08d %010d\n" % (s, size + 1 if s >= 1000 else size) for s in (998, 999, 1000, 1001))
+    (box / "index").write_bytes(b"#0badcafe 000000999\n" + records)
     (box / "purge").write_bytes(b"00001000\n")
     _, out, _ = pocketpost("mailbox", "export", root, tmp_path / "out2", "--json")
     summary = json.loads(out)
@@ -581,7 +594,8 @@ def test_export_reads_a_partitioned_card_copy_and_the_first_layout(sim, tmp_path
     assert summary["skipped"] == [{"user": "carol", "message": "carol 0badcafe.998", "reason": "its file is missing"}]
     uidlist = (tmp_path / "out2" / "carol" / "dovecot-uidlist").read_text().splitlines()
     assert uidlist[0].startswith(f"3 V{0x0badcafe} N1003 ")
-    assert [line.split()[:2] for line in uidlist[1:]] == [["999", "P0badcafe.999"], ["1001", "P0badcafe.1001"], ["1002", "P0badcafe.1002"]]
+    assert [line.split()[:2] for line in uidlist[1:]] == [
+        ["999", "P0badcafe.999"], ["1001", "P0badcafe.1001"], ["1002", "P0badcafe.1002"]]
 
 
 def test_export_over_pop3s_from_a_board_with_a_certificate(make_board, tmp_path):
@@ -626,15 +640,19 @@ def test_import_that_does_not_fit_is_refused_before_writing(make_board, tmp_path
 def test_dovecot_serves_the_uidlist_p_field_and_x_uidl_only_when_told(tmp_path):
     # What docs/storage.md says of Dovecot 2.3, checked: the P field needs no setting and wins;
     # an X-UIDL header counts only with pop3_reuse_xuidl (and would change the message anyway).
-    for extra, expected in (("", ["1a2b3c4d.41", None]), ("pop3_reuse_xuidl = yes", ["1a2b3c4d.41", "from-the-header"])):
+    cases = (("", ["1a2b3c4d.41", None]), ("pop3_reuse_xuidl = yes", ["1a2b3c4d.41", "from-the-header"]))
+    for extra, expected in cases:
         dovecot = DovecotMaildirs({"alice": "wonderland"}, extra=extra)
         try:
             md = dovecot.mail_root / "alice"
             for sub in ("cur", "new", "tmp"):
                 (md / sub).mkdir(parents=True)
             for uid, x_uidl in ((41, "ignored"), (42, "from-the-header")):
-                (md / "cur" / f"{uid}.M1.host:2,").write_bytes(b"X-UIDL: %s\nSubject: %d\n\nbody\n" % (x_uidl.encode(), uid))
-            (md / "dovecot-uidlist").write_text(f"3 V{0x1a2b3c4d} N43 G{'0123456789abcdef' * 2}\n41 P1a2b3c4d.41 :41.M1.host\n42 :42.M1.host\n")
+                message = b"X-UIDL: %s\nSubject: %d\n\nbody\n" % (x_uidl.encode(), uid)
+                (md / "cur" / f"{uid}.M1.host:2,").write_bytes(message)
+            (md / "dovecot-uidlist").write_text(
+                f"3 V{0x1a2b3c4d} N43 G{'0123456789abcdef' * 2}\n41 P1a2b3c4d.41 :41.M1.host\n42 :42.M1.host\n"
+            )
             dovecot.start()
             uids = pop3_state(dovecot.pop3_port, "alice", "wonderland")["uids"]
             assert uids[1] == expected[0]

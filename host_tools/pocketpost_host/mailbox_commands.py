@@ -97,8 +97,10 @@ def mailbox_export(source, dest, fmt, users, cafile, dry_run, as_json):
 @mailbox_command.command("import")
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("dest")
-@click.option("--user", help="The user whose mailbox a single source becomes (or the one to take from a folder of Maildirs).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "maildir", "mbox", "eml"]), default="auto", show_default=True,
+@click.option("--user",
+              help="The user whose mailbox a single source becomes (or the one to take from a folder of Maildirs).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "maildir", "mbox", "eml"]), default="auto",
+              show_default=True,
               help="What SOURCE is; auto: an mbox file, a Maildir, a folder of Maildirs or a folder of .eml files.")
 @click.option("--mbox-quoting", type=click.Choice(["mboxrd", "mboxo"]), default="mboxrd", show_default=True,
               help="How the mbox quotes 'From ' lines in bodies.")
@@ -108,7 +110,8 @@ def mailbox_export(source, dest, fmt, users, cafile, dry_run, as_json):
               help="The Maildir's Dovecot pop3_uidl_format, for messages its uidlist gives no P field.")
 @click.option("--password", envvar="POCKETPOST_PASSWORD", show_envvar=True,
               help="With an smtp:// DEST: the user's password, to read over POP3 what the mailbox holds.")
-@click.option("--domain", default="pocketpost.local", show_default=True, help="With an smtp:// DEST: the board's mail domain.")
+@click.option("--domain", default="pocketpost.local", show_default=True,
+              help="With an smtp:// DEST: the board's mail domain.")
 @click.option("--pop3-port", type=click.IntRange(1, 65535), default=110, show_default=True,
               help="With an smtp:// DEST: the board's POP3 port.")
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")

@@ -195,14 +195,16 @@ def read_card_mailbox(box, user):
             result.skipped.append((f"{user} {card_uidl(generation, seq)}", "its file is missing"))
             continue
         if found != size:
-            result.skipped.append((f"{user} {card_uidl(generation, seq)}", f"its file has {found} octets, the index says {size}"))
+            reason = f"its file has {found} octets, the index says {size}"
+            result.skipped.append((f"{user} {card_uidl(generation, seq)}", reason))
             continue
         result.messages.append(Message(str(path), _reader(path), size, card_uidl(generation, seq), seq))
     while True:  # messages delivered but not indexed (a crash): the boot check indexes them
         path = message_path(box, next_seq, per_folder)
         if not path.is_file():
             break
-        result.messages.append(Message(str(path), _reader(path), path.stat().st_size, card_uidl(generation, next_seq), next_seq))
+        uidl = card_uidl(generation, next_seq)
+        result.messages.append(Message(str(path), _reader(path), path.stat().st_size, uidl, next_seq))
         next_seq += 1
     result.next_seq = next_seq
     result.uidls["kept"] = len(result.messages)
@@ -332,7 +334,9 @@ def plan_card_mailbox(box, mailbox):
     if box.exists():
         for name in ("purge", "purge.new", "index.new"):
             if (box / name).exists():
-                raise DestinationInUse(f"{user}: the mailbox has an unfinished deletion ({name}): start the board once first")
+                raise DestinationInUse(
+                    f"{user}: the mailbox has an unfinished deletion ({name}): start the board once first"
+                )
         if index.exists():
             data = index.read_bytes()
             try:
@@ -361,7 +365,9 @@ def plan_card_mailbox(box, mailbox):
         path = message_path(box, seq, PER_FOLDER)
         same = m is not None and path.is_file() and sizes.get(seq, m.size) == m.size and path.read_bytes() == m.load()
         if not same:
-            raise DestinationInUse(f"{user}: the destination already holds {len(held)} messages that are not all from the source")
+            raise DestinationInUse(
+                f"{user}: the destination already holds {len(held)} messages that are not all from the source"
+            )
     if existing_gen == mailbox.generation and existing_next:
         mailbox.next_seq = max(mailbox.next_seq, existing_next)
     present = set(files)
@@ -568,7 +574,9 @@ class BoardOverSmtp:
         finally:
             pop.close()
         if len(held) > len(mailbox.messages) or any(h != m.load() for h, m in zip(held, mailbox.messages)):
-            raise DestinationInUse(f"{mailbox.user}: the mailbox already holds {len(held)} messages that are not all from the source")
+            raise DestinationInUse(
+                f"{mailbox.user}: the mailbox already holds {len(held)} messages that are not all from the source"
+            )
         mailbox.uidls["changed"] = 0
         mailbox.uidls["new"] = len(mailbox.messages)
         mailbox.uidls["kept"] = 0
@@ -868,7 +876,9 @@ class Pop3Reader:
             if tls is not None:
                 self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         except ssl.SSLError as e:
-            raise MigrateError(f"TLS with {host}:{port} failed: {e.reason or e} (--cafile for a self-signed certificate)") from None
+            raise MigrateError(
+                f"TLS with {host}:{port} failed: {e.reason or e} (--cafile for a self-signed certificate)"
+            ) from None
         except OSError as e:
             raise MigrateError(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
         self.file = self.sock.makefile("rb")
@@ -1044,7 +1054,9 @@ def detect_import_source(source, fmt="auto"):
         elif any(p.suffix.lower() == ".eml" for p in path.iterdir()):
             fmt = "eml"
         else:
-            raise BadInput(f"{source} is neither an mbox file, a Maildir, a folder of Maildirs nor a folder of .eml files")
+            raise BadInput(
+                f"{source} is neither an mbox file, a Maildir, a folder of Maildirs nor a folder of .eml files"
+            )
     if fmt == "mbox" and not path.is_file():
         raise BadInput(f"{source} is not a file (an mbox is one)")
     if fmt in ("maildir", "eml") and not path.is_dir():
