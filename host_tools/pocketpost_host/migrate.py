@@ -776,9 +776,10 @@ def read_maildir(path, user, uidl_format=DOVECOT_DEFAULT_UIDL_FORMAT):
     path = Path(path)
     files = {}
     for sub in ("cur", "new"):
-        for f in sorted((path / sub).iterdir()):
-            if f.is_file():
-                files[f.name.split(":")[0]] = f
+        if (path / sub).is_dir():
+            for f in sorted((path / sub).iterdir()):
+                if f.is_file():
+                    files[f.name.split(":")[0]] = f
     mailbox = Mailbox(user, [])
     validity = next_uid = None
     listed = []
@@ -992,34 +993,9 @@ def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dr
     if fmt != "maildir":
         raise BadInput(f"unknown export format {fmt!r} (maildir)")
     progress = progress or (lambda n: None)
-    pop3 = parse_pop3_source(str(source))
-    cleanup = None
-    if pop3:
-        if not passwords:
-            raise BadInput("a POP3 source needs each user's password (--user NAME:PASSWORD)")
-        host, port, tls = pop3
-        context = None
-        if tls:
-            try:
-                context = ssl.create_default_context(cafile=cafile)
-            except (OSError, ssl.SSLError) as e:
-                raise BadInput(f"cannot load {cafile}: {e}") from None
-        mailboxes = [read_pop3(host, port, user, password, context) for user, password in sorted(passwords.items())]
-    elif Path(source).is_dir():
-        mailboxes = read_card(source, users)
-    elif Path(source).is_file():
-        image = FatImage(source)
-        cleanup = tempfile.mkdtemp(prefix="pocketpost-export-")
-        try:
-            if not image.exists("/mail"):
-                raise BadInput(f"{source} is not a pocketpost card: it has no mail folder")
-            image.extract("/mail", cleanup)
-        finally:
-            image.close()
-        mailboxes = read_card(cleanup, users)
-    else:
-        raise BadInput(f"{source}: no such card folder, image or pop3:// address")
+    cleanup = tempfile.mkdtemp(prefix="pocketpost-export-")
     try:
+        mailboxes = _read_export_source(source, users, passwords or {}, cafile, cleanup)
         dest = Path(dest)
         if dest.exists() and not dest.is_dir():
             raise BadInput(f"{dest} is not a folder")
@@ -1028,14 +1004,45 @@ def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dr
         if on_total:
             on_total(sum(m.size for mb in mailboxes for m in mb.messages))
         for mb in mailboxes:
-            if dry_run:
-                mb.written = 0
-                continue
-            mb.written = write_maildir(dest, mb, progress)
+            mb.written = 0 if dry_run else write_maildir(dest, mb, progress)
         return _summary(mailboxes, dry_run, format=fmt, dovecot_config=DOVECOT_CONFIG.format(dest=dest.resolve()))
     finally:
-        if cleanup:
-            shutil.rmtree(cleanup, ignore_errors=True)
+        shutil.rmtree(cleanup, ignore_errors=True)
+
+
+def _read_export_source(source, users, passwords, cafile, scratch):
+    """The mailboxes of an export's SOURCE (see export_mailboxes); an image's mail folder is
+    copied out into the folder `scratch` first."""
+    pop3 = parse_pop3_source(str(source))
+    if pop3:
+        missing = sorted(set(users or ()) - set(passwords))
+        if not passwords or missing:
+            raise BadInput(f"a POP3 source needs each user's password (--user NAME:PASSWORD){': ' if missing else ''}"
+                           f"{', '.join(missing)}")
+        host, port, tls = pop3
+        context = None
+        if tls:
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as e:
+                raise BadInput(f"cannot load {cafile}: {e}") from None
+        return [read_pop3(host, port, user, password, context) for user, password in sorted(passwords.items())]
+    if Path(source).is_dir():
+        return read_card(source, users)
+    if Path(source).is_file():
+        image = FatImage(source)
+        try:
+            if not image.exists("/mail"):
+                raise BadInput(f"{source} is not a pocketpost card: it has no mail folder")
+            image.extract("/mail", scratch)
+        finally:
+            image.close()
+        return read_card(scratch, users)
+    raise BadInput(f"{source}: no such card folder, image or pop3:// address")
+
+
+def _is_maildir(path):
+    return (path / "cur").is_dir() or (path / "new").is_dir()
 
 
 def detect_import_source(source, fmt="auto"):
@@ -1044,26 +1051,27 @@ def detect_import_source(source, fmt="auto"):
     path = Path(source)
     if not path.exists():
         raise BadInput(f"{source}: no such file or folder")
+    if fmt in ("maildir", "eml") and not path.is_dir():
+        raise BadInput(f"{source} is not a folder")
+    if fmt == "mbox" and not path.is_file():
+        raise BadInput(f"{source} is not a file (an mbox is one)")
+    if fmt in ("auto", "maildir") and path.is_dir() and not _is_maildir(path):
+        found = sorted(p for p in path.iterdir() if p.is_dir() and _is_maildir(p))
+        if found:
+            return "maildir", [(p.name, p) for p in found]
+        if fmt == "maildir":
+            raise BadInput(f"{source} is neither a Maildir (cur/, new/) nor a folder of Maildirs")
     if fmt == "auto":
         if path.is_file():
             fmt = "mbox"
-        elif (path / "cur").is_dir() or (path / "new").is_dir():
+        elif _is_maildir(path):
             fmt = "maildir"
-        elif any(p.is_dir() and ((p / "cur").is_dir() or (p / "new").is_dir()) for p in path.iterdir()):
-            fmt = "maildirs"
         elif any(p.suffix.lower() == ".eml" for p in path.iterdir()):
             fmt = "eml"
         else:
             raise BadInput(
                 f"{source} is neither an mbox file, a Maildir, a folder of Maildirs nor a folder of .eml files"
             )
-    if fmt == "mbox" and not path.is_file():
-        raise BadInput(f"{source} is not a file (an mbox is one)")
-    if fmt in ("maildir", "eml") and not path.is_dir():
-        raise BadInput(f"{source} is not a folder")
-    if fmt == "maildirs":
-        found = sorted(p for p in path.iterdir() if p.is_dir() and ((p / "cur").is_dir() or (p / "new").is_dir()))
-        return "maildir", [(p.name, p) for p in found]
     return fmt, [(None, path)]
 
 
