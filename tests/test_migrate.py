@@ -659,3 +659,23 @@ def test_dovecot_serves_the_uidlist_p_field_and_x_uidl_only_when_told(tmp_path):
             assert uids[2] == expected[1] if expected[1] else uids[2] == f"{42:08x}{0x1a2b3c4d:08x}"
         finally:
             dovecot.stop()
+
+
+def test_import_onto_a_card_formatted_elsewhere_passes_fsck_and_boots(make_board, tmp_path):
+    # A card formatted by mkfs.vfat (no mail/ or tmp/ folder yet), as a new card from a shop.
+    messages, mboxrd, _ = mbox_messages()
+    (tmp_path / "in.mbox").write_bytes(mboxrd)
+    board = fresh_card(make_board)
+    image = board.data / "sd.img"
+    size_kib = image.stat().st_size // 1024
+    image.unlink()
+    subprocess.run([shutil.which("mkfs.vfat", path="/usr/sbin:/sbin:/usr/bin"), "-C", str(image), str(size_kib)],
+                   check=True, capture_output=True)
+    pocketpost("mailbox", "import", tmp_path / "in.mbox", image, "--user", "alice")
+    fsck = subprocess.run([shutil.which("fsck.fat", path="/usr/sbin:/sbin:/usr/bin"), "-n", str(image)],
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0 and "Free cluster summary wrong" not in fsck.stdout, fsck.stdout
+    first_boot = len(board.lines)
+    board.start()
+    assert not store_warnings(board) and not any("formatted the SD image" in line for line in board.lines[first_boot:])
+    assert list(pop3_state(board.pop3_port, "alice", "wonderland")["messages"].values()) == messages
