@@ -368,7 +368,8 @@ def test_maildir_with_dovecot_default_uidls_needs_new_uidls(make_board, tmp_path
     _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--new-uidls", "--json")
     summary = json.loads(out)
     assert summary["users"][0]["uidls"] == {"kept": 0, "new": 1, "changed": 3}
-    reasons = [s["reason"] for s in summary["skipped"]]
+    assert summary["skipped"] == []  # imported, with new UIDLs
+    reasons = [s["reason"] for s in summary["uidl_changed"]]
     assert reasons[0] == (
         "UIDL '000000016553f100' changed: it is not of the card's form GGGGGGGG.N, the only UIDLs a card serves"
     )

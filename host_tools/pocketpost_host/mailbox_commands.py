@@ -57,6 +57,8 @@ def _report(summary, as_json, verb):
                    f"{u['written']} written now)")
     for s in summary["skipped"]:
         click.echo(f"skipped {s['message']}: {s['reason']}", err=True)
+    for s in summary["uidl_changed"]:
+        click.echo(f"new UIDL for {s['message']}: {s['reason']}", err=True)
 
 
 @click.group("mailbox")

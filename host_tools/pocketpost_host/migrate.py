@@ -104,7 +104,8 @@ class Mailbox:
     messages: list
     generation: int = None
     next_seq: int = 1
-    skipped: list = dataclasses.field(default_factory=list)  # (origin, reason)
+    skipped: list = dataclasses.field(default_factory=list)  # (origin, reason): not moved
+    renumbered: list = dataclasses.field(default_factory=list)  # (origin, reason): moved, new UIDL
     # {generation: next sequence number} the source knows were used up to (a uidlist's N)
     reserved: dict = dataclasses.field(default_factory=dict)
     uidls: dict = dataclasses.field(default_factory=lambda: {"kept": 0, "new": 0, "changed": 0})
@@ -418,7 +419,7 @@ def number_messages(mailbox, new_uidls):
             "--new-uidls imports them anyway, and POP3 clients that leave mail on the server fetch them again"
         )
     for origin, uidl, why in refused:
-        mailbox.skipped.append((origin, f"UIDL {uidl!r} changed: it is {why}"))
+        mailbox.renumbered.append((origin, f"UIDL {uidl!r} changed: it is {why}"))
     return refused
 
 
@@ -952,6 +953,10 @@ def read_pop3(host, port, user, password, tls=None):
 
 
 def _summary(mailboxes, dry_run, **extra):
+    """What --json prints: per user the messages and octets moved (or found already there),
+    the generation and next sequence number, UIDLs kept / new (the source had none) / changed,
+    files written by this run, messages skipped and messages given a new UIDL, with reasons;
+    the totals; the lists again with the user named."""
     users = []
     for mb in mailboxes:
         users.append({
@@ -963,6 +968,7 @@ def _summary(mailboxes, dry_run, **extra):
             "uidls": dict(mb.uidls),
             "written": getattr(mb, "written", 0),
             "skipped": [{"message": o, "reason": r} for o, r in mb.skipped],
+            "uidl_changed": [{"message": o, "reason": r} for o, r in mb.renumbered],
         })
     return {
         "dry_run": dry_run,
@@ -970,6 +976,7 @@ def _summary(mailboxes, dry_run, **extra):
         "messages": sum(u["messages"] for u in users),
         "octets": sum(u["octets"] for u in users),
         "skipped": [dict(s, user=u["user"]) for u in users for s in u["skipped"]],
+        "uidl_changed": [dict(s, user=u["user"]) for u in users for s in u["uidl_changed"]],
         **extra,
     }
 
