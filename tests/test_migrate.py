@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import smtplib
 import subprocess
 import tempfile
 import types
@@ -330,8 +331,6 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
 
 
 def dovecot_smtp(dovecot):
-    import smtplib
-
     return smtplib.SMTP("127.0.0.1", dovecot.smtp_port, local_hostname="client.example", timeout=20)
 
 
@@ -680,3 +679,47 @@ def test_import_onto_a_card_formatted_elsewhere_passes_fsck_and_boots(make_board
     board.start()
     assert not store_warnings(board) and not any("formatted the SD image" in line for line in board.lines[first_boot:])
     assert list(pop3_state(board.pop3_port, "alice", "wonderland")["messages"].values()) == messages
+
+
+def test_import_over_the_console_keeps_uidls(tmp_path):
+    # `pocketpost sim` as a user runs it: the import stops the firmware from its console, writes
+    # the card from the REPL, and the soft reset brings the firmware back with the mail in place.
+    from sim_process import SimProcess, stop_quietly
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    messages = [sample_message(n, "console") for n in range(3)] + [large_message(5000, seed=3)]
+    uidlist = [f"3 V{0x1a2b3c4d} N208 G{'0123456789abcdef' * 2}\n"]
+    for seq, message in zip((5, 99, 100, 207), messages):
+        (maildir / "cur" / f"{seq}.M1.host:2,").write_bytes(message.replace(b"\r\n", b"\n"))
+        uidlist.append(f"{seq} P1a2b3c4d.{seq} :{seq}.M1.host\n")
+    (maildir / "dovecot-uidlist").write_text("".join(uidlist))
+    mbox = tmp_path / "bob.mbox"
+    expected_bob, mboxrd, _ = mbox_messages()
+    mbox.write_bytes(mboxrd)
+
+    sim = SimProcess(tmp_path / "sim").start()
+    try:
+        for user in ("alice", "bob"):
+            assert sim.cli("user", "add", user, "--password-stdin", input=USERS[user] + "\n").exit_code == 0
+        mark = len(sim.lines)
+        for source, user in ((maildir, "alice"), (mbox, "bob")):
+            result = sim.cli("mailbox", "import", str(source), "console", "--user", user, "--json")
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.stdout)["users"][0]["written"] == 4
+        sim.wait_for("sim: soft reset; starting the firmware", start=mark)
+        # A refused import (alice's mailbox holds other mail) changes nothing and restarts the firmware too.
+        result = sim.cli("mailbox", "import", str(mbox), "console", "--user", "alice")
+        assert result.exit_code == 1 and "already holds" in result.stderr, result.output
+        alice = pop3_state(sim.pop3_port, "alice", "wonderland")
+        assert list(alice["uids"].values()) == ["1a2b3c4d.5", "1a2b3c4d.99", "1a2b3c4d.100", "1a2b3c4d.207"]
+        assert list(alice["messages"].values()) == messages
+        assert list(pop3_state(sim.pop3_port, "bob", "builder")["messages"].values()) == expected_bob
+        assert not [line for line in sim.lines[mark:] if "WARN store" in line or "ERROR" in line]
+        # The next message takes the next number (N of the uidlist): no UIDL is ever reused.
+        with smtplib.SMTP("127.0.0.1", sim.smtp_port, local_hostname="client.example", timeout=20) as smtp:
+            smtp.sendmail(SENDER, [f"alice@{DOMAIN}"], sample_message(9, "after"))
+        assert pop3_state(sim.pop3_port, "alice", "wonderland")["uids"][5] == "1a2b3c4d.208"
+    finally:
+        stop_quietly(sim)

@@ -118,15 +118,21 @@ def mailbox_export(source, dest, fmt, users, cafile, dry_run, as_json):
               help="With an smtp:// DEST: the board's POP3 port.")
 @click.option("--dry-run", is_flag=True, help="Read and check everything, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def mailbox_import(source, dest, user, fmt, mbox_quoting, new_uidls, uidl_format, password, domain, pop3_port,
+@click.pass_context
+def mailbox_import(ctx, source, dest, user, fmt, mbox_quoting, new_uidls, uidl_format, password, domain, pop3_port,
                    dry_run, as_json):
     """Import a Maildir (with Dovecot's uidlist), an mbox or .eml files onto a card.
 
     DEST is a card's folder (mounted on this computer) or a card image file (written with mtools,
     never mounted; the board or sim must be stopped): UIDLs of the card's form (GGGGGGGG.N, as
-    an export leaves them) are kept; others cannot be (see --new-uidls). DEST may also be
+    an export leaves them) are kept; others cannot be (see --new-uidls). DEST `console` is the
+    card of the board on --port, written from its MicroPython REPL (the firmware stops for
+    the import and starts again after; UIDLs as for an image). DEST may also be
     smtp://HOST[:PORT] of a running board: every message then gets a new UIDL and the board's
     Return-Path and Received fields. The users must exist on the board (pocketpost user add)."""
+    settings = ctx.find_root().obj
+    if dest == "console" and getattr(settings, "port", None):
+        dest = f"console:{settings.port}"  # the board of --port
     progress = Progress("importing", not as_json)
     try:
         summary = migrate.import_mailboxes(

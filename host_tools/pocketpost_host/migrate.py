@@ -490,11 +490,12 @@ class CardFolder:
 
 
 class CardImage:
-    """A card image (FAT) written through mtools: the mailbox is prepared in a host folder and
-    copied in, message files first and the index last."""
+    """A card reached file by file: an image (FAT) through mtools (a FatImage), or a running
+    board's card over its console (card_console.ConsoleCard). Each mailbox is prepared in a
+    host folder and copied in, message files first and the index last."""
 
-    def __init__(self, path):
-        self.image = FatImage(path)
+    def __init__(self, image):
+        self.image = image
         self.stage = Path(tempfile.mkdtemp(prefix="pocketpost-card-"))
 
     def close(self):
@@ -648,8 +649,16 @@ def open_card(dest):
     if path.is_dir():
         return CardFolder(path)
     if path.is_file():
-        return CardImage(path)
+        return CardImage(FatImage(path))
     raise BadInput(f"{dest}: no such card folder or image")
+
+
+def parse_console_dest(dest):
+    """The console port of "console:PORT" ("" for "console": the one board plugged in), or None
+    for another destination."""
+    if dest == "console":
+        return ""
+    return dest[len("console:"):] if dest.startswith("console:") and len(dest) > len("console:") else None
 
 
 # ---- Maildir (Dovecot)
@@ -1086,8 +1095,10 @@ def import_mailboxes(source, dest, user=None, fmt="auto", quoting="mboxrd", new_
                      progress=None, on_total=None, uidl_format=DOVECOT_DEFAULT_UIDL_FORMAT,
                      password=None, domain="pocketpost.local", pop3_port=110):
     """Imports SOURCE (see detect_import_source) into `dest`: a mounted card folder, a card
-    image file, or "smtp://HOST[:PORT]" of a running board (new UIDLs; `password` for reading
-    the mailbox over POP3 at `pop3_port`, `domain` the board's mail domain). `user` names the
+    image file, "console:PORT" (a running board's card over its console: UIDLs kept, the
+    firmware stopped meanwhile), or "smtp://HOST[:PORT]" of a running board (new UIDLs;
+    `password` for reading the mailbox over POP3 at `pop3_port`, `domain` the board's mail
+    domain). `user` names the
     mailbox of a single source (a Maildir, an mbox, a folder of .eml) or picks one of a folder
     of Maildirs. Every mailbox is read and every destination checked before anything is
     written. Returns the summary."""
@@ -1126,8 +1137,13 @@ def import_mailboxes(source, dest, user=None, fmt="auto", quoting="mboxrd", new_
                                    "(--new-uidls imports anyway; clients fetch the messages again)")
         number_messages(mb, new_uidls)
         mailboxes.append(mb)
+    console = parse_console_dest(str(dest))
     if smtp:
         card = BoardOverSmtp(smtp[0], smtp[1], pop3_port, domain, password)
+    elif console is not None:
+        from .card_console import ConsoleCard
+
+        card = CardImage(ConsoleCard(console or None))
     else:
         card = open_card(dest)
     try:
