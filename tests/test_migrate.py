@@ -1,7 +1,8 @@
 """`pocketpost mailbox export` and `import`: a sim's mailboxes moved to the real Dovecot and back,
 checked by Dovecot itself (UIDL, LIST, RETR) and by fetchmail and mpop fetching nothing twice;
-mbox and .eml imports byte-checked through the firmware's own POP3 server; bad input refused
-with nothing changed."""
+a Dovecot Maildir onto a fresh card; mbox and .eml imports byte-checked through the firmware's
+own POP3 server; imports to a running board over SMTP and over its console; interrupted runs
+finished by running again; bad input refused with nothing changed."""
 
 import hashlib
 import json
