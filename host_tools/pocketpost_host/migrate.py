@@ -477,14 +477,14 @@ class CardFolder:
         index = box / "index"
         if _needs_header(index, mailbox):
             first = todo[0].seq if todo else mailbox.next_seq
-            _write_new(index, f"+{mailbox.generation:08x} {first:09d}\n".encode(), tmp / "import.idx")
+            _write_new(index, f"+{mailbox.generation:08x} {first:09d}\n".encode(), tmp / "index.tmp")
         for m in todo:
             path = message_path(box, m.seq, PER_FOLDER)
             path.parent.mkdir(exist_ok=True)
-            _write_new(path, m.load(), tmp / f"import.{m.seq}")
+            _write_new(path, m.load(), tmp / "import.tmp")
             progress(m.size)
         new = box / "index.new"
-        _write_new(new, index_bytes(mailbox), tmp / "import.idx")
+        _write_new(new, index_bytes(mailbox), tmp / "index.tmp")
         index.unlink()
         new.rename(index)
 
