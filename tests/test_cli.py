@@ -395,8 +395,8 @@ def firmware_schema():
     return json.loads(result.stdout)
 
 
-# The firmware's kinds of value, in the order of its constants _INT, _TEXT, _DOMAIN, _DOMAINS,
-# _ADDRESS, _USER, _CHOICE (firmware/pocketpost/config.py).
+# The firmware's kinds of value, in the order of its constants KIND_INT, KIND_TEXT, KIND_DOMAIN,
+# KIND_DOMAINS, KIND_ADDRESS, KIND_USER, KIND_CHOICE (firmware/pocketpost/config.py).
 FIRMWARE_KINDS = ["int", "text", "domain", "domains", "address", "user", "choice"]
 
 

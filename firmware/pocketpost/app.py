@@ -3,7 +3,7 @@
 import asyncio
 import gc
 
-from . import unload
+from . import heap, unload
 from .console import Console
 from .pop3 import Pop3Session
 from .server import Listener, reap_idle
@@ -33,13 +33,30 @@ class App:
         self.console_buffer = console_buffer
         self.flash = flash
         self.tls = tls  # a tls.Tls once a certificate is installed, else None
-        self.held = None  # heap held by the test hook debug.hold (emulated board only)
+        self.relay_task = None  # _relay, while the relay queue has mail
+        self.relay_now = False  # a pass through the queue is asked for
+        # The test hook debug.hold (emulated board only): the heap it holds until told to let
+        # go (a lasting shortage); the shortage asked for the next command of a POP3 or SMTP
+        # session or the next console request, (NAME, octets to leave free), and the heap held
+        # for it, which the first relief gives back (a passing shortage).
+        self.held = None
+        self.hold_next = None
+        self.held_next = None
+
+    def hold_for_next(self):
+        """Test hook: holds the heap asked for the next command or request (hold_next), until
+        that command ends (its caller then drops `held_next`) or the heap is relieved. Taken
+        right before the handler runs, after a collection, so the handler meets the shortage
+        whatever the timing."""
+        leave = self.hold_next[1]
+        self.hold_next = None
+        self.held_next = heap.hold(leave)
 
     def relieve_memory(self):
-        """Called where a MemoryError was caught: gives back the heap that can be given back."""
-        from .heap import relieve
-
-        relieve()
+        """Called where a MemoryError was caught: gives back the heap that can be given back
+        (and the test hook's passing shortage ends here)."""
+        self.held_next = None
+        heap.relieve()
 
     def storage_ready(self):
         return self.store is not None
@@ -66,9 +83,7 @@ class App:
         if self.sd is not None:
             store = MailStore(self.sd, log)
             if board.boot_hold is not None:  # the emulated board's test hook: a short heap
-                from .heap import hold
-
-                self.held = hold(board.boot_hold)
+                self.held = heap.hold(board.boot_hold)
             if self.check_store(store):
                 self.store = store
             self.held = None
@@ -91,6 +106,7 @@ class App:
         self.accepting = True
         gc.collect()
         log.info("boot", "ready, {} bytes of heap free".format(gc.mem_free()))
+        self.relay_kick()  # the relay queue left from before, if any
         await self._stop.wait()
         await self._shutdown(tasks)
         return self.reboot_requested
@@ -147,6 +163,41 @@ class App:
         self.listeners.append(listener)
         what = " (TLS)" if implicit_tls else (" (submission)" if submission else "")
         self.log.info(cls.NAME, "listening on {}:{}{}".format(self.address, port, what))
+
+    # ---- relaying
+
+    def relay_kick(self):
+        """Mail was queued for the smarthost, or a retry asked for: a pass starts now."""
+        self.relay_now = True
+        if self.relay_task is None and self.store is not None:
+            self.relay_task = asyncio.create_task(self._relay())
+
+    async def _relay(self):
+        # relay.py is loaded for each pass through the queue and unloaded after it; between
+        # passes only this loop waits, until the next try is due or a pass is asked for.
+        wait = 0
+        try:
+            while wait is not None:
+                while wait > 0 and not self.relay_now:
+                    await asyncio.sleep_ms(min(wait, 1000))
+                    wait -= min(wait, 1000)
+                self.relay_now = False
+                try:
+                    from . import relay
+
+                    wait = await relay.run(self)
+                except MemoryError:
+                    self.relieve_memory()
+                    wait = 5000
+                except Exception as e:  # the card failed: tried again in a minute
+                    self.log.exception("relay", "queue pass failed", e)
+                    wait = 60000
+                finally:
+                    relay = None
+                    unload("pocketpost.relay")
+                    gc.collect()
+        finally:
+            self.relay_task = None
 
     # ---- TLS
 

@@ -15,8 +15,7 @@ import sys
 from micropython import const
 
 from . import unload
-from .heap import hold
-from .users import UserError
+from .heap import restore as restore_reserve
 
 PROTOCOL = const(1)
 # Longest request line; longer input is discarded up to its line end.
@@ -41,10 +40,53 @@ class Streamed:
         self.rest = rest or {}
 
 
-def _handlers():
-    from .requests import HANDLERS
+def arg(args, key, kind, required=True):
+    """Argument `key` of a request, checked to be of type `kind` (None when optional and absent)."""
+    value = args.get(key)
+    if value is None:
+        if required:
+            raise RequestError("INVALID", "missing argument {}".format(key))
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RequestError("INVALID", "argument {} has the wrong type".format(key))
+    return value
 
-    return HANDLERS
+
+# command: the module of requests/ that answers it, with a function named as the command with
+# "_" for "." (user.add: requests/users.py, user_add). The module is loaded for the request and
+# unloaded after it: requests are rare, and each area's code would otherwise stay in the heap.
+_ROUTES = {
+    "hello": "board",
+    "info": "board",
+    "log.tail": "board",
+    "reboot": "board",
+    "user.add": "users",
+    "user.del": "users",
+    "user.passwd": "users",
+    "user.list": "users",
+    "user.check": "users",
+    "config.get": "config",
+    "config.set": "config",
+    "mailbox.stats": "mailbox",
+    "tls.begin": "tls",
+    "tls.chunk": "tls",
+    "tls.commit": "tls",
+    "tls.show": "tls",
+}
+
+
+def _handler(command):
+    """The function answering `command` (its module loaded now), or None for an unknown one."""
+    area = _ROUTES.get(command)
+    if area is None:
+        return None
+    module = __import__("pocketpost.requests." + area, None, None, (area,))
+    return getattr(module, command.replace(".", "_"))
+
+
+def _unload_handlers():
+    for area in ("board", "users", "config", "mailbox", "tls"):
+        unload("pocketpost.requests." + area)
 
 
 class Console:
@@ -53,7 +95,8 @@ class Console:
         self.stream = stream  # an asyncio stream over the console input
         self.out = out  # the console output, a text stream
         self.buf = buf  # MAX_REQUEST octets for the request being read
-        self.hold_next = None  # the test hook debug.hold: heap to leave in the next request
+        self.framing = False  # part of a frame is written, not its line end
+        self.redo = False  # the request being answered can run again (see _answer)
 
     async def serve(self):
         """Reads the console one byte at a time: on a raw pty a line read would block the whole
@@ -106,28 +149,32 @@ class Console:
             args = json.loads(parts[2]) if len(parts) == 3 else {}
             if not isinstance(args, dict):
                 raise RequestError("BADREQ", "arguments must be a JSON object")
-            result = self._run(parts[1].decode(), args)
-            if isinstance(result, Streamed):
-                # Each frame is made whole before it is written, so a shortage half-way never
-                # leaves half a frame on the console; the host drops the parts of a failed reply.
-                for item in result.items:
-                    self.out.write("PP< {} part {}\n".format(rid, json.dumps(item)))
-                result.rest["parts"] = result.key
-                result = result.rest
-            self.out.write("PP< {} ok {}\n".format(rid, json.dumps(result)))
+            command = parts[1].decode()
+            try:
+                self._answer(rid, command, args)
+            except MemoryError:
+                if not self.redo:
+                    raise
+                # The request ran short before it changed anything or sent a frame (handlers
+                # make their one change last): it runs once more, with the heap relieved.
+                _unload_handlers()
+                self.app.relieve_memory()
+                self.app.log.warn("console", "request ran short of memory, run again")
+                self._answer(rid, command, args)
         except MemoryError:
-            # A temporary shortage. Handlers make their one change to the board last, so a
-            # request that ran short did nothing and the host may send it again.
-            result = parts = None
+            # A temporary shortage: the request did nothing, and the host may send it again.
+            parts = None
+            _unload_handlers()
             self.app.relieve_memory()
             out = self.out  # written in constant pieces: nothing to allocate
+            if self.framing:
+                out.write("\n")  # ends the frame cut short, which the host cannot parse
+                self.framing = False
             out.write("PP< ")
             out.write(rid)
             out.write(' err NOMEM "not enough memory for this request now, try again later"\n')
             self.app.log.warn("console", "request refused: not enough memory")
         except RequestError as e:
-            self._error(rid, e.code, str(e))
-        except UserError as e:
             self._error(rid, e.code, str(e))
         except (ValueError, UnicodeError) as e:
             self._error(rid, "BADREQ", "malformed request: {}".format(e))
@@ -138,39 +185,71 @@ class Console:
             self.app.log.exception("console", "request failed", e)
             self._error(rid, "INTERNAL", "{}: {}".format(type(e).__name__, e))
         finally:
-            # The handlers are loaded for each request and forgotten after it: requests are
-            # rare, and their ~7 KB of code would otherwise stay in the heap for good.
-            unload("pocketpost.requests")
+            self.app.held_next = None  # the test hook's shortage for this request, if any
+            _unload_handlers()
+            restore_reserve()
+
+    def _answer(self, rid, command, args):
+        # self.redo: nothing is changed or sent yet, so a shortage may be met by running the
+        # request again. A reply streamed as parts comes from a handler that changes nothing.
+        self.redo = True
+        result = self._run(command, args)
+        if isinstance(result, Streamed):
+            # The host drops the parts of a reply that fails part-way.
+            for item in result.items:
+                self._frame(rid, " part ", item)
+            result.rest["parts"] = result.key
+            result = result.rest
+        self.redo = False
+        self._frame(rid, " ok ", result)
 
     def _run(self, command, args):
         app = self.app
         if command == "debug.hold" and app.board.debug_requests:
-            return self._hold(args)  # here, not in requests.py: it must work with the heap held
-        handler = _handlers().get(command)
+            return self._hold(args)  # here, not in requests/: it must work with the heap held
+        handler = _handler(command)
         if handler is None:
-            raise RequestError("UNKNOWN", "unknown command; known: " + " ".join(sorted(_handlers())))
-        if self.hold_next is None:
-            return handler(app, args)
-        app.held = hold(self.hold_next)  # the shortage is inside this request's handler only
-        self.hold_next = None
-        try:
-            return handler(app, args)
-        finally:
-            app.held = None
+            raise RequestError("UNKNOWN", "unknown command; known: " + " ".join(sorted(_ROUTES)))
+        if app.hold_next is not None and app.hold_next[0] == "console":
+            app.hold_for_next()  # the shortage lasts until the reply is written (_request)
+        return handler(app, args)
 
     def _hold(self, args):
-        # Test hook: {"leave": N} holds heap until N octets are free, now or, with "next":
-        # true, in the next request only; {} lets it go.
+        # Test hook: {"leave": N} holds heap until N octets are free; with "next": "console",
+        # "pop3" or "smtp" (true: the console) only while the next request or the next command
+        # of a session of that protocol runs; {} lets it go.
         leave = args.get("leave")
-        self.app.held = None
+        target = args.get("next")
+        self.app.held = self.app.held_next = self.app.hold_next = None
         if leave is not None and not isinstance(leave, int):
             raise RequestError("INVALID", "argument leave has the wrong type")
-        if args.get("next"):
-            self.hold_next = leave
+        if target is True:
+            target = "console"
+        if target not in (None, "console", "pop3", "smtp"):
+            raise RequestError("INVALID", "next must be console, pop3 or smtp")
+        if target is not None and leave is not None:
+            self.app.hold_next = (target, leave)
         elif leave is not None:
+            from .heap import hold
+
             self.app.held = hold(leave)
         gc.collect()
         return {"heap_free": gc.mem_free()}
 
+    def _frame(self, rid, kind, value):
+        # The JSON goes to the console as it is made (json.dump writes to the stream piece by
+        # piece): a reply never needs a block of heap as long as itself.
+        out = self.out
+        self.framing = True
+        self.redo = False
+        out.write("PP< ")
+        out.write(rid)
+        out.write(kind)
+        json.dump(value, out)
+        out.write("\n")
+        self.framing = False
+
     def _error(self, rid, code, message):
-        self.out.write("PP< {} err {} {}\n".format(rid, code, json.dumps(message)))
+        if self.framing:
+            self.out.write("\n")  # ends the frame cut short, which the host cannot parse
+        self._frame(rid, " err " + code + " ", message)

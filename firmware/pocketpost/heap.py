@@ -3,8 +3,23 @@
 import gc
 import sys
 
-# Modules loaded for one job that may still be in memory when the heap runs short.
-_OCCASIONAL = ("pocketpost.x509", "pocketpost.recovery")
+from micropython import const
+
+# Modules loaded for one job and unloaded after it (console requests, AUTH, the boot check,
+# validation of settings, the certificate parser): boot.py interns their names, relieve() unloads
+# any still loaded when the heap runs short.
+OCCASIONAL = (
+    "pocketpost.requests.board",
+    "pocketpost.requests.users",
+    "pocketpost.requests.config",
+    "pocketpost.requests.mailbox",
+    "pocketpost.requests.tls",
+    "pocketpost.auth",
+    "pocketpost.sasl",
+    "pocketpost.config_check",
+    "pocketpost.recovery",
+    "pocketpost.x509",
+)
 
 
 def largest_block():
@@ -24,11 +39,36 @@ def largest_block():
     return size
 
 
+# A block held while memory is plentiful and given up where a MemoryError is caught: the command
+# that ran short can then be answered, or redone where that is safe, from a block of this size
+# in one piece, however fragmented the rest of the heap is. Taken again at the next connection
+# boundary (restore).
+RESERVE = const(2048)
+_reserve = None
+
+
+def restore():
+    """Takes the reserve again if it was given up and the heap has a block for it."""
+    global _reserve
+    if _reserve is None:
+        try:
+            _reserve = bytearray(RESERVE)
+        except MemoryError:
+            pass
+
+
+def reserved():
+    return 0 if _reserve is None else RESERVE
+
+
 def relieve():
-    """Gives back what can be given without harm: modules loaded for one job, then garbage."""
+    """Gives back what can be given without harm: the reserve, modules loaded for one job, then
+    garbage."""
+    global _reserve
     from . import unload
 
-    for name in _OCCASIONAL:
+    _reserve = None
+    for name in OCCASIONAL:
         if name in sys.modules:
             unload(name)
     gc.collect()
@@ -38,6 +78,8 @@ def hold(leave):
     """Test hook (the console's debug.hold, emulated board only): takes heap until only `leave`
     octets are free, in blocks of 1,000 octets down to 12 (as fragments of a long-running heap
     would be), and returns what holds them; dropping it gives them back."""
+    global _reserve
+    _reserve = None  # a shortage it is: the reserve goes first
     gc.collect()
     held = None  # a chain of (previous, block): no list that must grow in one piece
     for size in (1000, 250, 60, 12):

@@ -16,6 +16,7 @@ class Log:
     def __init__(self, out):
         self.out = out  # the console: a text stream
         self.ring = bytearray(self.RING_SIZE)
+        self.scratch = bytearray(self.MAX_LINE + 1)  # a line made without the heap (_without_heap)
         self.pos = 0  # where the next line goes
         self.wrapped = False
         self.start = time.ticks_ms()
@@ -24,6 +25,12 @@ class Log:
         return time.ticks_diff(time.ticks_ms(), self.start)
 
     def _line(self, level, source, text):
+        try:
+            self._format(level, source, text)
+        except MemoryError:
+            self._without_heap(level, source, text)
+
+    def _format(self, level, source, text):
         ms = self.uptime_ms()
         line = "{}.{:03d} {} {}: {}".format(ms // 1000, ms % 1000, level, source, text)
         if len(line) > self.MAX_LINE:
@@ -34,6 +41,25 @@ class Log:
             line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x03", "^C")
         self.out.write(line + "\n")  # one write: one system call on the unix board
         self._keep(line.encode())
+
+    def _without_heap(self, level, source, text):
+        # The heap is short (the line may say so): the same line is assembled byte by byte in
+        # the scratch buffer made at start-up, which allocates nothing but a memoryview.
+        buf = self.scratch
+        ms = self.uptime_ms()
+        n = _put_number(buf, 0, ms // 1000, 1)
+        buf[n] = 46  # "."
+        n = _put_number(buf, n + 1, ms % 1000, 3)
+        n = _put_text(buf, n, " ")
+        n = _put_text(buf, n, level)
+        n = _put_text(buf, n, " ")
+        n = _put_text(buf, n, source)
+        n = _put_text(buf, n, ": ")
+        n = _put_text(buf, n, text)
+        line = memoryview(buf)[:n]
+        self._keep(line)
+        buf[n] = _LF
+        self.out.write(memoryview(buf)[: n + 1])
 
     def _keep(self, data):
         # Appends data and a line end to the ring, wrapping at its end.
@@ -94,3 +120,28 @@ class Log:
                     skip -= 1
                 else:
                     yield str(line, "utf-8")
+
+
+def _put_number(buf, n, value, width):
+    # Writes `value` in decimal at buf[n:], at least `width` digits; returns the end.
+    digits = 1
+    while value >= 10 ** digits:
+        digits += 1
+    digits = max(digits, width)
+    for i in range(digits - 1, -1, -1):
+        buf[n + i] = 48 + value % 10
+        value //= 10
+    return n + digits
+
+
+def _put_text(buf, n, text):
+    # Writes the printable ASCII of `text` at buf[n:] (other characters as "?"), cut at the end
+    # of the buffer less one octet for the line end; returns the end.
+    end = len(buf) - 1
+    for c in text:
+        if n >= end:
+            break
+        c = ord(c)
+        buf[n] = c if 32 <= c < 127 else 63
+        n += 1
+    return n

@@ -207,16 +207,13 @@ class Mailbox:
         if path_exists(journal):
             # An earlier deletion stopped part-way (a card error) and left its journal: it was
             # committed, so it is finished first; a rename must never go over it.
-            self.finish_purge(buf)
+            yield from self._purge(buf)
         os.rename(tmp, journal)
         yield from self._purge(buf)
 
     def finish_purge(self, buf):
-        """Completes a journaled deletion; returns how many message files were removed."""
-        removed = 0
-        for _ in self._purge(buf):
-            removed += 1
-        return removed
+        """Completes a journaled deletion: a generator yielding once per message file removed."""
+        return self._purge(buf)
 
     def _purge(self, buf):
         # The journal's deletion: the index rewritten without its messages, then their files

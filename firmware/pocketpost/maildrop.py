@@ -8,7 +8,7 @@ import time
 
 from micropython import const
 
-from .mailbox import RECORD, parse_record, read_records
+from .mailbox import RECORD, parse_record, path_exists, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
 _RECORDS_PER_READ = const(12)
@@ -118,16 +118,33 @@ class Maildrop:
             if self.is_deleted(n):
                 yield seq
 
-    async def update(self):
+    async def update(self, relieve):
         """The UPDATE state: removes the messages marked deleted; returns how many. The other
-        tasks get turns while files are removed (see Mailbox.delete)."""
+        tasks get turns while files are removed (see Mailbox.delete).
+
+        A deletion that runs short of memory is done again once, after `relieve()` has given
+        heap back: from the start while its journal is not committed (the index is as it was),
+        else by finishing the journal (each of whose steps can be redone: Mailbox.finish_purge).
+        The messages are numbered by the index as it was at login, which only this session
+        changes, so the journal is never made twice from an index already rewritten."""
         if not self.deleted_count:
             return 0
-        # The journal is written from a generator reading the index with self.buf, and the
-        # purge then reuses the same buffer: the journal is complete before the purge starts.
-        turn = time.ticks_ms()
-        for _ in self.box.delete(self._deleted_seqs(), self.buf):
-            if time.ticks_diff(time.ticks_ms(), turn) > _TURN_MS:
-                await asyncio.sleep_ms(0)
-                turn = time.ticks_ms()
+        box = self.box
+        try:
+            await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
+        except MemoryError:
+            relieve()
+            if path_exists(box.dir + "/purge"):  # committed (or an older deletion's, finished first)
+                await _taking_turns(box.finish_purge(self.buf))
+            if path_exists(box.dir + "/purge.new"):  # not committed: the index is unchanged
+                await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
         return self.deleted_count
+
+
+async def _taking_turns(steps):
+    # Runs a generator of steps, letting the other tasks run every _TURN_MS.
+    turn = time.ticks_ms()
+    for _ in steps:
+        if time.ticks_diff(time.ticks_ms(), turn) > _TURN_MS:
+            await asyncio.sleep_ms(0)
+            turn = time.ticks_ms()

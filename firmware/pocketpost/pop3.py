@@ -6,7 +6,7 @@ import os
 
 from micropython import const
 
-from . import VERSION, crypto, sasl
+from . import VERSION, crypto
 from .maildrop import Maildrop
 from .server import Session
 from .transparency import send_file, send_top
@@ -17,8 +17,6 @@ _ANY = const(3)
 
 # RFC 2449 §4: a command line is at most 255 octets including its CRLF.
 _MAX_COMMAND = const(255)
-# A SASL response line (RFC 5034 §4 lets it exceed the command limit).
-_MAX_SASL_LINE = const(512)
 
 _CAPABILITIES = (
     "+OK Capability list follows\r\n"
@@ -33,7 +31,6 @@ _CAPABILITIES = (
 # Listed only while usable (RFC 2449 §5: capabilities may change with the state).
 _CAPA_LOGIN = b"USER\r\nSASL PLAIN LOGIN\r\n"
 _CAPA_STLS = b"STLS\r\n"
-_MECHANISM_LIST = b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"
 
 _ERR_AUTH = b"-ERR [AUTH] Authentication failed.\r\n"
 _ERR_LOCKED_OUT = b"-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n"
@@ -47,7 +44,7 @@ _ERR_STATE = b"-ERR Command not valid in this state.\r\n"
 _ERR_TOO_LONG = b"-ERR Line too long.\r\n"
 _ERR_BAD_TEXT = b"-ERR Command is not valid text.\r\n"
 _ERR_TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
-_ERR_PLAINTEXT = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
+ERR_PLAINTEXT = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
 
 
 def _number(text):
@@ -108,13 +105,8 @@ class Pop3Session(Session):
                 if self._bad(_ERR_STATE):
                     return
                 continue
-            mark = conn.mark()
-            try:
-                if await entry[0](self, arg):
-                    return  # QUIT
-            except MemoryError:
-                if not self.short_of_memory(mark):
-                    return
+            if await self.command(entry[0], arg):
+                return  # QUIT
 
     def _bad(self, reply):
         """Answers a bad command (malformed, or out of sequence: the client's fault whatever
@@ -155,7 +147,7 @@ class Pop3Session(Session):
 
     async def cmd_user(self, arg):
         if not self.auth_allowed():
-            self.conn.put(_ERR_PLAINTEXT)
+            self.conn.put(ERR_PLAINTEXT)
             return
         if not arg:
             return self._bad(_ERR_SYNTAX)
@@ -164,13 +156,13 @@ class Pop3Session(Session):
 
     async def cmd_pass(self, arg):
         if not self.auth_allowed():
-            self.conn.put(_ERR_PLAINTEXT)
+            self.conn.put(ERR_PLAINTEXT)
             return
         if self.user is None:
             return self._bad(b"-ERR No user name given.\r\n")
         name = self.user
         self.user = None
-        await self._login(name, "USER", self.app.users.verify, name, arg.encode())
+        await self.login(name, "USER", self.app.users.verify, name, arg.encode())
 
     async def cmd_apop(self, arg):
         parts = arg.split()
@@ -179,7 +171,7 @@ class Pop3Session(Session):
             return
         if len(parts) != 2:
             return self._bad(_ERR_SYNTAX)
-        await self._login(parts[0], "APOP", self._apop_matches, parts[0], parts[1].lower())
+        await self.login(parts[0], "APOP", self._apop_matches, parts[0], parts[1].lower())
 
     async def _apop_matches(self, name, digest):
         record = self.app.users.get(name)
@@ -189,40 +181,7 @@ class Pop3Session(Session):
         expected = crypto.md5_hex((self.timestamp + secret).encode())
         return crypto.equal(expected.encode(), digest.encode())
 
-    async def cmd_auth(self, arg):
-        conn = self.conn
-        if not self.auth_allowed():
-            conn.put(_ERR_PLAINTEXT)
-            return
-        if not arg:
-            conn.put(_MECHANISM_LIST)  # what Outlook sends first
-            return
-        command = sasl.parse_command(arg)
-        if command is None:
-            conn.put(b"-ERR Unsupported authentication mechanism.\r\n")
-            return
-        mechanism, initial = command
-        try:
-            name, password = await sasl.credentials(mechanism, initial, self._challenge)
-        except sasl.Cancelled:
-            conn.put(b"-ERR Authentication cancelled.\r\n")
-            return
-        except sasl.Malformed:
-            conn.put(b"-ERR Invalid base64 data or SASL message.\r\n")
-            return
-        if name is None:  # asked to act as another user
-            await self._login("?", "AUTH " + mechanism, _refuse)
-        else:
-            await self._login(name, "AUTH " + mechanism, self.app.users.verify, name, password)
-
-    async def _challenge(self, prompt):
-        self.conn.put(b"+ " + prompt.encode() + b"\r\n")
-        line = await self.conn.readline(_MAX_SASL_LINE)
-        if line is None:
-            raise sasl.Malformed()
-        return str(line, "ascii")
-
-    async def _login(self, name, how, check, *args):
+    async def login(self, name, how, check, *args):
         """Finishes a login attempt: `await check(*args)` says whether the secret is right."""
         app = self.app
         conn = self.conn
@@ -285,10 +244,21 @@ class Pop3Session(Session):
         conn = self.conn
         if self.state == _TRANSACTION:
             try:
-                deleted = await self.drop.update()
+                deleted = await self.drop.update(self.app.relieve_memory)
             except (OSError, ValueError) as e:
                 self.app.log.exception(self.NAME, "{} update failed for {}".format(self.peer, self.name), e)
                 conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
+                return True
+            except MemoryError:
+                # Short again after the retry: the session ends (its numbering may no longer
+                # match the index), and a journal it committed is finished at the mailbox's
+                # next opening (MailStore.existing_mailbox).
+                self.app.store.unfinished.add(self.name)
+                conn.put(b"-ERR [SYS/TEMP] Not enough memory, some deleted messages were not removed yet.\r\n")
+                try:
+                    self.log("logout {}: deletion unfinished (not enough memory)".format(self.name))
+                except MemoryError:
+                    pass
                 return True
             self.log("logout {}, {} deleted".format(self.name, deleted))
             self.finish()  # unlocked before the reply: the client may log in again at once
@@ -394,11 +364,6 @@ class Pop3Session(Session):
         self.conn.put("+OK {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
 
 
-async def _refuse(*args):
-    return False
-
-
-# verb: (handler, states where it is allowed)
 _COMMANDS = {
     "USER": (Pop3Session.cmd_user, _AUTHORIZATION),
     "PASS": (Pop3Session.cmd_pass, _AUTHORIZATION),

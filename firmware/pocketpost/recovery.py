@@ -89,7 +89,7 @@ def recover(box, buf):
         os.remove(box.dir + "/purge.new")  # a journal never completed: nothing was deleted
         done.append("dropped an unfinished deletion")
     if path_exists(box.dir + "/purge") or path_exists(box.index + ".new"):
-        done.append("finished a deletion ({} files)".format(box.finish_purge(buf)))
+        done.append("finished a deletion ({} files)".format(sum(1 for _ in box.finish_purge(buf))))
     if not box.exists():
         done.append("made a new index (the old one was missing)")
         _reindex(box, done)

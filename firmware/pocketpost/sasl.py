@@ -47,7 +47,7 @@ async def credentials(mechanism, initial, challenge):
     asks to act as another user (authorization identity differs), which we never allow.
 
     `initial` is the initial response (str) or None; `challenge(b64)` sends a challenge and
-    returns the client's reply line (str)."""
+    returns the client's reply line (str), or None for a line too long."""
     if mechanism == "PLAIN":
         parts = decode(await _answer(initial, challenge, "")).split(b"\x00")
         if len(parts) != 3:
@@ -75,6 +75,8 @@ async def _ask(challenge, prompt):
     try:
         reply = await challenge(prompt)
     except UnicodeError:  # 8-bit bytes, which base64 never has
+        raise Malformed()
+    if reply is None:
         raise Malformed()
     if reply == "*":
         raise Cancelled()

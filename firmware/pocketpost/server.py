@@ -7,6 +7,8 @@ import time
 
 from micropython import const
 
+from . import unload
+from .heap import restore as restore_reserve
 from .netio import Closed, Connection
 
 # How long a client of an implicit-TLS port waits for a TLS place: 20 x 100 ms.
@@ -79,8 +81,33 @@ class Session:
             self.tls_place = False
             self.app.tls.release()
 
+    async def cmd_auth(self, arg):
+        """AUTH (RFC 4954, RFC 5034): its code (auth.py, sasl.py) is loaded for the exchange
+        and unloaded after it (a session keeps what it loaded until its exchange ends)."""
+        from . import auth
+
+        try:
+            return await getattr(auth, self.NAME)(self, arg)
+        finally:
+            unload("pocketpost.auth")
+            unload("pocketpost.sasl")
+
     def log(self, text):
         self.app.log.info(self.NAME, "{} {}".format(self.peer, text))
+
+    async def command(self, handler, arg):
+        """Runs one command's handler; True when the session is to end (QUIT, too many bad
+        commands, or a reply that ran short of memory after part of it had left)."""
+        app = self.app
+        mark = self.conn.mark()
+        try:
+            if app.hold_next is not None and app.hold_next[0] == self.NAME:
+                app.hold_for_next()  # the emulated board's test hook: a shortage in this command
+            return await handler(self, arg)
+        except MemoryError:
+            return not self.short_of_memory(mark)
+        finally:
+            app.held_next = None
 
     def short_of_memory(self, mark):
         """A command ran out of memory (a MemoryError reached the session loop): the heap gets
@@ -93,7 +120,10 @@ class Session:
         if not going_on:
             conn.drop_output()
         conn.put(self.NOMEM_REPLY if going_on else self.NOMEM_CLOSING)
-        self.app.log.warn(self.NAME, "{} not enough memory for a command{}".format(self.peer, "" if going_on else ", closing"))
+        try:
+            self.app.log.warn(self.NAME, "{} not enough memory for a command{}".format(self.peer, "" if going_on else ", closing"))
+        except MemoryError:
+            pass  # the reply matters more than the log line
         return going_on
 
 
@@ -180,6 +210,7 @@ class Listener:
             await conn.close()
             conn = session = entry = None
             gc.collect()
+            restore_reserve()
 
 
 def _last_word(conn, reply):
@@ -224,6 +255,7 @@ async def reap_idle(app):
     while True:
         await asyncio.sleep(1)
         beat()
+        restore_reserve()  # given up where a shortage was met: taken again once there is room
         now = time.ticks_ms()
         try:
             for entry in app.sessions:

@@ -28,6 +28,9 @@ class MailStore:
         # None once the boot check (recovery.py) has run to its end; until then the names of the
         # mailboxes it has checked: the others are checked when first opened.
         self.checked = set()
+        # Mailboxes whose deletion was cut short by a shortage of memory (pop3.py, QUIT): the
+        # journal, if committed, is finished when the mailbox is next opened.
+        self.unfinished = set()
 
     def mailbox(self, name):
         return Mailbox(self.mail, name)
@@ -38,6 +41,10 @@ class MailStore:
         if self.checked is not None and name not in self.checked:
             self._check(name)
         box = self.mailbox(name)
+        if name in self.unfinished:
+            for _ in box.finish_purge(bytearray(RECORD * 12)):
+                pass
+            self.unfinished.discard(name)
         if not box.exists():
             box.create()
         return box

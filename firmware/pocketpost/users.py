@@ -26,12 +26,6 @@ def valid_name(name):
     return True
 
 
-class UserError(Exception):
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-
-
 class Users:
     def __init__(self, root):
         self.dir = root + "/users"
@@ -77,60 +71,7 @@ class Users:
             self._apop_users = sum(1 for n in self.names() if "apop" in (self.get(n) or {}))
         return self._apop_users > 0
 
-    def _write(self, name, record):
-        # The new record's name starts with a dot, which no user name does (user "alice.new"
-        # exists apart from alice's record being replaced).
-        tmp = "{}/.{}.new".format(self.dir, name)
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-        os.rename(tmp, self._path(name))
-        self._apop_users = None
-
-    @staticmethod
-    def _check_hash(hash_text):
-        try:
-            crypto.parse_hash(hash_text)
-        except (ValueError, AttributeError) as e:
-            raise UserError("INVALID", str(e))
-
-    @staticmethod
-    def _check_apop(secret):
-        if not isinstance(secret, str) or not 0 < len(secret) <= MAX_APOP_SECRET:
-            raise UserError("INVALID", "APOP secret must be 1..{} characters".format(MAX_APOP_SECRET))
-
-    def add(self, name, hash_text, apop=None):
-        if not valid_name(name):
-            raise UserError("INVALID", "user name must be 1-64 of a-z 0-9 . _ - and not start or end with '.'")
-        if self.get(name) is not None:
-            raise UserError("EXISTS", "user {} exists".format(name))
-        self._check_hash(hash_text)
-        if apop is not None:
-            self._check_apop(apop)
-        record = {"hash": hash_text}
-        if apop is not None:
-            record["apop"] = apop
-        self._write(name, record)
-
-    def set_password(self, name, hash_text, apop=False):
-        """Replaces the hash; `apop` is a new secret, None to remove it, False to keep it."""
-        record = self.get(name)
-        if record is None:
-            raise UserError("NOTFOUND", "no user {}".format(name))
-        self._check_hash(hash_text)
-        if apop is not None and apop is not False:
-            self._check_apop(apop)
-        record["hash"] = hash_text
-        if apop is None:
-            record.pop("apop", None)
-        elif apop is not False:
-            record["apop"] = apop
-        self._write(name, record)
-
-    def remove(self, name):
-        if self.get(name) is None:
-            raise UserError("NOTFOUND", "no user {}".format(name))
-        os.remove(self._path(name))
-        self._apop_users = None
+    # Changes to the records are made by console requests only: requests/users.py.
 
     async def verify(self, name, password):
         """True when the user exists and the password matches. An unknown user costs a hash too,

@@ -71,11 +71,16 @@ class ConsoleClient:
             parts = text[len(REPLY_PREFIX):].split(" ", 2)
             if len(parts) < 3 or parts[0] != rid:
                 continue  # a reply to an earlier client's request
+            if parts[1] in ("part", "ok"):
+                try:
+                    value = json.loads(parts[2])
+                except ValueError:
+                    continue  # a frame the board cut short (out of memory): its err line follows
             if parts[1] == "part":
-                parts_seen.append(json.loads(parts[2]))
+                parts_seen.append(value)
                 continue
             if parts[1] == "ok":
-                result = json.loads(parts[2])
+                result = value
                 if isinstance(result, dict) and "parts" in result:
                     if result.pop("object", False):  # one-entry objects, merged
                         result[result.pop("parts")] = {k: v for part in parts_seen for k, v in part.items()}

@@ -1,0 +1,102 @@
+# The AUTH command of POP3 (RFC 5034) and of SMTP (RFC 4954): a SASL exchange (sasl.py) wrapped
+# in each protocol's replies. Loaded for an exchange and unloaded after it (server.Session's
+# cmd_auth), so neither it nor the SASL code stays in the heap between logins.
+import asyncio
+
+from micropython import const
+
+from . import sasl
+
+# A SASL response line (RFC 5034 §4 lets it exceed POP3's command limit; SMTP takes its own
+# command limit, which RFC 4954 asks to be generous).
+_MAX_POP3_LINE = const(512)
+_MAX_SMTP_LINE = const(768)
+
+
+async def _refuse(*args):
+    return False
+
+
+async def pop3(session, arg):
+    from .pop3 import ERR_PLAINTEXT
+
+    conn = session.conn
+    if not session.auth_allowed():
+        conn.put(ERR_PLAINTEXT)
+        return
+    if not arg:
+        conn.put(b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n")  # what Outlook sends first
+        return
+    command = sasl.parse_command(arg)
+    if command is None:
+        conn.put(b"-ERR Unsupported authentication mechanism.\r\n")
+        return
+    mechanism, initial = command
+
+    async def challenge(prompt):
+        conn.put(b"+ " + prompt.encode() + b"\r\n")
+        line = await conn.readline(_MAX_POP3_LINE)
+        return None if line is None else str(line, "ascii")
+
+    try:
+        name, password = await sasl.credentials(mechanism, initial, challenge)
+    except sasl.Cancelled:
+        conn.put(b"-ERR Authentication cancelled.\r\n")
+        return
+    except sasl.Malformed:
+        conn.put(b"-ERR Invalid base64 data or SASL message.\r\n")
+        return
+    if name is None:  # asked to act as another user
+        await session.login("?", "AUTH " + mechanism, _refuse)
+    else:
+        await session.login(name, "AUTH " + mechanism, session.app.users.verify, name, password)
+
+
+async def smtp(session, arg):
+    app = session.app
+    conn = session.conn
+    if not session.esmtp:
+        return session._bad(b"503 5.5.1 Error: send EHLO first\r\n")
+    if session.auth_user is not None:
+        return session._bad(b"503 5.5.1 Error: already authenticated\r\n")
+    if session.sender is not None:
+        return session._bad(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
+    # From here on nothing counts as a bad command: choosing a mechanism by trial,
+    # cancelling and wrong credentials are a login's business (delay and lock-out).
+    if not session.auth_allowed():
+        conn.put(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+        return
+    command = sasl.parse_command(arg)
+    if command is None:
+        conn.put(b"504 5.5.4 Unrecognized authentication type\r\n")
+        return
+    mechanism, initial = command
+    if app.throttle.locked_out(session.peer):
+        session.log("AUTH refused (too many failures)")
+        conn.put(b"454 4.7.0 Temporary authentication failure\r\n")
+        return
+
+    async def challenge(prompt):
+        session.reply("334 " + prompt)
+        line = await conn.readline(_MAX_SMTP_LINE)
+        return None if line is None else str(line, "ascii")
+
+    try:
+        name, password = await sasl.credentials(mechanism, initial, challenge)
+    except sasl.Cancelled:
+        conn.put(b"501 5.7.0 Authentication aborted\r\n")
+        return
+    except sasl.Malformed:
+        conn.put(b"501 5.5.2 Cannot decode response\r\n")
+        return
+    if name is None or not await app.users.verify(name, password):
+        delay = app.throttle.failed(session.peer)
+        session.log("AUTH {} failed: {}".format(mechanism, name))
+        await conn.flush()
+        await asyncio.sleep_ms(delay)
+        conn.put(b"535 5.7.8 Authentication credentials invalid\r\n")
+        return
+    app.throttle.succeeded(session.peer)
+    session.auth_user = name
+    session.log("AUTH {} as {}".format(mechanism, name))
+    conn.put(b"235 2.7.0 Authentication successful\r\n")

@@ -1,0 +1,56 @@
+# Console requests about the board itself: hello, info, log.tail, reboot.
+import gc
+import micropython
+
+from .. import VERSION
+from ..console import PROTOCOL, Streamed, arg
+
+
+def hello(app, args):
+    return {"protocol": PROTOCOL, "firmware": VERSION, "board": app.board.name}
+
+
+def info(app, args):
+    from ..heap import largest_block
+
+    gc.collect()
+    info = {
+        "firmware": VERSION,
+        "board": app.board.name,
+        "uptime_s": app.log.uptime_ms() // 1000,
+        "heap_free": gc.mem_free(),
+        "heap_used": gc.mem_alloc(),
+        "heap_max_block": largest_block(),
+        "hostname": app.config["hostname"],
+        "domains": app.config["domains"],
+        "bind": app.address,
+        "ports": {"pop3": app.config["pop3_port"], "smtp": app.config["smtp_port"]},
+        "listening": sorted(listener.port for listener in app.listeners),
+        "tls": {
+            "certificate": app.tls_ready(),
+            "required_for_auth": app.tls_required_for_auth(),
+            "sessions": app.tls.sessions if app.tls else 0,
+        },
+        "clients": len(app.sessions),
+        "slots_free": len(app.free_slots),
+        "users": sum(1 for _ in app.users.names()),
+    }
+    info["storage"] = app.storage_info()
+    # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
+    # message predicts GC pauses on a board. (Its mem_peak is no high-water mark of the heap:
+    # memory the collector reclaims is never subtracted.)
+    if hasattr(micropython, "mem_total"):
+        info["heap_allocated_total"] = micropython.mem_total()
+    info.update(app.board.info())
+    return info
+
+
+def log_tail(app, args):
+    n = arg(args, "n", int, False)
+    return Streamed("lines", app.log.tail(20 if n is None else max(0, n)))
+
+
+def reboot(app, args):
+    app.log.info("console", "reboot requested")
+    app.stop(reboot=True)
+    return {}
