@@ -10,10 +10,10 @@ BIN := $(VENV)/bin
 PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null && { echo $$p; break; }; done)
 # Reference servers and clients the tests run against (Debian package names).
-DEBIAN_PACKAGES := dovecot-pop3d postfix swaks mpop fetchmail curl dosfstools socat mtools
+DEBIAN_PACKAGES := dovecot-pop3d postfix swaks mpop fetchmail curl dosfstools socat stress-ng mtools
 SIM_OPTIONS ?= --demo-user demo:demo
 
-.PHONY: sim test venv debian-packages clean bench
+.PHONY: sim test venv debian-packages clean bench memory
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "pocketpost needs CPython 3.11, 3.12 or 3.13 as python3, python3.11, python3.12 or python3.13 (or PYTHON=/path/to/python)" >&2; exit 1; }
@@ -26,14 +26,19 @@ venv: $(BIN)/.installed
 sim: venv
 	$(BIN)/pocketpost sim $(SIM_OPTIONS)
 
-# The firmware's protocol tests, run a second time under the heap the firmware issue set
-# (everything else runs under the unix board's default, boards/unix/board.json).
+# `make test`: every test on every core (pytest-xdist, each firmware on its own ports and data)
+# under the unix board's heap (boards/unix/board.json); the firmware's protocol tests again under
+# the smaller heap they must fit; then the memory-sensitive tests (marked `memory`) twice in a
+# row while a CPU-bound load keeps every core busy (scripts/under-cpu-load).
+PROTOCOL_HEAP := 160k
 PROTOCOL_TESTS := tests/test_smoke.py tests/test_pop3.py tests/test_smtp.py tests/test_console.py \
-	tests/test_limits.py tests/test_storage.py tests/test_recovery.py tests/test_third_party_clients.py
+	tests/test_limits.py tests/test_storage.py tests/test_recovery.py tests/test_third_party_clients.py \
+	tests/test_memory.py
 
 test: venv debian-packages
-	$(BIN)/pytest
-	POCKETPOST_TEST_HEAP=160k $(BIN)/pytest $(PROTOCOL_TESTS)
+	$(BIN)/pytest -n auto
+	POCKETPOST_TEST_HEAP=$(PROTOCOL_HEAP) $(BIN)/pytest -n auto $(PROTOCOL_TESTS)
+	scripts/under-cpu-load sh -c '$(BIN)/pytest -m memory && $(BIN)/pytest -m memory'
 
 debian-packages:
 	@scripts/ensure-debian-packages $(DEBIAN_PACKAGES)
@@ -53,3 +58,11 @@ bench: $(BIN)/.bench-installed
 
 clean:
 	rm -rf $(VENV) sim-data build .pytest_cache
+
+# `make memory`: the firmware's heap budget (bench/memory.py): after boot, per module, per client,
+# per TLS session, per 1,000 messages, per console request, a 5 MB message, a soak of 10,000
+# mixed sessions; MEMORY_OPTIONS=--write puts it into docs/memory.md.
+MEMORY_OPTIONS ?=
+
+memory: venv
+	$(BIN)/python bench/memory.py $(MEMORY_OPTIONS)

@@ -197,7 +197,8 @@ def test_tls_playbook(fleet):
         assert ("tls certificate", "changed") in {(i["item"], i["status"]) for i in result["items"]}
         sim = fleet.sims[name]
         with fleet.board(name) as board:
-            loaded = board.info()["tls"]["certificate"]
+            tls = board.info()["tls"]
+            loaded = tls["certificate"] and not tls["pending_reboot"]
         assert result["reboot_required"] is (not loaded)
         if not loaded:  # the board had no heap to load it at once
             start = len(sim.lines)

@@ -79,7 +79,8 @@ def load_if_needed(fleet, name, output):
     """Reboots a board that had no heap to load its new certificate at once (apply's note says
     so, and the board's info agrees)."""
     with fleet.board(name) as board:
-        loaded = board.info()["tls"]["certificate"]
+        tls = board.info()["tls"]
+        loaded = tls["certificate"] and not tls["pending_reboot"]
     noted = f"note: [{name}] tls certificate takes effect after a reboot" in output
     assert noted == (not loaded), output
     if not loaded:

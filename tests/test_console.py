@@ -192,6 +192,7 @@ def test_config_survives_a_restart(board):
     assert config["max_message_size"] == 30000 and config["postmaster"] == "alice"
 
 
+@pytest.mark.memory
 def test_mailbox_stats(board):
     send_mail(board.smtp_port, b"Subject: a\r\n\r\nx")
     send_mail(board.smtp_port, b"Subject: b\r\n\r\ny")
@@ -202,6 +203,7 @@ def test_mailbox_stats(board):
     assert board.request("mailbox.stats", name="alice")["mailboxes"][0]["locked"] is True
 
 
+@pytest.mark.memory
 def test_log_tail(board):
     assert board.request("log.tail", n=1000)["lines"][0].endswith(" INFO boot: pocketpost 0.1.0 on board unix")
     for i in range(90):

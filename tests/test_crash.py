@@ -90,6 +90,7 @@ def run_trials(probe_board, app_dir, seed, trials):
     return run
 
 
+@pytest.mark.memory
 def test_power_cuts_under_load(probe_board, app_dir):
     """A few random power cuts while two SMTP clients deliver and a POP3 client deletes."""
     run_trials(probe_board, app_dir, seed=6, trials=6)

@@ -555,6 +555,7 @@ def test_slow_and_stalled_clients(make_board, app_dir):
 # ---- load at the client limit
 
 
+@pytest.mark.memory
 def test_four_clients_at_once_never_run_out_of_memory(make_board):
     """Two SMTP clients delivering (up to 400 KB, some to two mailboxes) and two POP3 clients
     logging in, reading and deleting, all at once for 10 s (after 2 s of the same): the client

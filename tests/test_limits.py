@@ -5,6 +5,8 @@ import hashlib
 import threading
 import time
 
+import pytest
+
 from messages import MB, big_message, stuff
 from wire import Wire, pop3_login, smtp_session, strip_trace, unstuff
 
@@ -56,6 +58,7 @@ def test_five_megabyte_message_in_and_out(board):
     assert strip_trace(unstuff(raw)) == message
 
 
+@pytest.mark.memory
 def test_four_clients_moving_megabytes_at_once(board):
     board.add_user("bob", "builder")
     board.add_user("carol", "secret")
@@ -126,6 +129,7 @@ def fill_mailbox(board, count, batch=250):
         sent += n
 
 
+@pytest.mark.memory
 def test_mailbox_of_five_thousand_messages(board):
     fill_mailbox(board, 5000)
     start = time.monotonic()

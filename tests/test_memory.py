@@ -18,6 +18,9 @@ from pocketpost_host.passwords import hash_password
 
 from wire import Wire, pop3_login, send_mail, smtp_session, unstuff
 
+# Every test here is memory-sensitive: `make test` runs them again twice under CPU load.
+pytestmark = pytest.mark.memory
+
 POP3_NOMEM = "-ERR [SYS/TEMP] Not enough memory, try again later."
 SMTP_NOMEM = "451 4.3.0 Not enough memory, try again later"
 

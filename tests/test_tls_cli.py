@@ -23,6 +23,7 @@ def tls_sim(tmp_path):
     stop_quietly(sim)
 
 
+@pytest.mark.memory
 def test_generate_install_show_and_check_over_tls(tls_sim, tmp_path):
     sim = tls_sim
     assert f"POP3S    127.0.0.1:{sim.ports['pop3s']} (needs a certificate: pocketpost tls install)" in sim.lines

@@ -2,8 +2,10 @@
 # limit (RAM is shared, so one limit for both), idle time-outs, and clean-up however a session ends.
 import asyncio
 import gc
+import socket
 import sys
 import time
+from asyncio.core import _io_queue
 
 from micropython import const
 
@@ -11,6 +13,8 @@ from . import unload
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
 
+# Connections the kernel (or lwIP) keeps waiting to be accepted.
+_BACKLOG = const(4)
 # How long a client of an implicit-TLS port waits for a TLS place: 20 x 100 ms.
 _TLS_PLACE_WAITS = const(20)
 _TLS_PLACE_WAIT_MS = const(100)
@@ -134,14 +138,46 @@ class Listener:
         self.port = port
         self.implicit_tls = implicit_tls  # POP3S and SMTPS: TLS from the first byte (RFC 8314)
         self.submission = submission
-        self.server = None
+        self.task = None  # the accepting task
 
     async def start(self, address):
-        self.server = await asyncio.start_server(self._client, address, self.port, backlog=4)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(socket.getaddrinfo(address, self.port)[0][-1])
+        s.listen(_BACKLOG)
+        s.setblocking(False)
+        self.task = asyncio.create_task(self._accept(s))
 
     def close(self):
-        if self.server is not None:
-            self.server.close()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _accept(self, s):
+        # asyncio.start_server's loop (its own I/O queue, as asyncio.stream does), but a
+        # shortage of memory while a connection is taken costs that connection only: in
+        # asyncio's loop it ends the loop, and every later client would find the port dead.
+        try:
+            while True:
+                yield _io_queue.queue_read(s)
+                try:
+                    client, address = s.accept()
+                except OSError:
+                    continue  # the client left before it was taken
+                try:
+                    client.setblocking(False)
+                    stream = asyncio.StreamReader(client, {"peername": address})
+                    asyncio.create_task(self._client(stream, stream))
+                except MemoryError:
+                    stream = None
+                    self.app.relieve_memory()
+                    try:
+                        client.send(self.session_class.BUSY_REPLY)
+                    except OSError:
+                        pass
+                    client.close()
+                    self.app.log.warn(self.session_class.NAME, "a client refused: not enough memory")
+        finally:
+            s.close()
 
     async def _enter_tls(self, session):
         """Starts TLS on an implicit-TLS port; False when no TLS place frees in time or the
@@ -162,7 +198,8 @@ class Listener:
         cls = self.session_class
         peer = app.board.peer_address(reader)
         if not app.free_slots or not app.accepting:
-            await _refuse(cls, reader, peer, app)
+            app.log.warn(cls.NAME, "{} refused: {} clients already".format(peer, len(app.sessions)))
+            await _refuse(cls, reader)
             return
         slot = app.free_slots.pop()
         try:
@@ -170,8 +207,9 @@ class Listener:
             session = cls(app, conn, peer, self.submission)
         except MemoryError:
             app.free_slots.append(slot)
-            gc.collect()
-            await _refuse(cls, reader, peer, app)
+            app.relieve_memory()
+            app.log.warn(cls.NAME, "{} refused: not enough memory".format(peer))
+            await _refuse(cls, reader)
             return
         if self.implicit_tls and not await self._enter_tls(session):
             # Nothing can be said before the handshake, so the client is just closed.
@@ -234,8 +272,7 @@ async def _tls_place(session):
     return False
 
 
-async def _refuse(cls, stream, peer, app):
-    app.log.warn(cls.NAME, "{} refused: {} clients already".format(peer, len(app.sessions)))
+async def _refuse(cls, stream):
     try:
         stream.write(cls.BUSY_REPLY)
         await stream.drain()

@@ -30,6 +30,9 @@ def info(app, args):
             "certificate": app.tls_ready(),
             "required_for_auth": app.tls_required_for_auth(),
             "sessions": app.tls.sessions if app.tls else 0,
+            # A certificate installed when the heap had no room to load it: it serves after
+            # the next boot, the one before (if any) until then.
+            "pending_reboot": app.tls.pending if app.tls else False,
         },
         "clients": len(app.sessions),
         "slots_free": len(app.free_slots),

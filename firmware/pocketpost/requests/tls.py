@@ -1,20 +1,94 @@
 # Console requests for the TLS certificate: installed in chunks (a frame holds 1 KB), shown from
-# its DER: tls.begin, tls.chunk, tls.commit, tls.show.
+# its DER: tls.begin, tls.chunk, tls.commit, tls.show. The installation's code lives here, not in
+# tls.py, so that a board serving TLS keeps only what serves in its heap.
 import asyncio
+import binascii
+import hashlib
+import os
+
+from micropython import const
 
 from .. import unload
 from ..console import RequestError, arg
 
+# Longest certificate or key accepted: an RSA 4096 key in DER is ~2.4 KB.
+MAX_FILE = const(8192)
+_FILES = ("cert", "key")
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def begin(tls):
+    """Empties the staged files (<name>.new) of an installation."""
+    for name in _FILES:
+        _remove(tls.path(name, "new"))
+        with open(tls.path(name, "new"), "wb"):
+            pass
+
+
+def chunk(tls, name, data):
+    """Appends base64 `data` to the staged file `name` ("cert" or "key")."""
+    if name not in _FILES:
+        raise ValueError("file must be cert or key")
+    raw = binascii.a2b_base64(data)
+    path = tls.path(name, "new")
+    try:
+        size = os.stat(path)[6]
+    except OSError:
+        raise ValueError("no installation begun (tls.begin)")
+    if size + len(raw) > MAX_FILE:
+        raise ValueError("{} is over {} octets".format(name, MAX_FILE))
+    with open(path, "ab") as f:
+        f.write(raw)
+
+
+def commit(tls, digests, relieve):
+    """Checks the staged files against their SHA-256 hex `digests` ({"cert", "key"}), tries
+    them in a new context, then puts them in place. Returns "now" when the new context serves
+    new sessions at once, "reboot" when the heap had no room to build it now (a context takes
+    ~3 KB in one piece): the files are in place and load at the next boot. Raises ValueError
+    when the files are damaged or not a usable certificate and key."""
+    for name in _FILES:
+        digest = binascii.hexlify(hashlib.sha256(tls.staged(name)).digest()).decode()
+        if digest != digests.get(name):
+            raise ValueError("{} arrived damaged (SHA-256 differs); install again".format(name))
+    from .. import x509
+
+    try:
+        x509.describe(tls.staged("cert"))  # a certificate, whatever the heap
+    finally:
+        unload(x509.__name__)
+    context = None
+    for _ in range(2):  # a second time with the heap relieved (its reserve given up)
+        try:
+            context = tls.context_from(tls.path("cert", "new"), tls.path("key", "new"))
+            break
+        except MemoryError:
+            relieve()  # the current context (if any) serves until the next boot
+    for name in _FILES:
+        # LittleFS renames atomically, also over the old file.
+        os.rename(tls.path(name, "new"), tls.path(name, "der"))
+    tls.pending = context is None
+    if context is None:
+        return "reboot"
+    tls.context = context
+    return "now"
+
 
 def tls_begin(app, args):
-    app.load_tls().begin()
+    begin(app.load_tls())
     return {}
 
 
 def tls_chunk(app, args):
     file = arg(args, "file", str)
     try:
-        app.load_tls().chunk(file, arg(args, "data", str))
+        chunk(app.load_tls(), file, arg(args, "data", str))
     except ValueError as e:
         raise RequestError("INVALID", str(e))
     return {}
@@ -23,11 +97,11 @@ def tls_chunk(app, args):
 def tls_commit(app, args):
     try:
         digests = {"cert": arg(args, "cert_sha256", str), "key": arg(args, "key_sha256", str)}
-        applies = app.load_tls().commit(digests)
+        applies = commit(app.load_tls(), digests, app.relieve_memory)
     except ValueError as e:
         raise RequestError("INVALID", "the certificate or key is not usable: {}".format(e))
     except MemoryError:
-        # Short before the new files were put in place (Tls.commit): they stay staged, and
+        # Short before the new files were put in place (commit): they stay staged, and
         # the same tls.commit can be sent again.
         app.relieve_memory()
         raise RequestError("NOMEM", "not enough memory to install the certificate now; the installed one (or none) is unchanged, send tls.commit again")

@@ -1,0 +1,440 @@
+"""`make memory`: the firmware's heap budget, measured on the emulated board.
+
+Prints a Markdown report (docs/memory.md quotes it; `--write` replaces its measured part):
+
+- the heap after boot (the "ready, N bytes of heap free" line, then `info`'s heap_free and
+  heap_max_block, the largest block the heap can give) at each heap size asked for, and the
+  smallest heap the board boots and answers at (steps of 8 KB);
+- the resident bytes of each module, imported in boot order (gc.mem_alloc before and after,
+  with a collection), and the name table (qstr pools) they fill;
+- the cost of one connected client (POP3 after its greeting, SMTP after EHLO), of one TLS
+  session, of 1,000 messages in a logged-in mailbox (3,000 delivered), of a console request
+  (what it allocates, and what stays after it);
+- the lowest heap_free seen (sampled every 50 ms over the console) while a 5 MB message is
+  delivered and then read with RETR;
+- a soak of mixed sessions (deliveries, logins, RETR, DELE and QUIT, console requests, TLS
+  sessions; 10,000 by default) at the given heap: MemoryErrors and temporary errors in the log,
+  and heap_free / heap_max_block after it.
+
+    python bench/memory.py [--heap 160k] [--sessions 10000] [--micropython PATH] [--write]
+
+A benchmark, not a test: every load is bounded in count and time, every board is stopped. With
+`--micropython ../shared/tools/micropython-i386` (the 32-bit build: no ssl) TLS is left out.
+"""
+
+import argparse
+import contextlib
+import random
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "host_tools")]
+
+from pocketpost_host import firmware  # noqa: E402
+from pocketpost_host import tls as certificates  # noqa: E402
+
+import emulated_board  # noqa: E402
+from wire import Wire, pop3_login, smtp_session  # noqa: E402
+
+KB = 1024
+# Modules in the order boot.py imports them (each after what it imports).
+BOOT_MODULES = [
+    "pocketpost", "pocketpost.log", "pocketpost.heap", "pocketpost.crypto", "pocketpost.users",
+    "pocketpost.config", "pocketpost.console", "pocketpost.netio", "pocketpost.throttle",
+    "pocketpost.server", "pocketpost.transparency", "pocketpost.mailbox", "pocketpost.store",
+    "pocketpost.maildrop", "pocketpost.pop3", "pocketpost.smtp", "pocketpost.app",
+    "pocketpost.boot", "pocketpost.board", "pocketpost.board.unix",
+]
+MODULE_SCRIPT = """
+import gc, micropython, sys
+sys.path.insert(0, ".")
+import asyncio, json, os, time, binascii, hashlib, socket, select, errno
+for m in {modules!r}:
+    gc.collect(); a = gc.mem_alloc()
+    try:
+        __import__(m)
+    except ImportError as e:
+        print("skip", m); continue
+    gc.collect(); print("mod", m, gc.mem_alloc() - a)
+micropython.qstr_info()
+"""
+
+
+def parse_heap(text):
+    text = text.lower()
+    return int(text[:-1]) * KB if text.endswith("k") else int(text)
+
+
+class Board(emulated_board.EmulatedBoard):
+    """The emulated board on a chosen MicroPython executable."""
+
+    exe = None
+
+    def command(self):
+        return firmware.board_command(self.exe or firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
+
+    def ready_free(self):
+        lines = [line for line in self.lines if "INFO boot: ready, " in line]
+        return int(re.search(r"ready, (\d+) bytes", lines[-1]).group(1))
+
+    def heap_now(self):
+        info = self.request("info")
+        return info["heap_free"], info["heap_max_block"]
+
+
+@contextlib.contextmanager
+def board(app, heap, exe, **options):
+    b = Board(app, tempfile.mkdtemp(prefix="pocketpost-memory-"), heap=heap, **options)
+    b.exe = exe
+    try:
+        yield b
+    finally:
+        with contextlib.suppress(Exception):
+            b.stop()
+
+
+def started(b, users=("alice",)):
+    b.start(timeout=30)
+    for name in users:
+        b.add_user(name, "wonderland")
+    return b
+
+
+def deliver(port, count, body=b"Subject: bulk\r\n\r\nline\r\n", rcpt=b"alice@pocketpost.local"):
+    w = smtp_session(port)
+    for _ in range(count):
+        w.send(b"MAIL FROM:<bulk@example.org>\r\nRCPT TO:<" + rcpt + b">\r\nDATA\r\n")
+        for _ in range(3):
+            w.smtp_reply()
+        w.send(body + b".\r\n")
+        reply = w.smtp_reply()[0]
+        if not reply.startswith("250"):
+            raise RuntimeError("delivery refused: " + reply)
+    w.cmd("QUIT")
+    w.close()
+
+
+def boot_figures(app, exe, heaps, tls):
+    rows = []
+    for heap in heaps:
+        with board(app, heap, exe) as b:
+            try:
+                started(b)
+                free, block = b.heap_now()
+                rows.append((heap, b.ready_free(), free, block, ""))
+            except Exception as e:  # the floor: reported, not raised
+                rows.append((heap, None, None, None, str(e).splitlines()[-1][:80] if str(e) else type(e).__name__))
+    return rows
+
+
+def floor(app, exe, start_kb, tls_der=None):
+    """The smallest heap (8 KB steps down from start_kb) at which the board boots, takes a
+    user and answers info (with a certificate installed when tls_der is given)."""
+    ok = None
+    kb = start_kb
+    while kb >= 64:
+        options = {"pop3s_port": emulated_board.free_port(), "smtps_port": emulated_board.free_port()} if tls_der else {}
+        with board(app, "{}k".format(kb), exe, **options) as b:
+            try:
+                started(b)
+                if tls_der:
+                    certificates.install(b.console, *tls_der)
+                    b.restart()
+                    if not b.request("info")["tls"]["certificate"]:
+                        raise RuntimeError("no TLS")
+                b.heap_now()
+                ok = kb
+            except Exception:
+                break
+        kb -= 8
+    return ok
+
+
+def module_figures(app, exe):
+    out = subprocess.run(
+        [exe, "-X", "heapsize=4M", "-c", MODULE_SCRIPT.format(modules=BOOT_MODULES)],
+        cwd=app, capture_output=True, text=True, timeout=60,
+    ).stdout
+    rows = [(m, int(n)) for _, m, n in (line.split() for line in out.splitlines() if line.startswith("mod "))]
+    qstr = next((line for line in out.splitlines() if line.startswith("qstr pool")), "")
+    return rows, qstr
+
+
+def client_costs(app, exe, heap):
+    with board(app, heap, exe) as b:
+        started(b)
+        time.sleep(0.2)
+        base, _ = b.heap_now()
+        pops = [Wire(b.pop3_port) for _ in range(2)]
+        for w in pops:
+            w.line()
+        after_pop, _ = b.heap_now()
+        smtps = [smtp_session(b.smtp_port) for _ in range(2)]
+        after_smtp, _ = b.heap_now()
+        for w in pops + smtps:
+            w.close()
+        time.sleep(0.3)
+        back, _ = b.heap_now()
+        # Console requests: allocation per request (heap_allocated_total, less what the info
+        # that reads it allocates), and what stays after them.
+        total0 = b.request("info").get("heap_allocated_total")
+        total1 = b.request("info").get("heap_allocated_total")
+        for _ in range(10):
+            b.request("user.list")
+        total2 = b.request("info").get("heap_allocated_total")
+        settled, _ = b.heap_now()
+        per_request = None if total0 is None else (total2 - total1 - (total1 - total0)) // 10
+        return {
+            "POP3 client, after its greeting": (base - after_pop) // 2,
+            "SMTP client, after EHLO": (after_pop - after_smtp) // 2,
+            "left after the four clients closed": base - back,
+            "allocated by one console request (user.list, one user; average of 10)": per_request,
+            "left after 12 console requests": back - settled,
+        }
+
+
+def mailbox_cost(app, exe, heap, messages=3000):
+    with board(app, heap, exe) as b:
+        started(b)
+        deliver(b.smtp_port, messages)
+        time.sleep(0.2)
+        base, _ = b.heap_now()
+        w = pop3_login(b.pop3_port)
+        logged_in, block = b.heap_now()
+        w.cmd("QUIT")
+        w.close()
+        # The cost of the session itself, measured with an empty mailbox of another user.
+        b.add_user("bob", "wonderland")
+        time.sleep(0.2)
+        base2, _ = b.heap_now()
+        w = pop3_login(b.pop3_port, "bob")
+        empty, _ = b.heap_now()
+        w.cmd("QUIT")
+        per_1000 = ((base - logged_in) - (base2 - empty)) * 1000 // messages
+        return {
+            "POP3 session logged in to an empty mailbox": base2 - empty,
+            "per 1,000 messages in a logged-in mailbox ({} delivered)".format(messages): per_1000,
+            "largest free block while a {}-message mailbox is open".format(messages): block,
+        }
+
+
+def tls_cost(app, exe, heap, der):
+    options = {"pop3s_port": emulated_board.free_port(), "smtps_port": emulated_board.free_port()}
+    with board(app, heap, exe, **options) as b:
+        started(b)
+        before_cert, _ = b.heap_now()
+        certificates.install(b.console, *der)
+        b.restart()
+        time.sleep(0.2)
+        base, _ = b.heap_now()
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        s = context.wrap_socket(socket.create_connection(("127.0.0.1", b.options["pop3s_port"]), timeout=20))
+        s.recv(100)
+        during, _ = b.heap_now()
+        s.close()
+        return {
+            "TLS installed (context, module, two listeners), at boot": before_cert - base,
+            "one TLS session (POP3S, after the greeting)": base - during,
+        }
+
+
+class Sampler(threading.Thread):
+    """Reads info's heap_free every 50 ms until stopped; keeps the lowest."""
+
+    def __init__(self, b):
+        super().__init__(daemon=True)
+        self.b = b
+        self.lowest = None
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            free = self.b.request("info")["heap_free"]
+            self.lowest = free if self.lowest is None else min(self.lowest, free)
+            time.sleep(0.05)
+
+
+def transfer_peak(app, exe, heap, size=5 * 1024 * 1024):
+    line = b"x" * 76 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (size // len(line))
+    with board(app, heap, exe) as b:
+        started(b)
+        time.sleep(0.2)
+        base, _ = b.heap_now()
+        sampler = Sampler(b)
+        sampler.start()
+        deliver(b.smtp_port, 1, body)
+        low_in = sampler.lowest
+        sampler.lowest = None
+        w = pop3_login(b.pop3_port)
+        w.send("RETR 1\r\n")
+        w.line()
+        w.until_end()
+        w.cmd("QUIT")
+        sampler.stop.set()
+        sampler.join()
+        return {
+            "idle heap_free before": base,
+            "lowest heap_free sampled during a 5 MB delivery": low_in,
+            "lowest heap_free sampled during its RETR": sampler.lowest,
+        }
+
+
+def soak(app, exe, heap, sessions, der, seconds=900):
+    """`sessions` mixed sessions from two client threads, bounded by `seconds`."""
+    options = {}
+    if der:
+        options = {"pop3s_port": emulated_board.free_port(), "smtps_port": emulated_board.free_port()}
+    with board(app, heap, exe, **options) as b:
+        started(b, ("alice", "bob"))
+        if der:
+            certificates.install(b.console, *der)
+            b.restart()
+        counts = {"delivery": 0, "login+RETR+DELE+QUIT": 0, "console": 0, "TLS": 0, "temporary errors": 0}
+        lock = threading.Lock()
+        deadline = time.monotonic() + seconds
+        done = [0]
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+        def one(rng):
+            kind = rng.random()
+            try:
+                if kind < 0.45:
+                    body = b"Subject: soak\r\n\r\n" + b"y" * rng.choice((200, 2000, 20000)) + b"\r\n"
+                    deliver(b.smtp_port, 1, body, rng.choice((b"alice@pocketpost.local", b"bob@pocketpost.local")))
+                    what = "delivery"
+                elif kind < 0.8:
+                    w = pop3_login(b.pop3_port, rng.choice(("alice", "bob")))
+                    stat = w.cmd("STAT").split()
+                    if len(stat) > 1 and int(stat[1]) > 0:
+                        w.send("RETR 1\r\n")
+                        if w.line().startswith("+OK"):
+                            w.until_end()
+                        if int(stat[1]) > 20:
+                            for n in range(1, 11):
+                                w.cmd("DELE {}".format(n))
+                    w.cmd("QUIT")
+                    w.close()
+                    what = "login+RETR+DELE+QUIT"
+                elif kind < 0.9 or not der:
+                    b.request(rng.choice(("user.list", "mailbox.stats", "log.tail", "info", "config.get")))
+                    what = "console"
+                else:
+                    s = context.wrap_socket(socket.create_connection(("127.0.0.1", b.options["pop3s_port"]), timeout=20))
+                    s.recv(100)
+                    s.sendall(b"QUIT\r\n")
+                    s.recv(100)
+                    s.close()
+                    what = "TLS"
+            except Exception:
+                what = "temporary errors"
+            with lock:
+                counts[what] += 1
+
+        def client(seed):
+            rng = random.Random(seed)
+            while time.monotonic() < deadline:
+                with lock:
+                    if done[0] >= sessions:
+                        return
+                    done[0] += 1
+                one(rng)
+
+        started_at = time.monotonic()
+        threads = [threading.Thread(target=client, args=(seed,)) for seed in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started_at
+        free = block = None
+        for _ in range(20):  # the last clients' sessions may still be ending
+            time.sleep(0.5)
+            with contextlib.suppress(Exception):
+                free, block = b.heap_now()
+                break
+        memory_errors = sum("MemoryError" in line for line in b.lines)
+        short = sum("not enough memory" in line for line in b.lines)
+        return {
+            "sessions": done[0],
+            "seconds": round(elapsed, 1),
+            **counts,
+            "MemoryError lines in the log": memory_errors,
+            "'not enough memory' lines in the log": short,
+            "heap_free after": free,
+            "heap_max_block after": block,
+        }
+
+
+def table(rows, headers):
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        out.append("| " + " | ".join("—" if v is None else "{:,}".format(v) if isinstance(v, int) else str(v) for v in row) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heap", default="160k", help="heap of the client, mailbox, transfer and soak figures")
+    parser.add_argument("--boot-heaps", default="176k,160k,144k,128k", help="heaps whose boot figures are printed")
+    parser.add_argument("--sessions", type=int, default=10000, help="sessions of the soak (0: no soak)")
+    parser.add_argument("--micropython", default=None, help="MicroPython executable (default: the venv's)")
+    parser.add_argument("--write", action="store_true", help="write the report into docs/memory.md")
+    args = parser.parse_args(argv)
+
+    exe = firmware.find_micropython(args.micropython)
+    bits = subprocess.run([exe, "-c", "import sys; print(sys.maxsize > 2**32 and 64 or 32)"], capture_output=True, text=True).stdout.strip()
+    has_tls = subprocess.run([exe, "-c", "import ssl"], capture_output=True).returncode == 0
+    app = Path(tempfile.mkdtemp(prefix="pocketpost-app-"))
+    firmware.compile_tree(firmware.source_dir(), app)
+    der = certificates.to_der(*certificates.generate("127.0.0.1", days=30)) if has_tls else None
+    report = ["## Measured: {}-bit MicroPython ({}), {}".format(bits, Path(exe).name, time.strftime("%Y-%m-%d"))]
+
+    def section(title, body):
+        report.append("\n### " + title + "\n\n" + body)
+        print("\n".join(report[-1:]), flush=True)
+
+    heaps = [h.strip() for h in args.boot_heaps.split(",") if h.strip()]
+    section("After boot", table(boot_figures(app, exe, heaps, has_tls), ["heap", "ready: free", "info: heap_free", "info: largest block", "failure"]))
+    top = max(parse_heap(h) for h in heaps) // KB
+    floors = [("boots and answers", floor(app, exe, top))]
+    if der:
+        floors.append(("boots with a certificate installed and answers", floor(app, exe, top, der)))
+    section("Smallest heap (8 KB steps)", table([(what, "{}k".format(kb) if kb else "none") for what, kb in floors], ["what", "smallest heap"]))
+    rows, qstr = module_figures(app, exe)
+    section("Resident bytes of each module (boot order)", table(rows + [("total", sum(n for _, n in rows))], ["module", "bytes"]) + "\n\n" + qstr)
+    costs = client_costs(app, exe, args.heap)
+    costs.update(mailbox_cost(app, exe, args.heap))
+    if der:
+        costs.update(tls_cost(app, exe, args.heap, der))
+    section("Costs at {}".format(args.heap), table(costs.items(), ["what", "bytes"]))
+    section("A 5 MB message at {}".format(args.heap), table(transfer_peak(app, exe, args.heap).items(), ["what", "bytes"]))
+    if args.sessions:
+        section("Soak at {}: {} mixed sessions".format(args.heap, args.sessions), table(soak(app, exe, args.heap, args.sessions, der).items(), ["what", "value"]))
+    text = "\n".join(report) + "\n"
+    if args.write:
+        path = ROOT / "docs" / "memory.md"
+        page = path.read_text() if path.exists() else ""
+        marker = "<!-- measured: {}-bit -->".format(bits)
+        start, end = page.find(marker), page.find("<!-- end {}-bit -->".format(bits))
+        block = "{}\n{}<!-- end {}-bit -->".format(marker, text, bits)
+        page = page[:start] + block + page[end + len("<!-- end {}-bit -->".format(bits)):] if start >= 0 and end >= 0 else page + "\n" + block + "\n"
+        path.write_text(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
