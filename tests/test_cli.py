@@ -383,10 +383,10 @@ def test_main_returns_the_exit_code(sim, capsys):
 
 
 def firmware_schema():
-    """config.SCHEMA as the firmware defines it, read by MicroPython from the source."""
+    """config_schema.SCHEMA as the firmware defines it, read by MicroPython from the source."""
     from pocketpost_host import firmware
 
-    script = "import json; from pocketpost.config import SCHEMA; print(json.dumps(SCHEMA))"
+    script = "import json; from pocketpost.config_schema import SCHEMA; print(json.dumps(SCHEMA))"
     result = subprocess.run(
         [firmware.find_micropython(), "-c", script], cwd=firmware.source_dir(),
         capture_output=True, text=True, timeout=30,
@@ -396,7 +396,7 @@ def firmware_schema():
 
 
 # The firmware's kinds of value, in the order of its constants KIND_INT, KIND_TEXT, KIND_DOMAIN,
-# KIND_DOMAINS, KIND_ADDRESS, KIND_USER, KIND_CHOICE (firmware/pocketpost/config.py).
+# KIND_DOMAINS, KIND_ADDRESS, KIND_USER, KIND_CHOICE (firmware/pocketpost/config_schema.py).
 FIRMWARE_KINDS = ["int", "text", "domain", "domains", "address", "user", "choice"]
 
 

@@ -131,8 +131,9 @@ def test_delivery_short_of_memory_stores_nothing_and_can_be_sent_again(board):
     w = smtp_session(board.smtp_port)
     assert w.cmd("MAIL FROM:<bob@example.org>").startswith("250")
     assert w.cmd("RCPT TO:<alice@pocketpost.local>").startswith("250")
-    hold(board, 0, next="smtp")
+    hold(board, 0)  # a lasting shortage: running DATA again does not help
     assert w.cmd("DATA") == SMTP_NOMEM
+    release(board)
     login = pop3_login(board.pop3_port)
     assert login.cmd("STAT").startswith("+OK 1 ")  # nothing half-stored is visible
     login.cmd("QUIT")
@@ -147,6 +148,50 @@ def test_delivery_short_of_memory_stores_nothing_and_can_be_sent_again(board):
     assert unstuff(login.multiline()).endswith(b"Subject: second\r\n\r\nagain\r\n")
     login.cmd("QUIT")
     assert not any("INTERNAL" in line or "Traceback" in line for line in board.lines)
+
+
+def test_a_passing_shortage_at_data_is_met_by_running_it_again(board):
+    w = smtp_session(board.smtp_port)
+    assert w.cmd("MAIL FROM:<bob@example.org>").startswith("250")
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>").startswith("250")
+    hold(board, 0, next="smtp")
+    assert w.cmd("DATA").startswith("354")
+    w.send(b"Subject: once\r\n\r\nonce\r\n.\r\n")
+    assert w.smtp_reply()[0].startswith("250 2.0.0 Ok: queued as ")
+    w.cmd("QUIT")
+    assert board.wait_log("WARN smtp: 127.0.0.1 short of memory for a command, run again")
+    login = pop3_login(board.pop3_port)
+    assert login.cmd("STAT").startswith("+OK 1 ")  # stored once
+    login.cmd("QUIT")
+
+
+def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
+    send_mail(board.smtp_port, b"Subject: read me\r\n\r\nbody\r\n")
+    w = pop3_login(board.pop3_port)
+    hold(board, 0, next="pop3")
+    assert w.cmd("RETR 1").startswith("+OK")
+    assert b"Subject: read me\r\n\r\nbody\r\n" in unstuff(w.multiline())
+    assert board.wait_log("WARN pop3: 127.0.0.1 short of memory for a command, run again")
+    hold(board, 0)  # a lasting one: the temporary error, and the session goes on
+    assert w.cmd("TOP 1 0") == POP3_NOMEM
+    release(board)
+    assert w.cmd("TOP 1 0").startswith("+OK")
+    w.multiline()
+    assert w.cmd("QUIT") == "+OK Logging out."
+
+
+def test_auth_short_of_memory_is_a_temporary_error(board):
+    w = Wire(board.pop3_port)
+    w.line()
+    hold(board, 0, next="pop3")
+    assert w.cmd("AUTH PLAIN " + base64.b64encode(b"\x00alice\x00wonderland").decode()) == POP3_NOMEM
+    assert w.cmd("AUTH PLAIN " + base64.b64encode(b"\x00alice\x00wonderland").decode()).startswith("+OK Logged in")
+    w.cmd("QUIT")
+    s = smtp_session(board.smtp_port)
+    hold(board, 0, next="smtp")
+    assert s.cmd("AUTH PLAIN " + base64.b64encode(b"\x00alice\x00wonderland").decode()) == SMTP_NOMEM
+    assert s.cmd("AUTH PLAIN " + base64.b64encode(b"\x00alice\x00wonderland").decode()).startswith("235")
+    s.cmd("QUIT")
 
 
 def test_log_tail_streams_lines_as_parts(board):

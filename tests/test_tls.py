@@ -72,7 +72,7 @@ def test_show_and_install_errors(make_board, certificate):
     with pytest.raises(BoardError) as e:
         board.request("tls.chunk", file="passwd", data="AAAA")
     assert e.value.code == "INVALID"
-    assert board.request("info")["tls"] == {"certificate": False, "required_for_auth": False, "sessions": 0}
+    assert board.request("info")["tls"] == {"certificate": False, "required_for_auth": False, "sessions": 0, "pending_reboot": False}
     shown = certificates.install(board.console, certificate["cert_der"], certificate["key_der"])
     assert shown["subject"] == "CN=127.0.0.1" and shown["issuer"] == "CN=127.0.0.1"
     assert shown["key"] == "EC"
@@ -82,10 +82,11 @@ def test_show_and_install_errors(make_board, certificate):
     assert board.request("tls.show") == shown
     if applies == "reboot":  # no room for a context now: it loads at the next boot
         assert board.request("info")["tls"]["certificate"] is False
+        assert board.request("info")["tls"]["pending_reboot"] is True
         board.restart()
     else:
         assert applies == "now"
-    assert board.request("info")["tls"] == {"certificate": True, "required_for_auth": True, "sessions": 0}
+    assert board.request("info")["tls"] == {"certificate": True, "required_for_auth": True, "sessions": 0, "pending_reboot": False}
     # The certificate stays installed across a restart, and the key never comes back out.
     board.restart()
     assert board.request("tls.show") == shown

@@ -15,6 +15,7 @@ import sys
 from micropython import const
 
 from . import unload
+from .heap import OCCASIONAL
 from .heap import restore as restore_reserve
 
 PROTOCOL = const(1)
@@ -68,9 +69,9 @@ _ROUTES = {
     "config.get": "config",
     "config.set": "config",
     "mailbox.stats": "mailbox",
-    "tls.begin": "tls",
-    "tls.chunk": "tls",
-    "tls.commit": "tls",
+    "tls.begin": "tls_install",
+    "tls.chunk": "tls_install",
+    "tls.commit": "tls_install",
     "tls.show": "tls",
 }
 
@@ -85,8 +86,14 @@ def _handler(command):
 
 
 def _unload_handlers():
-    for area in ("board", "users", "config", "mailbox", "tls"):
-        unload("pocketpost.requests." + area)
+    # The request's area's module and what requests load for themselves (the settings' schema,
+    # the certificate parser): nothing a request leaves in use.
+    for name in OCCASIONAL:
+        if name.startswith("pocketpost.requests.") or name in _REQUEST_ONLY:
+            unload(name)
+
+
+_REQUEST_ONLY = ("pocketpost.config_schema", "pocketpost.x509")
 
 
 class Console:

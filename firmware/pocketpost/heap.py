@@ -14,9 +14,10 @@ OCCASIONAL = (
     "pocketpost.requests.config",
     "pocketpost.requests.mailbox",
     "pocketpost.requests.tls",
+    "pocketpost.requests.tls_install",
     "pocketpost.auth",
     "pocketpost.sasl",
-    "pocketpost.config_check",
+    "pocketpost.config_schema",
     "pocketpost.recovery",
     "pocketpost.x509",
 )

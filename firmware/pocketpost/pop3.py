@@ -14,6 +14,8 @@ from .transparency import send_file, send_top
 _AUTHORIZATION = const(1)
 _TRANSACTION = const(2)
 _ANY = const(3)
+# A command that changes nothing before its reply: run again after a shortage (Session.command).
+_REDO = const(4)
 
 # RFC 2449 §4: a command line is at most 255 octets including its CRLF.
 _MAX_COMMAND = const(255)
@@ -105,7 +107,7 @@ class Pop3Session(Session):
                 if self._bad(_ERR_STATE):
                     return
                 continue
-            if await self.command(entry[0], arg):
+            if await self.command(entry[0], arg, entry[1] & _REDO):
                 return  # QUIT
 
     def _bad(self, reply):
@@ -370,14 +372,14 @@ _COMMANDS = {
     "APOP": (Pop3Session.cmd_apop, _AUTHORIZATION),
     "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
     "STLS": (Pop3Session.cmd_stls, _AUTHORIZATION),
-    "CAPA": (Pop3Session.cmd_capa, _ANY),
+    "CAPA": (Pop3Session.cmd_capa, _ANY | _REDO),
     "QUIT": (Pop3Session.cmd_quit, _ANY),
-    "STAT": (Pop3Session.cmd_stat, _TRANSACTION),
-    "LIST": (Pop3Session.cmd_list, _TRANSACTION),
-    "RETR": (Pop3Session.cmd_retr, _TRANSACTION),
+    "STAT": (Pop3Session.cmd_stat, _TRANSACTION | _REDO),
+    "LIST": (Pop3Session.cmd_list, _TRANSACTION | _REDO),
+    "RETR": (Pop3Session.cmd_retr, _TRANSACTION | _REDO),
     "DELE": (Pop3Session.cmd_dele, _TRANSACTION),
-    "NOOP": (Pop3Session.cmd_noop, _TRANSACTION),
+    "NOOP": (Pop3Session.cmd_noop, _TRANSACTION | _REDO),
     "RSET": (Pop3Session.cmd_rset, _TRANSACTION),
-    "TOP": (Pop3Session.cmd_top, _TRANSACTION),
-    "UIDL": (Pop3Session.cmd_uidl, _TRANSACTION),
+    "TOP": (Pop3Session.cmd_top, _TRANSACTION | _REDO),
+    "UIDL": (Pop3Session.cmd_uidl, _TRANSACTION | _REDO),
 }

@@ -99,9 +99,11 @@ class Session:
     def log(self, text):
         self.app.log.info(self.NAME, "{} {}".format(self.peer, text))
 
-    async def command(self, handler, arg):
+    async def command(self, handler, arg, redo=False):
         """Runs one command's handler; True when the session is to end (QUIT, too many bad
-        commands, or a reply that ran short of memory after part of it had left)."""
+        commands, or a reply that ran short of memory after part of it had left). `redo`: the
+        command changes nothing before its reply, so a shortage met before any of its reply
+        left is answered by running it once more with the heap relieved."""
         app = self.app
         mark = self.conn.mark()
         try:
@@ -109,9 +111,16 @@ class Session:
                 app.hold_for_next()  # the emulated board's test hook: a shortage in this command
             return await handler(self, arg)
         except MemoryError:
-            return not self.short_of_memory(mark)
+            if not redo or not self.conn.rewind(mark):
+                return not self.short_of_memory(mark)
         finally:
             app.held_next = None
+        app.relieve_memory()
+        try:
+            app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
+            return await handler(self, arg)
+        except MemoryError:
+            return not self.short_of_memory(mark)
 
     def short_of_memory(self, mark):
         """A command ran out of memory (a MemoryError reached the session loop): the heap gets

@@ -1,13 +1,11 @@
 # The SMTP server (RFC 5321) for local delivery, with SIZE (RFC 1870), 8BITMIME (RFC 6152),
 # PIPELINING (RFC 2920), ENHANCEDSTATUSCODES (RFC 2034, RFC 3463) and AUTH PLAIN / LOGIN
 # (RFC 4954). Mail is accepted only for users of the local domains: never an open relay.
-import asyncio
 import os
 import time
 
 from micropython import const
 
-from . import sasl
 from .config import valid_domain
 from .server import Session
 from .transparency import receive_data
@@ -149,13 +147,8 @@ class SmtpSession(Session):
                 if self._bad(_ERR_UNKNOWN):
                     return
                 continue
-            mark = conn.mark()
-            try:
-                if await handler(self, arg):
-                    return  # QUIT
-            except MemoryError:
-                if not self.short_of_memory(mark):
-                    return
+            if await self.command(handler, arg, handler in _REDO):
+                return  # QUIT
 
     def _bad(self, reply):
         """Answers a bad command (malformed, or out of sequence: the client's fault whatever
@@ -310,6 +303,9 @@ class SmtpSession(Session):
             incoming.write(trace, 0, len(trace))
         except OSError as e:
             incoming.failed(e)  # answered after the data, which is read all the same
+        except MemoryError:
+            incoming.discard()  # nothing was said yet: the command can be run again
+            raise
         conn.put(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         limit = app.config["max_message_size"]
         try:
@@ -387,49 +383,6 @@ class SmtpSession(Session):
     async def cmd_help(self, arg):
         self.conn.put(b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP AUTH STARTTLS\r\n")
 
-    async def cmd_auth(self, arg):
-        app = self.app
-        conn = self.conn
-        if not self.esmtp:
-            return self._bad(_ERR_NO_EHLO)
-        if self.auth_user is not None:
-            return self._bad(b"503 5.5.1 Error: already authenticated\r\n")
-        if self.sender is not None:
-            return self._bad(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
-        # From here on nothing counts as a bad command: choosing a mechanism by trial,
-        # cancelling and wrong credentials are a login's business (delay and lock-out).
-        if not self.auth_allowed():
-            conn.put(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
-            return
-        command = sasl.parse_command(arg)
-        if command is None:
-            conn.put(b"504 5.5.4 Unrecognized authentication type\r\n")
-            return
-        mechanism, initial = command
-        if app.throttle.locked_out(self.peer):
-            self.log("AUTH refused (too many failures)")
-            conn.put(b"454 4.7.0 Temporary authentication failure\r\n")
-            return
-        try:
-            name, password = await sasl.credentials(mechanism, initial, self._challenge)
-        except sasl.Cancelled:
-            conn.put(b"501 5.7.0 Authentication aborted\r\n")
-            return
-        except sasl.Malformed:
-            conn.put(b"501 5.5.2 Cannot decode response\r\n")
-            return
-        if name is None or not await app.users.verify(name, password):
-            delay = app.throttle.failed(self.peer)
-            self.log("AUTH {} failed: {}".format(mechanism, name))
-            await conn.flush()
-            await asyncio.sleep_ms(delay)
-            conn.put(b"535 5.7.8 Authentication credentials invalid\r\n")
-            return
-        app.throttle.succeeded(self.peer)
-        self.auth_user = name
-        self.log("AUTH {} as {}".format(mechanism, name))
-        conn.put(b"235 2.7.0 Authentication successful\r\n")
-
     async def cmd_starttls(self, arg):
         conn = self.conn
         if arg:
@@ -452,14 +405,6 @@ class SmtpSession(Session):
         self._reset()
         self.log("STARTTLS")
 
-    async def _challenge(self, prompt):
-        self.reply("334 " + prompt)
-        line = await self.conn.readline(_MAX_LINE)
-        if line is None:
-            raise sasl.Malformed()
-        return str(line, "ascii")
-
-
 _COMMANDS = {
     "EHLO": SmtpSession.cmd_ehlo,
     "HELO": SmtpSession.cmd_helo,
@@ -475,3 +420,6 @@ _COMMANDS = {
     "AUTH": SmtpSession.cmd_auth,
     "STARTTLS": SmtpSession.cmd_starttls,
 }
+# Commands that change nothing before their reply (DATA: nothing before its 354, and no data is
+# read before that): run again after a shortage (Session.command).
+_REDO = (SmtpSession.cmd_ehlo, SmtpSession.cmd_data, SmtpSession.cmd_rset, SmtpSession.cmd_noop, SmtpSession.cmd_vrfy, SmtpSession.cmd_help)

@@ -51,7 +51,7 @@ def _valid_domain(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ConfigKey:
-    """A configuration key as the firmware's config.SCHEMA defines it."""
+    """A configuration key as the firmware's config_schema.SCHEMA defines it."""
 
     default: object
     kind: str  # int, text, domain, domains, address, user or choice
@@ -96,7 +96,7 @@ class ConfigKey:
         return text
 
 
-# The firmware's configuration keys (firmware/pocketpost/config.py SCHEMA; a test keeps the two
+# The firmware's configuration keys (firmware/pocketpost/config_schema.py SCHEMA; a test keeps the two
 # equal).
 CONFIG_KEYS = {
     "hostname": ConfigKey("pocketpost", "domain", "reboot"),

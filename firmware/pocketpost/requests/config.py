@@ -1,6 +1,16 @@
-# Console requests for the settings: config.get, config.set.
-from ..config import SCHEMA
+# Console requests for the settings: config.get, config.set. The schema (config_schema.py) is
+# loaded with this module and unloaded with it after the request.
+from .. import config_schema
+from ..config_schema import SCHEMA
 from ..console import RequestError, Streamed, arg
+
+
+def _shown(config, key):
+    # The value as the console shows it: a secret that is set reads "********".
+    value = config[key]
+    if SCHEMA[key][5] and value:
+        return "********"
+    return value
 
 
 def config_get(app, args):
@@ -8,10 +18,10 @@ def config_get(app, args):
     config = app.config
     if key is None:
         # One part per key, {key: value}; the host merges them into one object again.
-        return Streamed("config", ({k: config.shown(k)} for k in SCHEMA), {"overridden": sorted(config.overrides), "object": True})
+        return Streamed("config", ({k: _shown(config, k)} for k in SCHEMA), {"overridden": sorted(config.overrides), "object": True})
     if key not in SCHEMA:
         raise RequestError("INVALID", "unknown key {}; known: {}".format(key, ", ".join(sorted(SCHEMA))))
-    return {"key": key, "value": config.shown(key), "overridden": key in config.overrides}
+    return {"key": key, "value": _shown(config, key), "overridden": key in config.overrides}
 
 
 def config_set(app, args):
@@ -20,7 +30,7 @@ def config_set(app, args):
         raise RequestError("INVALID", "missing argument value")
     config = app.config
     try:
-        value, applies = config.set(key, args["value"])
+        value, applies = config.set(key, args["value"], config_schema)
     except KeyError as e:
         raise RequestError("INVALID", e.args[0])
     except ValueError as e:
