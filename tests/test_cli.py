@@ -397,7 +397,7 @@ def firmware_schema():
 
 # The firmware's kinds of value, in the order of its constants KIND_INT, KIND_TEXT, KIND_DOMAIN,
 # KIND_DOMAINS, KIND_ADDRESS, KIND_USER, KIND_CHOICE (firmware/pocketpost/config_schema.py).
-FIRMWARE_KINDS = ["int", "text", "domain", "domains", "address", "user", "choice"]
+FIRMWARE_KINDS = ["int", "text", "domain", "domains", "address", "user", "choice", "host", "email", "networks"]
 
 
 def test_config_keys_match_the_firmware_schema():
@@ -428,6 +428,12 @@ def samples(key):
         return ["0.0.0.0", "127.0.0.1", "256.1.1.1", "1.2.3", "a.b.c.d", ""]
     if spec.kind == "choice":
         return list(spec.choices) + ["maybe", "", "AUTO"]
+    if spec.kind == "host":
+        return ["smtp.example.org", "SMTP.Example.org", "192.168.1.5", "", "bad host", "a..b"]
+    if spec.kind == "email":
+        return ["me@example.org", "", "no-at-sign", "a b@example.org", "<x>@example.org", "me@bad_domain"]
+    if spec.kind == "networks":
+        return ["192.168.1.0/24", " 10.0.0.0/8 , 192.168.1.7", "", "10.0.0.0/33", "300.1.1.1", "10.0.0.0/x"]
     return ["postmaster", "bob.smith", "Bob", ".x", ""]
 
 

@@ -177,8 +177,8 @@ class App:
         # passes only this loop waits, until the next try is due or a pass is asked for.
         wait = 0
         try:
-            while wait is not None:
-                while wait > 0 and not self.relay_now:
+            while wait is not None or self.relay_now:
+                while wait and not self.relay_now:
                     await asyncio.sleep_ms(min(wait, 1000))
                     wait -= min(wait, 1000)
                 self.relay_now = False
@@ -188,6 +188,7 @@ class App:
                     wait = await relay.run(self)
                 except MemoryError:
                     self.relieve_memory()
+                    self.log.warn("relay", "not enough memory for a pass through the queue now")
                     wait = 5000
                 except Exception as e:  # the card failed: tried again in a minute
                     self.log.exception("relay", "queue pass failed", e)
@@ -196,6 +197,16 @@ class App:
                     relay = None
                     unload("pocketpost.relay")
                     gc.collect()
+                if getattr(self, "relay_bounces", False):  # set by relay.py
+                    self.relay_bounces = False
+                    from . import bounce
+
+                    try:
+                        await bounce.run(self)
+                    finally:
+                        bounce = None
+                        unload("pocketpost.bounce")
+                        gc.collect()
         finally:
             self.relay_task = None
 

@@ -73,6 +73,8 @@ _ROUTES = {
     "tls.chunk": "tls_install",
     "tls.commit": "tls_install",
     "tls.show": "tls",
+    "queue.list": "queue", "queue.show": "queue", "queue.flush": "queue", "queue.delete": "queue",
+    "relay.ca.begin": "queue", "relay.ca.chunk": "queue", "relay.ca.commit": "queue", "relay.ca.show": "queue",
 }
 
 

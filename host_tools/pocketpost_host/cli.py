@@ -14,6 +14,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from . import __version__, firmware, sim
+from . import relay as host_relay
 from . import tls as tls_certificates
 from .board_commands import boards_command, build_command, deploy_command, flash_command
 from .check import check_command
@@ -416,6 +417,85 @@ def tls_show(as_json):
         echo_json(shown)
         return
     echo_table([[k, shown[k]] for k in ("subject", "issuer", "not_before", "not_after", "key", "sha256")])
+
+
+@cli.group()
+def queue():
+    """The board's queue of mail for other domains (relayed through its smarthost)."""
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def queue_list(as_json):
+    """List the queued messages: ID, sender, recipients pending, tries, next try, last error."""
+    messages = host_relay.queue_list(open_board())
+    if as_json:
+        echo_json(messages)
+        return
+    if not messages:
+        click.echo("the queue is empty")
+        return
+    rows = [[m["id"], m["from"] or "<>", f"{m['pending']}/{m['recipients']}", m["tries"], f"{m['age_s']}s",
+             f"{m['next_s']}s", m["error"]] for m in messages]
+    echo_table(rows, ["id", "from", "pending", "tries", "age", "next try", "last error"])
+
+
+@queue.command("show")
+@click.argument("qid", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def queue_show(qid, as_json):
+    """Show one queued message's envelope and each recipient's state."""
+    shown = host_relay.queue_show(open_board(), qid)
+    if as_json:
+        echo_json(shown)
+        return
+    echo_table([[k, shown[k]] for k in ("id", "from", "size", "age_s", "tries", "next_s", "error")])
+    echo_table([[r["state"], r["address"], r["reply"]] for r in shown["recipients"]], ["state", "recipient", "reply"])
+
+
+@queue.command("flush")
+def queue_flush():
+    """Try every queued message now."""
+    click.echo(f"{host_relay.queue_flush(open_board())} messages to be tried now")
+
+
+@queue.command("delete")
+@click.argument("qid", metavar="ID")
+def queue_delete(qid):
+    """Delete a queued message (it is not sent, nor bounced)."""
+    click.echo(f"deleted {host_relay.queue_delete(open_board(), qid)}")
+
+
+@cli.group()
+def relay():
+    """The smarthost relay: the CA certificates that verify the smarthost."""
+
+
+@relay.group("ca")
+def relay_ca():
+    """CA certificates the board trusts for its smarthost (the board has no CA bundle)."""
+
+
+@relay_ca.command("install")
+@click.argument("path", metavar="FILE.pem", type=click.Path(exists=True, dir_okay=False))
+def relay_ca_install(path):
+    """Install the CA certificates in FILE.pem (PEM bundle of 1-8, or one DER), replacing those installed."""
+    with open(path, "rb") as f:
+        data = f.read()
+    shown = host_relay.install_ca(open_board(), data)["certificates"]
+    for c in shown:
+        click.echo(f"installed: {c['subject']}, valid until {c['not_after']}, SHA-256 {c['sha256']}")
+
+
+@relay_ca.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def relay_ca_show(as_json):
+    """Show the installed CA certificates."""
+    shown = host_relay.show_ca(open_board())
+    if as_json:
+        echo_json(shown)
+        return
+    echo_table([[c["subject"], c["not_after"], c["sha256"]] for c in shown], ["subject", "valid until", "SHA-256"])
 
 
 @cli.command("sim")

@@ -86,6 +86,30 @@ class ConfigKey:
             if text not in self.choices:
                 raise ValueError("must be one of " + ", ".join(self.choices))
             return text
+        if self.kind == "host":  # a smarthost's name or IPv4 address, or "" (none)
+            if text and not _valid_domain(text.lower()):
+                raise ValueError("must be a host name such as smtp.example.org, or an IPv4 address")
+            return text.lower()
+        if self.kind == "email":  # a mail address, or "" (none)
+            local, _, domain = text.rpartition("@")
+            if text and (not 0 < len(local) <= 64 or not _valid_domain(domain.lower())
+                         or any(not " " < c <= "~" or c in "<>" for c in local)):
+                raise ValueError("must be a mail address such as me@example.org, or empty")
+            return text
+        if self.kind == "networks":  # 0-16 IPv4 CIDR blocks; a bare address is a /32
+            items = [part.strip() for part in text.split(",") if part.strip()]
+            if len(items) > 16:
+                raise ValueError("must be 0..16 IPv4 networks such as 192.168.1.0/24, comma-separated")
+            out = []
+            for item in items:
+                address, _, bits = item.partition("/")
+                bits = bits or "32"
+                parts = address.split(".")
+                if (len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts)
+                        or not bits.isdigit() or int(bits) > 32):
+                    raise ValueError(f"{item} is not an IPv4 network such as 192.168.1.0/24")
+                out.append(f"{address}/{int(bits)}")
+            return out
         if self.kind == "user":
             try:
                 return check_user_name(text)
@@ -122,6 +146,19 @@ CONFIG_KEYS = {
     "auth_lockout": ConfigKey(300, "int", "now", 1, 86400),
     "wifi_ssid": ConfigKey("", "text", "reboot", 0, 32),
     "wifi_password": ConfigKey("", "text", "reboot", 0, 64, secret=True),
+    "relay_host": ConfigKey("", "host", "now"),
+    "relay_port": ConfigKey(587, "int", "now", 1, 65535),
+    "relay_security": ConfigKey("starttls", "choice", "now", choices=("starttls", "tls", "plain")),
+    "relay_user": ConfigKey("", "text", "now", 0, 255),
+    "relay_password": ConfigKey("", "text", "now", 0, 255, secret=True),
+    "relay_sender": ConfigKey("", "email", "now"),
+    "relay_networks": ConfigKey([], "networks", "now"),
+    "relay_queue_messages": ConfigKey(100, "int", "now", 1, 10000),
+    "relay_queue_octets": ConfigKey(52428800, "int", "now", 65536, 2147483647),
+    "relay_rate": ConfigKey(30, "int", "now", 1, 10000),
+    "relay_lifetime": ConfigKey(432000, "int", "now", 60, 2592000),
+    "relay_timeout": ConfigKey(300, "int", "now", 5, 3600),
+    "relay_time_scale": ConfigKey(1000, "int", "now", 1, 1000),
 }
 
 

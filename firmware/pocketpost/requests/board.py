@@ -39,6 +39,13 @@ def info(app, args):
         "users": sum(1 for _ in app.users.names()),
     }
     info["storage"] = app.storage_info()
+    if app.storage_ready():
+        from .. import outbox, unload
+
+        try:
+            info["queue"] = outbox.summary(app.store)
+        finally:
+            unload(outbox.__name__)
     # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
     # message predicts GC pauses on a board. (Its mem_peak is no high-water mark of the heap:
     # memory the collector reclaims is never subtracted.)

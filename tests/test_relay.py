@@ -1,0 +1,370 @@
+"""Relaying through a smarthost (issue 12): who may relay, the queue on the card, the SMTP
+client with verified TLS and AUTH, retries, bounces, and the console's queue requests, against
+aiosmtpd on loopback."""
+
+import email
+import email.policy
+import smtplib
+import time
+
+import pytest
+
+from pocketpost_host import relay as host_relay
+from pocketpost_host.errors import BoardError
+
+import smarthost
+from emulated_board import free_port
+from smarthost import PASSWORD, USER, Smarthost
+from wire import Wire, smtp_session
+
+# aiosmtpd warns (in its own thread, for every connection) of AUTH without STARTTLS: the
+# smarthost here is inside implicit TLS, or a plaintext one that must never see AUTH.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+MESSAGE = (
+    b"From: Alice <alice@pocketpost.local>\r\n"
+    b"To: Bob <bob@example.org>\r\n"
+    b"Subject: relayed\r\n"
+    b"\r\n"
+    b"Hello Bob.\r\n"
+    b".a line that starts with a dot\r\n"
+    b"..two dots\r\n"
+    b"last line\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("relaycerts")
+    good = smarthost.make_certificate(folder, "localhost")
+    other = smarthost.make_certificate(folder, "other.example")
+    return {"good": good, "other": other}
+
+
+def wait_until(predicate, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+def expect_log(board, text, timeout=10):
+    assert board.wait_log(text, timeout), "\n".join(board.lines[-40:])
+
+
+def relay_board(make_board, certs, port, security="starttls", ca="good", **settings):
+    board = make_board().start()
+    board.add_user("alice", "wonderland")
+    board.add_user("postmaster", "postpass")
+    values = dict(relay_host="localhost", relay_port=port, relay_security=security, relay_user=USER,
+                  relay_password=PASSWORD, relay_sender="me@provider.example", relay_networks="127.0.0.0/8",
+                  relay_time_scale=1, relay_timeout=10)
+    values.update(settings)
+    board.set_config(**values)
+    if ca:
+        host_relay.install_ca(board.console, certs[ca][2])
+    return board
+
+
+def send(board, rcpts, message=MESSAGE, sender="alice@pocketpost.local"):
+    with smtplib.SMTP("127.0.0.1", board.smtp_port, timeout=20) as s:
+        return s.sendmail(sender, rcpts, message)
+
+
+def test_relay_over_starttls_arrives_byte_exact_with_masqueraded_sender(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1], "starttls") as host:
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["bob@example.org"]) == {}
+        assert wait_until(lambda: host.handler.messages), "\n".join(board.lines[-40:])
+        mail_from, rcpts, content = host.handler.messages[0]
+        assert mail_from == "me@provider.example"
+        assert rcpts == ["bob@example.org"]
+        # The message as sent, after the board's trace field (no Return-Path goes on).
+        assert content.startswith(b"Received: from ")
+        assert content.endswith(MESSAGE)
+        assert not content.startswith(b"Return-Path")
+        # MAIL came inside TLS, after AUTH.
+        assert host.handler.commands[0] == ("AUTH", "PLAIN")
+        assert host.handler.commands[1][0] == "MAIL" and host.handler.commands[1][2:] == (True, True)
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+        expect_log(board, "done: bob@example.org sent")
+
+
+def fetch(board, user="alice", password="wonderland"):
+    """Every message in the user's mailbox (bytes), via POP3."""
+    import poplib
+
+    p = board.pop3()
+    p.user(user)
+    p.pass_(password)
+    out = [b"\r\n".join(p.retr(n + 1)[1]) + b"\r\n" for n in range(len(p.list()[1]))]
+    p.quit()
+    return out
+
+
+def dsn(raw):
+    """The delivery-status report in `raw`: (message, [per-recipient field dicts])."""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    parts = list(message.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+    status = parts[1].get_payload()  # the per-message block, then one block per recipient
+    blocks = [dict(block.items()) for block in status]
+    assert "dns;" in blocks[0]["Reporting-MTA"]
+    return message, blocks[1:]
+
+
+def test_relay_over_implicit_tls(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1], "tls") as host:
+        board = relay_board(make_board, certs, port, security="tls")
+        assert send(board, ["bob@example.org", "carol@example.net"]) == {}
+        assert wait_until(lambda: host.handler.messages), "\n".join(board.lines[-30:])
+        mail_from, rcpts, content = host.handler.messages[0]
+        assert (mail_from, rcpts) == ("me@provider.example", ["bob@example.org", "carol@example.net"])
+        assert content.endswith(MESSAGE)
+        assert wait_until(lambda: board.request("info")["queue"]["messages"] == 0)
+
+
+def test_a_temporary_failure_is_retried_on_the_schedule(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        host.handler.rcpt_replies["bob@example.org"] = ["451 4.3.0 Try again later", "250 OK"]
+        board = relay_board(make_board, certs, port, relay_time_scale=10)  # 300 s of schedule: 3 s
+        assert send(board, ["bob@example.org"]) == {}
+        expect_log(board, "deferred (1 tries): RCPT TO:<bob@example.org>: 451 4.3.0 Try again later")
+        queued = board.request("queue.list")["messages"]
+        assert len(queued) == 1 and queued[0]["tries"] == 1 and 0 < queued[0]["next_s"] <= 3
+        assert "451 4.3.0" in queued[0]["error"]
+        assert not host.handler.messages
+        assert wait_until(lambda: host.handler.messages, timeout=20)
+        assert len(host.handler.messages) == 1
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_a_permanent_failure_bounces_to_a_local_sender(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        host.handler.rcpt_replies["nobody@example.org"] = ["550 5.1.1 <nobody@example.org>: no such user"]
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["nobody@example.org"]) == {}
+        assert wait_until(lambda: fetch(board))
+        message, recipients = dsn(fetch(board)[0])
+        assert message["To"] == "alice@pocketpost.local"
+        assert message["Auto-Submitted"] == "auto-replied"
+        assert len(recipients) == 1
+        r = recipients[0]
+        assert r["Final-Recipient"] == "rfc822; nobody@example.org"
+        assert r["Action"] == "failed"
+        assert r["Status"] == "5.1.1"
+        assert "550 5.1.1" in r["Diagnostic-Code"]
+        headers = list(message.iter_parts())[2].get_payload()
+        assert "Subject: relayed" in str(headers)
+        assert not host.handler.messages
+        assert board.request("queue.list")["messages"] == []
+
+
+def test_mixed_recipients(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        h.rcpt_replies["bad@example.org"] = ["550 5.1.1 unknown"]
+        h.rcpt_replies["later@example.org"] = ["452 4.2.2 mailbox full", "250 OK"]
+        board = relay_board(make_board, certs, port)
+        rcpts = ["good@example.org", "bad@example.org", "later@example.org", "alice@pocketpost.local"]
+        assert send(board, rcpts) == {}
+        assert wait_until(lambda: len(h.messages) == 2)
+        assert h.messages[0][1] == ["good@example.org"]
+        assert h.messages[1][1] == ["later@example.org"]  # the retry sends only to the deferred one
+        assert wait_until(lambda: len(fetch(board)) == 2)
+        local, bounce = fetch(board)
+        assert local.endswith(MESSAGE)
+        _, recipients = dsn(bounce)
+        assert [r["Final-Recipient"] for r in recipients] == ["rfc822; bad@example.org"]
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_a_remote_sender_gets_its_bounce_through_the_smarthost(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        h.rcpt_replies["nobody@example.org"] = ["550 5.1.1 no such user"]
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["nobody@example.org"], sender="bob@remote.example") == {}
+        assert wait_until(lambda: h.messages)
+        mail_from, rcpts, content = h.messages[0]
+        assert mail_from == "<>" and rcpts == ["bob@remote.example"]  # the null sender is not masqueraded
+        dsn(content)
+
+
+def test_an_undeliverable_bounce_goes_to_the_postmaster(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        h.rcpt_replies["nobody@example.org"] = ["550 5.1.1 no such user"]
+        h.rcpt_replies["bob@remote.example"] = ["550 5.1.1 gone too"]
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["nobody@example.org"], sender="bob@remote.example") == {}
+        assert wait_until(lambda: fetch(board, "postmaster", "postpass"))
+        message, recipients = dsn(fetch(board, "postmaster", "postpass")[0])
+        assert recipients[0]["Final-Recipient"] == "rfc822; bob@remote.example"
+        assert not h.messages
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_a_message_over_the_smarthosts_size_bounces_at_once(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1], size=100) as host:
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["bob@example.org"]) == {}
+        assert wait_until(lambda: fetch(board))
+        _, recipients = dsn(fetch(board)[0])
+        assert recipients[0]["Status"] == "5.3.4"
+        assert not [c for c in host.handler.commands if c[0] == "MAIL"]
+
+
+@pytest.mark.parametrize("case", ["name_mismatch", "untrusted"])
+def test_an_unverified_certificate_defers_and_sends_no_credentials(make_board, certs, case):
+    port = free_port()
+    cert = certs["other"] if case == "name_mismatch" else certs["good"]
+    ca = "other"  # trusted: other.example's certificate (name mismatch), or not the one shown
+    with Smarthost(port, cert[0], cert[1]) as host:
+        board = relay_board(make_board, certs, port, ca=ca)
+        assert send(board, ["bob@example.org"]) == {}
+        expect_log(board, "deferred (1 tries)")
+        error = board.request("queue.list")["messages"][0]["error"]
+        assert ("Common Name" in error) if case == "name_mismatch" else ("trusted CA" in error), error
+        assert host.handler.auth_attempts == 0 and host.handler.commands == []
+
+
+def test_a_smarthost_without_starttls_gets_nothing_in_plaintext(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1], "nostarttls") as host:
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["bob@example.org"]) == {}
+        expect_log(board, "deferred (1 tries): localhost does not offer STARTTLS")
+        assert host.handler.commands == [] and host.handler.auth_attempts == 0
+
+
+def test_a_wrong_password_defers_and_is_logged(make_board, certs):
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1], password="another") as host:
+        board = relay_board(make_board, certs, port)
+        assert send(board, ["bob@example.org"]) == {}
+        expect_log(board, "AUTH as relayuser refused: 535")
+        expect_log(board, "deferred (1 tries): authentication failed: 535")
+        assert not any(PASSWORD in line for line in board.lines)
+        assert not [c for c in host.handler.commands if c[0] == "MAIL"]
+
+
+def test_who_may_relay(make_board, certs):
+    board = make_board().start()
+    board.add_user("alice", "wonderland")
+    w = smtp_session(board.smtp_port)
+    w.cmd("MAIL FROM:<alice@pocketpost.local>")
+    # No smarthost: nobody relays, even from a listed network.
+    assert w.cmd("RCPT TO:<bob@example.org>") == "550 5.7.1 <bob@example.org>: Relay access denied"
+    board.set_config(relay_host="localhost", relay_networks="10.0.0.0/8, 192.168.1.7")
+    assert board.request("config.get", key="relay_networks")["value"] == ["10.0.0.0/8", "192.168.1.7/32"]
+    # 127.0.0.1 is not in relay_networks and has not authenticated.
+    assert w.cmd("RCPT TO:<bob@example.org>") == "550 5.7.1 <bob@example.org>: Relay access denied"
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>") == "250 2.1.5 Ok"
+    w.cmd("RSET")
+    # Authenticated, it may.
+    import base64
+
+    assert w.cmd("AUTH PLAIN " + base64.b64encode(b"\0alice\0wonderland").decode()).startswith("235")
+    w.cmd("MAIL FROM:<alice@pocketpost.local>")
+    assert w.cmd("RCPT TO:<bob@example.org>") == "250 2.1.5 Ok"
+    # From a listed network it may without AUTH.
+    board.set_config(relay_networks="127.0.0.0/8")
+    w2 = smtp_session(board.smtp_port)
+    w2.cmd("MAIL FROM:<x@pocketpost.local>")
+    assert w2.cmd("RCPT TO:<bob@example.org>") == "250 2.1.5 Ok"
+
+
+def test_settings_are_checked_and_the_password_masked(make_board):
+    board = make_board().start()
+    for key, value in [("relay_security", "ssl"), ("relay_networks", "10.0.0.0/33"), ("relay_sender", "no-at-sign"),
+                       ("relay_host", "bad host"), ("relay_port", 0)]:
+        with pytest.raises(BoardError) as e:
+            board.request("config.set", key=key, value=value)
+        assert e.value.code == "INVALID"
+    board.set_config(relay_password="s3cret")
+    assert board.request("config.get", key="relay_password")["value"] == "********"
+    assert not any("s3cret" in line for line in board.lines)
+
+
+def test_queue_full_gets_452_and_local_delivery_goes_on(make_board, certs):
+    board = relay_board(make_board, certs, free_port(), relay_queue_messages=1)  # nothing listens there
+    assert send(board, ["bob@example.org"]) == {}
+    w = smtp_session(board.smtp_port)
+    w.cmd("MAIL FROM:<alice@pocketpost.local>")
+    assert w.cmd("RCPT TO:<bob@example.org>") == "452 4.3.1 Insufficient system storage: the relay queue is full"
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>") == "250 2.1.5 Ok"
+    assert w.cmd("DATA").startswith("354")
+    assert w.cmd("Subject: local\r\n\r\nstill delivered\r\n.").startswith("250")
+    assert len(fetch(board)) == 1
+
+
+def test_console_queue_requests(make_board, certs):
+    port = free_port()
+    board = relay_board(make_board, certs, port, relay_time_scale=1000)  # nothing listens yet
+    assert send(board, ["bob@example.org"]) == {}
+    assert send(board, ["carol@example.org"]) == {}
+    expect_log(board, "deferred (1 tries)")
+    def tried():
+        listed = host_relay.queue_list(board.console)
+        return len(listed) == 2 and all(m["tries"] >= 1 for m in listed) and listed
+
+    listed = wait_until(tried)
+    assert listed and all(m["pending"] == 1 and m["from"] == "alice@pocketpost.local" for m in listed), listed
+    assert board.request("info")["queue"]["messages"] == 2
+    first, second = listed
+    shown = host_relay.queue_show(board.console, first["id"])
+    assert shown["recipients"][0]["state"] == "pending" and shown["size"] > len(MESSAGE)
+    assert host_relay.queue_delete(board.console, second["id"]) == second["id"]
+    with pytest.raises(BoardError) as e:
+        host_relay.queue_show(board.console, second["id"])
+    assert e.value.code == "NOTFOUND"
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        assert host_relay.queue_flush(board.console) == 1
+        assert wait_until(lambda: host.handler.messages), "\n".join(board.lines[-30:])
+        assert [m[1] for m in host.handler.messages] == [shown["recipients"][0]["address"] and [shown["recipients"][0]["address"]]]
+        assert wait_until(lambda: host_relay.queue_list(board.console) == [])
+
+
+def test_the_host_commands(tmp_path, certs):
+    """pocketpost relay ca install/show and queue list/show/flush/delete against pocketpost sim."""
+    import json
+
+    from sim_process import SimProcess, stop_quietly
+
+    sim = SimProcess(tmp_path / "sim").start()
+    try:
+        cli = sim.cli
+        for key, value in [("relay_host", "localhost"), ("relay_port", str(free_port())), ("relay_networks", "127.0.0.0/8"),
+                           ("relay_password", "hush-hush")]:
+            assert cli("config", "set", key, value).exit_code == 0
+        assert "hush-hush" not in cli("config", "get", "relay_password").stdout
+        result = cli("relay", "ca", "install", str(certs["good"][0]))
+        assert result.exit_code == 0 and "installed: CN=localhost" in result.stdout, result.stdout + result.stderr
+        assert json.loads(cli("relay", "ca", "show", "--json").stdout)[0]["subject"] == "CN=localhost"
+        with smtplib.SMTP("127.0.0.1", sim.smtp_port, timeout=20) as s:
+            s.sendmail("someone@pocketpost.local", ["bob@example.org"], MESSAGE)
+        listed = wait_until(lambda: json.loads(cli("queue", "list", "--json").stdout))
+        qid = listed[0]["id"]
+        assert qid in cli("queue", "list").stdout
+        assert "bob@example.org" in cli("queue", "show", qid).stdout
+        assert cli("queue", "flush").stdout.startswith("1 messages")
+        assert cli("queue", "delete", qid).stdout == f"deleted {qid}\n"
+        assert cli("queue", "list").stdout == "the queue is empty\n"
+        result = cli("queue", "show", qid)
+        assert result.exit_code != 0 and "no queued message" in result.stderr
+    finally:
+        stop_quietly(sim)
