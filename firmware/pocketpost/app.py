@@ -182,6 +182,12 @@ class App:
                     await asyncio.sleep_ms(min(wait, 1000))
                     wait -= min(wait, 1000)
                 self.relay_now = False
+                # Clients first: a pass (its code, a TLS context) waits for the sessions to end,
+                # a minute at most.
+                for _ in range(60):
+                    if not self.sessions:
+                        break
+                    await asyncio.sleep(1)
                 try:
                     from . import relay
 
