@@ -1,6 +1,7 @@
 """A smarthost for the relay tests: aiosmtpd on loopback with STARTTLS or implicit TLS, AUTH
 required, a certificate made for the test, and replies a test chooses per recipient."""
 
+import asyncio
 import ssl
 import threading
 import warnings
@@ -30,6 +31,7 @@ class Handler:
         # address: list of replies, used in turn (the last one again once used up)
         self.rcpt_replies = {}
         self.lock = threading.Lock()
+        self.data_delay = 0  # seconds DATA's reply waits (after the message is recorded)
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         with self.lock:
@@ -50,6 +52,8 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return "250 2.0.0 Message accepted"
 
 

@@ -368,3 +368,37 @@ def test_the_host_commands(tmp_path, certs):
         assert result.exit_code != 0 and "no queued message" in result.stderr
     finally:
         stop_quietly(sim)
+
+
+@pytest.mark.memory
+def test_power_cuts_while_relaying_lose_nothing(make_board, certs):
+    """SIGKILL at several points while the queue is being sent: after each restart the queue
+    resumes; every message arrives, and a cut sends at most one message again (the transaction
+    in flight)."""
+    import random
+
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        h.data_delay = 0.3  # a window between the smarthost having a message and the board hearing 250
+        board = relay_board(make_board, certs, port)
+        subjects = [f"cut {i}" for i in range(6)]
+        with smtplib.SMTP("127.0.0.1", board.smtp_port, timeout=20) as s:
+            for subject in subjects:
+                s.sendmail("alice@pocketpost.local", ["bob@example.org"], f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+        rng = random.Random(12)
+        for cut in range(3):
+            arrived = len(h.messages)
+            wait_until(lambda: len(h.messages) > arrived, timeout=20)
+            time.sleep(rng.uniform(0, 0.3))
+            board.kill()
+            board.start()
+
+        def got():
+            return [next(line for line in m[2].decode().splitlines() if line.startswith("Subject: "))[9:] for m in h.messages]
+
+        assert wait_until(lambda: set(got()) == set(subjects), timeout=30), got()
+        counts = {s: got().count(s) for s in subjects}
+        assert all(n >= 1 for n in counts.values()), counts
+        assert sum(counts.values()) <= len(subjects) + 3, counts  # at most one duplicate per cut
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
