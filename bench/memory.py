@@ -12,11 +12,11 @@ Prints a Markdown report (docs/memory.md quotes it; `--write` replaces its measu
   (what it allocates, and what stays after it);
 - the lowest heap_free seen (sampled every 50 ms over the console) while a 5 MB message is
   delivered and then read with RETR;
-- a soak of mixed sessions (deliveries, logins, RETR, DELE and QUIT, console requests, TLS
-  sessions; 10,000 by default) at the given heap: MemoryErrors and temporary errors in the log,
-  and heap_free / heap_max_block after it.
+- a soak of mixed sessions (deliveries, logins, RETR, DELE and QUIT, console requests; 10,000 by
+  default) at the given heap, and one with TLS sessions among them at --tls-heap: MemoryErrors and
+  temporary errors in the log, and heap_free / heap_max_block after it.
 
-    python bench/memory.py [--heap 160k] [--sessions 10000] [--micropython PATH] [--write]
+    python bench/memory.py [--heap 160k] [--tls-heap 176k] [--sessions 10000] [--micropython PATH] [--write]
 
 A benchmark, not a test: every load is bounded in count and time, every board is stopped. With
 `--micropython ../shared/tools/micropython-i386` (the 32-bit build: no ssl) TLS is left out.
@@ -111,6 +111,13 @@ def started(b, users=("alice",)):
 
 def deliver(port, count, body=b"Subject: bulk\r\n\r\nline\r\n", rcpt=b"alice@pocketpost.local"):
     w = smtp_session(port)
+    try:
+        _deliver(w, count, body, rcpt)
+    finally:
+        w.close()
+
+
+def _deliver(w, count, body, rcpt):
     for _ in range(count):
         w.send(b"MAIL FROM:<bulk@example.org>\r\nRCPT TO:<" + rcpt + b">\r\nDATA\r\n")
         for _ in range(3):
@@ -120,7 +127,6 @@ def deliver(port, count, body=b"Subject: bulk\r\n\r\nline\r\n", rcpt=b"alice@poc
         if not reply.startswith("250"):
             raise RuntimeError("delivery refused: " + reply)
     w.cmd("QUIT")
-    w.close()
 
 
 def boot_figures(app, exe, heaps, tls):
@@ -299,10 +305,12 @@ def soak(app, exe, heap, sessions, der, seconds=900):
     with board(app, heap, exe, **options) as b:
         started(b, ("alice", "bob"))
         if der:
+            b.set_config(require_tls_for_auth="no")  # plain logins beside the TLS sessions
             certificates.install(b.console, *der)
             b.restart()
-        counts = {"delivery": 0, "login+RETR+DELE+QUIT": 0, "console": 0, "TLS": 0, "temporary errors": 0}
+        counts = {"delivery": 0, "login+RETR+DELE+QUIT": 0, "login: mailbox in use": 0, "console": 0, "TLS": 0, "temporary errors": 0}
         lock = threading.Lock()
+        errors = []
         deadline = time.monotonic() + seconds
         done = [0]
         context = ssl.create_default_context()
@@ -311,13 +319,29 @@ def soak(app, exe, heap, sessions, der, seconds=900):
 
         def one(rng):
             kind = rng.random()
+            opened = []  # closed whatever happens: a client left open would hold a slot
+
+            def wire(w):
+                opened.append(w)
+                return w
+
             try:
                 if kind < 0.45:
                     body = b"Subject: soak\r\n\r\n" + b"y" * rng.choice((200, 2000, 20000)) + b"\r\n"
                     deliver(b.smtp_port, 1, body, rng.choice((b"alice@pocketpost.local", b"bob@pocketpost.local")))
                     what = "delivery"
                 elif kind < 0.8:
-                    w = pop3_login(b.pop3_port, rng.choice(("alice", "bob")))
+                    w = wire(Wire(b.pop3_port))
+                    w.line()
+                    w.cmd("USER " + rng.choice(("alice", "bob")))
+                    reply = w.cmd("PASS wonderland")
+                    if reply.startswith("-ERR [IN-USE]"):  # the other thread has that mailbox
+                        w.cmd("QUIT")
+                        with lock:
+                            counts["login: mailbox in use"] += 1
+                        return
+                    if not reply.startswith("+OK"):
+                        raise RuntimeError("login refused: " + reply)
                     stat = w.cmd("STAT").split()
                     if len(stat) > 1 and int(stat[1]) > 0:
                         w.send("RETR 1\r\n")
@@ -333,14 +357,19 @@ def soak(app, exe, heap, sessions, der, seconds=900):
                     b.request(rng.choice(("user.list", "mailbox.stats", "log.tail", "info", "config.get")))
                     what = "console"
                 else:
-                    s = context.wrap_socket(socket.create_connection(("127.0.0.1", b.options["pop3s_port"]), timeout=20))
+                    s = wire(context.wrap_socket(socket.create_connection(("127.0.0.1", b.options["pop3s_port"]), timeout=20)))
                     s.recv(100)
                     s.sendall(b"QUIT\r\n")
                     s.recv(100)
                     s.close()
                     what = "TLS"
-            except Exception:
+            except Exception as e:
                 what = "temporary errors"
+                errors.append(repr(e)[:200])
+            finally:
+                for w in opened:
+                    with contextlib.suppress(Exception):
+                        w.close()
             with lock:
                 counts[what] += 1
 
@@ -366,12 +395,14 @@ def soak(app, exe, heap, sessions, der, seconds=900):
             with contextlib.suppress(Exception):
                 free, block = b.heap_now()
                 break
+        (Path(tempfile.gettempdir()) / "pocketpost-memory-soak.log").write_text("\n".join(b.lines) + "\n")
         memory_errors = sum("MemoryError" in line for line in b.lines)
         short = sum("not enough memory" in line for line in b.lines)
         return {
             "sessions": done[0],
             "seconds": round(elapsed, 1),
             **counts,
+            "client errors (first)": errors[0] if errors else "",
             "MemoryError lines in the log": memory_errors,
             "'not enough memory' lines in the log": short,
             "heap_free after": free,
@@ -391,6 +422,7 @@ def main(argv=None):
     parser.add_argument("--heap", default="160k", help="heap of the client, mailbox, transfer and soak figures")
     parser.add_argument("--boot-heaps", default="176k,160k,144k,128k", help="heaps whose boot figures are printed")
     parser.add_argument("--sessions", type=int, default=10000, help="sessions of the soak (0: no soak)")
+    parser.add_argument("--tls-heap", default="176k", help="heap of the soak with TLS sessions (64-bit TLS needs more than --heap)")
     parser.add_argument("--micropython", default=None, help="MicroPython executable (default: the venv's)")
     parser.add_argument("--write", action="store_true", help="write the report into docs/memory.md")
     args = parser.parse_args(argv)
@@ -423,7 +455,9 @@ def main(argv=None):
     section("Costs at {}".format(args.heap), table(costs.items(), ["what", "bytes"]))
     section("A 5 MB message at {}".format(args.heap), table(transfer_peak(app, exe, args.heap).items(), ["what", "bytes"]))
     if args.sessions:
-        section("Soak at {}: {} mixed sessions".format(args.heap, args.sessions), table(soak(app, exe, args.heap, args.sessions, der).items(), ["what", "value"]))
+        section("Soak at {}: {} mixed sessions, no certificate".format(args.heap, args.sessions), table(soak(app, exe, args.heap, args.sessions, None).items(), ["what", "value"]))
+        if der:
+            section("Soak at {}: {} mixed sessions, TLS sessions among them".format(args.tls_heap, args.sessions), table(soak(app, exe, args.tls_heap, args.sessions, der).items(), ["what", "value"]))
     text = "\n".join(report) + "\n"
     if args.write:
         path = ROOT / "docs" / "memory.md"

@@ -342,3 +342,35 @@ def test_curl_with_ssl_reqd_verifies_the_certificate(tls_board, certificate):
         capture_output=True, timeout=30,
     )
     assert unverified.returncode == 60, unverified.stderr  # CURLE_PEER_FAILED_VERIFICATION
+
+
+@pytest.mark.memory
+def test_stls_and_starttls_short_of_memory_are_temporary_errors(tls_board, certificate):
+    """A shortage as STLS or STARTTLS starts: a temporary error (or, once the go-ahead has
+    left, the connection closed), the TLS place given back, and the next try works."""
+    tls_board.set_config(require_tls_for_auth="no")
+    w = Wire(tls_board.pop3_port)
+    w.line()
+    tls_board.request("debug.hold", leave=0, next="pop3")
+    assert w.cmd("STLS") == "-ERR [SYS/TEMP] Not enough memory, try again later."
+    assert tls_board.request("info")["tls"]["sessions"] == 1  # this session keeps its place
+    w.close()
+    s = Wire(tls_board.smtp_port)
+    s.line()
+    s.send("EHLO client.example\r\n")
+    s.smtp_reply()
+    tls_board.request("debug.hold", leave=0, next="smtp")
+    # Short as the TLS socket is made, after the go-ahead left: nothing more can be said in
+    # plaintext, so the connection closes (the client's handshake fails, and it tries again).
+    assert s.cmd("STARTTLS") == "220 2.0.0 Ready to start TLS"
+    assert s.closed()
+    assert tls_board.wait_log("WARN smtp: 127.0.0.1 not enough memory for a command, closing")
+    time.sleep(0.3)
+    assert tls_board.request("info")["tls"]["sessions"] == 0  # both places given back
+    # Afterwards, TLS sessions as before.
+    pop = poplib.POP3("127.0.0.1", tls_board.pop3_port, timeout=20)
+    pop.stls(client_context(certificate))
+    pop.user("alice")
+    pop.pass_("wonderland")
+    pop.quit()
+    assert not tls_board.log_has("Traceback")

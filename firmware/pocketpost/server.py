@@ -60,8 +60,11 @@ class Session:
         return not self.secure and self.app.tls_usable()
 
     def reserve_tls(self):
-        """Takes one of the TLS session places; False when every place is taken."""
+        """Takes one of the TLS session places; False when every place is taken. A session
+        holds one place at most (an STLS that ran short keeps the place it took)."""
         app = self.app
+        if self.tls_place:
+            return True
         if not app.tls.acquire(app.config["tls_max_sessions"]):
             return False
         self.tls_place = True
