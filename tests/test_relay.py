@@ -65,7 +65,8 @@ def relay_board(make_board, certs, port, security="starttls", ca="good", **setti
     values.update(settings)
     board.set_config(**values)
     if ca:
-        host_relay.install_ca(board.console, certs[ca][2])
+        if host_relay.install_ca(board.console, certs[ca][2])["applies"] == "reboot":
+            board.restart()  # no block for the TLS context now: it is made at boot
     return board
 
 

@@ -25,6 +25,7 @@ def main(board):
     slots = [Slot() for _ in range(config["max_clients"])]
     console_buffer = bytearray(MAX_REQUEST)
     tls = _load_tls(flash, log)
+    relay_context = _relay_context(flash, config, log)
     gc.collect()
     restore_reserve()
 
@@ -33,6 +34,7 @@ def main(board):
     from .app import App
 
     app = App(board, log, config, flash, sd, slots, console_buffer, tls)
+    app.relay_context = relay_context
     try:
         reboot = asyncio.run(app.run())
     except KeyboardInterrupt:
@@ -66,6 +68,24 @@ def _intern_names():
             pass
         unload(name)
         gc.collect()
+
+
+def _relay_context(flash, config, log):
+    """The relay's TLS client context (relay.py) when a smarthost with TLS and its CA
+    certificates are set up, made while the heap has a block for it; else None."""
+    if not config["relay_host"] or config["relay_security"] == "plain":
+        return None
+    from . import outbox, unload
+
+    try:
+        return outbox.client_context(flash)
+    except MemoryError:
+        return None  # the relay makes it when it can
+    except (OSError, ValueError) as e:
+        log.exception("relay", "the CA certificates cannot be used", e)
+        return None
+    finally:
+        unload(outbox.__name__)
 
 
 def _load_tls(flash, log):

@@ -1,16 +1,28 @@
-# Mail for other domains coming in: who may relay (RCPT), and the received message put in the
-# relay queue (outbox.py) before the client hears 250. Loaded by the SMTP session for the
-# command that needs it and unloaded after.
+# Mail for other domains coming in: who may relay (RCPT), the received message put in the relay
+# queue (outbox.py) before the client hears 250, and the queue's repair at start-up (what a power
+# cut left half done). Loaded for the command (or the first relay pass) that needs it and
+# unloaded after.
 import os
 
 from micropython import const
 
-from . import outbox, unload
-from .mailbox import path_exists
-
-unload(outbox.__name__)  # kept by this module only: unloaded with it
+from . import unload
+from .mailbox import path_exists, sync
 
 _ENOSPC = const(28)
+# Recipients of other domains in one message (RFC 5321 §4.5.3.1.8: a client splits a longer
+# list into several transactions when it hears 452 4.5.3). As outbox.MAX_RECIPIENTS, which RCPT
+# does not load.
+_MAX_RECIPIENTS = const(100)
+
+
+def _outbox():
+    # The queue's format (outbox.py), for the functions that write or read envelopes; RCPT's
+    # checks do without it.
+    from . import outbox
+
+    unload(outbox.__name__)  # kept by the caller only
+    return outbox
 
 
 def may_relay(app, peer, authenticated):
@@ -54,10 +66,10 @@ def accept(session, address):
     if not may_relay(app, session.peer, session.auth_user is not None):
         session.log("relay denied: <{}>".format(address))
         return "550 5.7.1 <{}>: Relay access denied".format(address)
-    if len(session.remote) >= outbox.MAX_RECIPIENTS:
+    if len(session.remote) >= _MAX_RECIPIENTS:
         return "452 4.5.3 Error: too many recipients"
     if not session.remote:
-        messages, octets = outbox.usage(app.store)
+        messages, octets = usage(app.store)
         config = app.config
         if messages >= config["relay_queue_messages"] or octets >= config["relay_queue_octets"]:
             app.log.warn("relay", "queue full: {} messages, {} octets".format(messages, octets))
@@ -74,6 +86,8 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
     MemoryError with nothing queued."""
     from .store import _copy_file
 
+    outbox = _outbox()
+
     store = app.store
     if incoming.error is None:
         try:
@@ -84,7 +98,7 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
     if incoming.error is not None:
         raise incoming.error
     total, free = store.space()
-    messages, octets = outbox.usage(store)
+    messages, octets = usage(store)
     if free < incoming.size + 65536 or octets + incoming.size > app.config["relay_queue_octets"]:
         if keep:
             incoming.file = open(incoming.path, "ab")
@@ -115,3 +129,53 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
                 outbox._remove(path)
         raise
     return qid
+
+
+def usage(store):
+    """(messages, octets) in the queue."""
+    messages = octets = 0
+    try:
+        for entry in os.ilistdir(store.root + "/queue"):
+            if entry[0].endswith(".ENV"):
+                messages += 1
+            elif entry[0].endswith(".MSG") and len(entry) > 3:
+                octets += entry[3]
+    except OSError:
+        pass
+    return messages, octets
+
+
+def recover(store, log):
+    """At start-up: finishes or undoes what a power cut left half done (see outbox.py).
+    Returns the number of messages queued."""
+    outbox = _outbox()
+    path = outbox.folder(store)
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+    names = [entry[0] for entry in os.ilistdir(path)]
+    count = 0
+    for name in names:
+        base = path + "/" + name[:-4]
+        if name.endswith(".NEW"):
+            if base + ".ENV" in names:  # written part-way: the old envelope stands
+                outbox._remove(base + ".NEW")
+            else:  # complete (the old one was removed after it was closed)
+                os.rename(base + ".NEW", base + ".ENV")
+                names.append(name[:-4] + ".ENV")
+    for name in names:
+        base = path + "/" + name[:-4]
+        if name.endswith(".TMP"):
+            outbox._remove(base + ".TMP")
+        elif name.endswith(".MSG") and name[:-4] + ".ENV" not in names:
+            outbox._remove(base + ".MSG")  # never committed
+        elif name.endswith(".ENV"):
+            if outbox.read(store, name[:-4]) is None:
+                log.error("relay", "queue: damaged envelope {} set aside as {}.BAD".format(name, name[:-4]))
+                outbox._remove(base + ".BAD")
+                os.rename(base + ".ENV", base + ".BAD")
+            else:
+                count += 1
+    sync()
+    return count

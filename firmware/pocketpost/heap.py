@@ -19,6 +19,7 @@ OCCASIONAL = (
     "pocketpost.outbox",
     "pocketpost.enqueue",
     "pocketpost.relay",
+    "pocketpost.smtpout",
     "pocketpost.bounce",
     "pocketpost.auth",
     "pocketpost.sasl",

@@ -18,12 +18,14 @@ import time
 
 from micropython import const
 
-from .mailbox import path_exists, sync
+from .mailbox import sync
 
 FORMAT = "pocketpost-queue 1"
 # Recipients of other domains in one message (RFC 5321 §4.5.3.1.8: a client splits a longer
 # list into several transactions when it hears 452 4.5.3).
 MAX_RECIPIENTS = const(100)
+# CA certificates kept for the smarthost (relay.ca.commit).
+_MAX_CA = const(8)
 # Longest envelope line read: "B", an address (256), a reply (200), tabs.
 _MAX_LINE = const(600)
 # States of a recipient: pending, delivered (the smarthost took it), bounced.
@@ -67,19 +69,6 @@ class Envelope:
             if r[0] == PENDING and r[2:] == address:
                 self.rcpts[i] = "{}\t{}\t{}".format(state, address, reply) if reply else state + "\t" + address
                 return
-
-    def as_dict(self, now):
-        out = {"id": self.id, "from": self.sender, "size": self.size, "age_s": max(0, now - self.created) // 1000,
-               "tries": self.tries, "next_s": max(0, self.next - now) // 1000, "error": self.error}
-        out["recipients"] = [_rcpt_dict(r) for r in self.rcpts]
-        return out
-
-
-def _rcpt_dict(line):
-    parts = line.split("\t")
-    return {"address": parts[1], "state": {"P": "pending", "D": "delivered", "B": "bounced"}.get(parts[0], "?"),
-            "reply": parts[2] if len(parts) > 2 else ""}
-
 
 def paths(store, qid):
     base = "{}/{}".format(folder(store), qid)
@@ -154,55 +143,6 @@ def ids(store):
     return out
 
 
-def usage(store):
-    """(messages, octets) in the queue."""
-    messages = octets = 0
-    try:
-        for entry in os.ilistdir(folder(store)):
-            if entry[0].endswith(".ENV"):
-                messages += 1
-            elif entry[0].endswith(".MSG") and len(entry) > 3:
-                octets += entry[3]
-    except OSError:
-        pass
-    return messages, octets
-
-
-def recover(store, log):
-    """At start-up: finishes or undoes what a power cut left half done (see the module
-    comment). Returns the number of messages queued."""
-    path = folder(store)
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
-    names = [entry[0] for entry in os.ilistdir(path)]
-    count = 0
-    for name in names:
-        base = path + "/" + name[:-4]
-        if name.endswith(".NEW"):
-            if base + ".ENV" in names:  # written part-way: the old envelope stands
-                _remove(base + ".NEW")
-            else:  # complete (the old one was removed after it was closed)
-                os.rename(base + ".NEW", base + ".ENV")
-                names.append(name[:-4] + ".ENV")
-    for name in names:
-        base = path + "/" + name[:-4]
-        if name.endswith(".TMP"):
-            _remove(base + ".TMP")
-        elif name.endswith(".MSG") and name[:-4] + ".ENV" not in names:
-            _remove(base + ".MSG")  # never committed
-        elif name.endswith(".ENV"):
-            if read(store, name[:-4]) is None:
-                log.error("relay", "queue: damaged envelope {} set aside as {}.BAD".format(name, name[:-4]))
-                _remove(base + ".BAD")
-                os.rename(base + ".ENV", base + ".BAD")
-            else:
-                count += 1
-    sync()
-    return count
-
-
 def _remove(path):
     try:
         os.remove(path)
@@ -217,23 +157,22 @@ def remove(store, qid):
     sync()
 
 
-def summary(store):
-    """The queue for `info`: messages, oldest age, next try, last error."""
-    now = now_ms()
-    messages = 0
-    oldest = 0
-    next_try = None
-    error = ""
-    for qid in ids(store):
-        env = read(store, qid)
-        if env is None:
-            continue
-        messages += 1
-        oldest = max(oldest, now - env.created)
-        due = max(0, env.next - now)
-        if next_try is None or due < next_try:
-            next_try = due
-        if env.error:
-            error = env.error
-    return {"messages": messages, "octets": usage(store)[1], "oldest_s": oldest // 1000,
-            "next_s": None if next_try is None else next_try // 1000, "last_error": error}
+def client_context(flash):
+    """A TLS client context that verifies the smarthost with the CA certificates installed on
+    the flash (/relay/ca0.der ... ca7.der, relay.ca.commit), or None when there are none. It
+    takes ~3 KB of the heap in one block: boot.py makes it while the heap is in one piece."""
+    import ssl
+
+    context = None
+    for i in range(_MAX_CA):
+        try:
+            f = open("{}/relay/ca{}.der".format(flash, i), "rb")
+        except OSError:
+            break
+        with f:
+            der = f.read()
+        if context is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=der)
+    return context

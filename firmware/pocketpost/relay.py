@@ -1,56 +1,25 @@
-# The relay: sends the queued mail (outbox.py) to the smarthost, one connection at a time, as
-# an SMTP client (RFC 5321) with STARTTLS (RFC 3207) or implicit TLS (RFC 8314), a verified
-# certificate, AUTH PLAIN or LOGIN (RFC 4954) and SIZE (RFC 1870). Loaded by App._relay for a
-# pass through the queue and unloaded after it: nothing of it stays in the heap between passes.
+# The relay: sends the queued mail (outbox.py) to the smarthost, one connection at a time, with
+# a verified certificate (the TLS context made here) and the SMTP client of smtpout.py. Loaded by
+# App._relay for a pass through the queue and unloaded after it: nothing of it stays in the heap
+# between passes.
 #
 # Retries follow Postfix's schedule: 300 s after the first failure, doubling, at most 4,000 s;
 # a message still not delivered after relay_lifetime bounces (bounce.py). A 5xx reply bounces
 # its recipient at once; 4xx replies, connection and TLS failures defer. Each recipient's state
 # is written to the envelope after each try, so a retry never sends again to a recipient the
 # smarthost accepted (unless the power failed between its 250 and the envelope's rewrite).
-import asyncio
-import binascii
 import gc
-import os
 import time
 
 from micropython import const
 
 from . import outbox, unload
-from .netio import Connection, Slot
-from .transparency import send_file
 
 unload(outbox.__name__)  # kept by this module only: unloaded with it
 
 # Seconds of the retry schedule (scaled by relay_time_scale, see config.py).
 _FIRST_RETRY = const(300)
 _MAX_RETRY = const(4000)
-# Recipients in one transaction (RFC 5321 §4.5.3.1.8 asks servers to take 100).
-_BATCH = const(100)
-# Longest reply line read from the smarthost; longer ones are cut.
-_MAX_REPLY = const(512)
-# How long to wait for a TLS place taken by server sessions: 50 x 100 ms, then a deferral.
-_PLACE_WAITS = const(50)
-# The CA certificates (DER) that verify the smarthost, on the internal flash.
-_CA_DIR = "/relay"
-_MAX_CA = const(8)
-
-
-class Deferred(Exception):
-    """The try ends here: every recipient still pending waits for the next one."""
-
-
-def ca_files(app):
-    """Paths of the installed CA certificates (flash /relay/ca0.der ... ca7.der)."""
-    out = []
-    for i in range(_MAX_CA):
-        path = "{}{}/ca{}.der".format(app.flash, _CA_DIR, i)
-        try:
-            os.stat(path)
-            out.append(path)
-        except OSError:
-            pass
-    return out
 
 
 def retry_delay(tries):
@@ -66,26 +35,20 @@ async def run(app):
     until the next is due, or None when the queue is empty."""
     store = app.store
     if not getattr(app, "relay_recovered", False):
-        app.relay_queued = outbox.recover(store, app.log)
+        from . import enqueue  # the queue's repair after a power cut, once a boot
+
+        try:
+            enqueue.recover(store, app.log)
+        finally:
+            enqueue = None
+            unload("pocketpost.enqueue")
         app.relay_recovered = True
     config = app.config
     scale = config["relay_time_scale"]
     wait = None
+    client = None
     ids = outbox.ids(store)
-    # The TLS context first, while the heap has a block for it (~3 KB in one piece): a pass
-    # makes one and uses it for every connection.
     context = None
-    if ids and config["relay_host"] and config["relay_security"] != "plain":
-        try:
-            context = _context(app)
-        except Deferred as e:
-            context = e
-        except MemoryError:
-            # No block for it now (a session's garbage, fragments): tried again in a second,
-            # no message's try counted.
-            app.relieve_memory()
-            app.log.warn("relay", "no memory for a TLS context now: the queue waits")
-            return 1000
     for qid in ids:
         env = outbox.read(store, qid)
         if env is None:
@@ -108,9 +71,24 @@ async def run(app):
         if window[1] >= config["relay_rate"]:
             wait = _sooner(wait, window[0] + 60 * scale - now)
             continue
+        if client is None:
+            # The TLS context first, while the heap has a block for it (~3 KB in one piece),
+            # then the client's code; both serve the whole pass.
+            if config["relay_host"] and config["relay_security"] != "plain":
+                try:
+                    context = _context(app)
+                except MemoryError:
+                    # No block for it now (a session's garbage, fragments): tried again in a
+                    # second, no message's try counted.
+                    app.relieve_memory()
+                    app.log.warn("relay", "no memory for a TLS context now: the queue waits")
+                    return 1000
         window[1] += 1
         try:
-            await _try(app, env, context)
+            if client is None:
+                from . import smtpout as client  # the SMTP client, for this pass
+
+            await client.send(app, env, context)
         except MemoryError:
             app.relieve_memory()
             env.error = "not enough memory"
@@ -123,6 +101,9 @@ async def run(app):
         app.log.warn("relay", "{} deferred ({} tries): {}".format(qid, env.tries, env.error))
         outbox.write(store, env)
         wait = _sooner(wait, env.next - outbox.now_ms())
+    if client is not None:
+        client = None
+        unload("pocketpost.smtpout")
     if wait is None:
         for qid in outbox.ids(store):
             if qid not in ids:
@@ -146,266 +127,16 @@ def _finish(app, env):
     app.log.info("relay", "{} done: {}".format(env.id, ", ".join("{} {}".format(r[2:].split("\t")[0], "sent" if r[0] == outbox.DELIVERED else "bounced") for r in env.rcpts)))
 
 
-class _ClientTls:
-    # What Connection.start_tls wants: wrap(sock) giving the client side of a TLS session.
-    def __init__(self, context, host):
-        self.context = context
-        self.host = host
-
-    def wrap(self, sock):
-        return self.context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
-
-
 def _context(app):
-    import ssl
-
-    files = ca_files(app)
-    if not files:
-        raise Deferred("no CA certificate installed to verify the smarthost (pocketpost relay ca install)")
+    # The context made at boot or at the CA's installation (app.relay_context), else a new one;
+    # or the reason there is none (text).
     if time.gmtime()[0] < 2024:
-        raise Deferred("the clock is not set (waiting for NTP): certificates cannot be checked")
-    # A context takes ~3 KB in one block: the heap is relieved once when it has none.
-    gc.collect()
-    try:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    except MemoryError:
-        app.relieve_memory()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.verify_mode = ssl.CERT_REQUIRED
-    for path in files:
-        with open(path, "rb") as f:
-            context.load_verify_locations(cadata=f.read())
+        return "the clock is not set (waiting for NTP): certificates cannot be checked"
+    context = getattr(app, "relay_context", None)
+    if context is None:
+        gc.collect()
+        context = outbox.client_context(app.flash)
+        if context is None:
+            return "no CA certificate installed to verify the smarthost (pocketpost relay ca install)"
+        app.relay_context = context  # kept for the next passes
     return context
-
-
-class _Client:
-    def __init__(self, app, conn, timeout_ms):
-        self.app = app
-        self.conn = conn
-        self.timeout_ms = timeout_ms
-        self.text = ""  # the last reply's first line
-        self.ext = None  # EHLO keywords: {"STARTTLS": "", "AUTH": "PLAIN LOGIN", "SIZE": "..."}
-
-    async def reply(self):
-        return await asyncio.wait_for_ms(self._reply(), self.timeout_ms)
-
-    async def _reply(self):
-        # The reply's code; its first line kept in self.text, EHLO's keywords in self.ext.
-        conn = self.conn
-        first = True
-        for _ in range(100):
-            line = await conn.readline(_MAX_REPLY)
-            if line is None:
-                continue  # an overlong line: cut
-            if len(line) < 3:
-                raise Deferred("malformed reply from the smarthost")
-            try:
-                text = str(line, "utf-8")
-            except UnicodeError:
-                text = "400 (a reply that is not UTF-8: deferred)"
-            if first:
-                self.text = text[:200]
-                first = False
-            elif self.ext is not None and len(text) > 4:
-                key, _, value = text[4:].partition(" ")
-                self.ext[key.upper()] = value
-            if text[3:4] != "-":
-                if not text[:3].isdigit():
-                    raise Deferred("malformed reply from the smarthost")
-                return int(text[:3])
-        raise Deferred("reply of more than 100 lines from the smarthost")
-
-    async def command(self, line):
-        conn = self.conn
-        conn.put(line.encode() if isinstance(line, str) else line)
-        conn.put(b"\r\n")
-        await conn.flush()
-        return await self.reply()
-
-    async def ehlo(self):
-        self.ext = {}
-        try:
-            code = await self.command("EHLO " + self.app.config["hostname"])
-        finally:
-            ext = self.ext
-            self.ext = None
-        if code != 250:
-            raise Deferred("EHLO: " + self.text)
-        return ext
-
-
-async def _try(app, env, context):
-    """One try at sending `env`'s pending recipients. Sets their states and env.error."""
-    config = app.config
-    env.error = ""
-    if not config["relay_host"]:
-        env.error = "no smarthost configured (relay_host)"
-        return
-    if isinstance(context, Deferred):
-        env.error = context.args[0]
-        return
-    # A client connection's buffers when one is free (the relay counts as a client), else its own.
-    borrowed = bool(app.free_slots)
-    slot = app.free_slots.pop() if borrowed else Slot()
-    place = False
-    conn = None
-    try:
-        tls = None
-        if context is not None:
-            tls = _ClientTls(context, config["relay_host"])
-            place = await _tls_place(app)
-        streams = await asyncio.wait_for_ms(asyncio.open_connection(config["relay_host"], config["relay_port"]), config["relay_timeout"] * 1000)
-        conn = Connection(streams[0], slot)
-        streams = None
-        client = _Client(app, conn, config["relay_timeout"] * 1000)
-        await _session(app, env, client, tls)
-    except Deferred as e:
-        env.error = e.args[0]
-    except asyncio.TimeoutError:
-        env.error = "timed out waiting for the smarthost ({}: {})".format(config["relay_host"], config["relay_port"])
-    except MemoryError:
-        raise
-    except Exception as e:  # the connection failed, or TLS did (a certificate not verified)
-        env.error = "{}:{}: {}: {}".format(config["relay_host"], config["relay_port"], type(e).__name__, str(e).strip())
-    finally:
-        if conn is not None:
-            try:
-                conn.stream.close()
-                await conn.close()
-            except Exception:
-                pass
-        if place:
-            app.tls.release()
-        if borrowed:
-            app.free_slots.append(slot)
-    env.error = env.error.replace("\n", " ")
-
-
-async def _tls_place(app):
-    # Outbound TLS takes a place like a server session (tls_max_sessions, at least one).
-    tls = app.tls
-    if tls is None or tls.context is None:
-        return False  # no server TLS: the relay's session is the only one
-    for _ in range(_PLACE_WAITS):
-        if tls.acquire(max(1, app.config["tls_max_sessions"])):
-            return True
-        await asyncio.sleep_ms(100)
-    raise Deferred("every TLS place is taken by client sessions")
-
-
-async def _session(app, env, client, tls):
-    config = app.config
-    conn = client.conn
-    log = app.log
-    host = config["relay_host"]
-    security = config["relay_security"]
-    if security == "tls":
-        conn.start_tls(tls)
-        await _handshake(conn, client.timeout_ms)
-    if await client.reply() != 220:
-        raise Deferred("greeting: " + client.text)
-    ext = await client.ehlo()
-    if security == "starttls":
-        if "STARTTLS" not in ext:
-            # Nothing more is said in plaintext: no credentials, no mail.
-            conn.put(b"QUIT\r\n")
-            await conn.flush()
-            raise Deferred("{} does not offer STARTTLS".format(host))
-        if await client.command("STARTTLS") != 220:
-            raise Deferred("STARTTLS: " + client.text)
-        conn.start_tls(tls)  # what the server sent before the handshake is dropped
-        ext = await client.ehlo()  # RFC 3207 §4.2: learned anew inside TLS
-    user = config["relay_user"]
-    if user:
-        await _auth(client, ext, user, config["relay_password"])
-    pending = env.pending()
-    size = env.size - env.skip
-    limit = ext.get("SIZE", "")
-    if limit.isdigit() and 0 < int(limit) < size:
-        for address in pending:
-            env.set_state(address, outbox.BOUNCED, "552 5.3.4 message of {} octets is over the smarthost's limit of {}".format(size, limit))
-        raise Deferred("message too big for the smarthost")
-    sender = env.sender
-    if sender and config["relay_sender"]:
-        sender = config["relay_sender"]  # masquerading: the header From stays as written
-    for first in range(0, len(pending), _BATCH):
-        await _transaction(app, env, client, sender, pending[first : first + _BATCH], size, "SIZE" in ext)
-    conn.put(b"QUIT\r\n")
-    await conn.flush()
-
-
-async def _handshake(conn, timeout_ms):
-    # Implicit TLS: the server speaks first, and waiting for the socket to be readable does not
-    # start a client's handshake on this ssl module; trying to read every 10 ms does (the
-    # greeting then lands in the input buffer).
-    start = time.ticks_ms()
-    while not conn.take():
-        if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
-            raise Deferred("TLS handshake with the smarthost timed out")
-        await asyncio.sleep_ms(10)
-
-
-async def _auth(client, ext, user, password):
-    mechanisms = ext.get("AUTH", "").upper().split()
-    if "PLAIN" in mechanisms:
-        token = binascii.b2a_base64(b"\0" + user.encode() + b"\0" + password.encode()).rstrip()
-        code = await client.command(b"AUTH PLAIN " + token)
-    elif "LOGIN" in mechanisms:
-        code = await client.command("AUTH LOGIN")
-        if code == 334:
-            code = await client.command(binascii.b2a_base64(user.encode()).rstrip())
-        if code == 334:
-            code = await client.command(binascii.b2a_base64(password.encode()).rstrip())
-    else:
-        raise Deferred("the smarthost offers neither AUTH PLAIN nor AUTH LOGIN")
-    if code != 235:
-        client.app.log.warn("relay", "AUTH as {} refused: {}".format(user, client.text))
-        raise Deferred("authentication failed: " + client.text)
-
-
-async def _transaction(app, env, client, sender, batch, size, with_size):
-    log = app.log
-    conn = client.conn
-    mail = "MAIL FROM:<{}>".format(sender) + (" SIZE={}".format(size) if with_size else "")
-    code = await client.command(mail)
-    log.info("relay", "{} MAIL FROM:<{}>: {}".format(env.id, sender, client.text))
-    if code != 250:
-        if code >= 500:
-            for address in batch:
-                env.set_state(address, outbox.BOUNCED, client.text)
-        raise Deferred("MAIL: " + client.text)
-    accepted = []
-    for address in batch:
-        code = await client.command("RCPT TO:<{}>".format(address))
-        log.info("relay", "{} RCPT TO:<{}>: {}".format(env.id, address, client.text))
-        if 200 <= code < 300:
-            accepted.append(address)
-        elif code >= 500:
-            env.set_state(address, outbox.BOUNCED, client.text)
-        else:
-            env.error = "RCPT TO:<{}>: {}".format(address, client.text)
-    if not accepted:
-        await client.command("RSET")
-        return
-    code = await client.command("DATA")
-    if code != 354:
-        _outcome(env, accepted, code, "DATA: " + client.text)
-        return
-    with open(outbox.paths(app.store, env.id)[0], "rb") as f:
-        f.seek(env.skip)
-        await send_file(conn, f)
-    await conn.flush()
-    code = await client.reply()
-    log.info("relay", "{} sent to {} recipients: {}".format(env.id, len(accepted), client.text))
-    _outcome(env, accepted, code, client.text)
-
-
-def _outcome(env, addresses, code, text):
-    if 200 <= code < 300:
-        for address in addresses:
-            env.set_state(address, outbox.DELIVERED)
-    elif code >= 500:
-        for address in addresses:
-            env.set_state(address, outbox.BOUNCED, text)
-    else:
-        env.error = text

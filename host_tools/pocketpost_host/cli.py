@@ -482,9 +482,11 @@ def relay_ca_install(path):
     """Install the CA certificates in FILE.pem (PEM bundle of 1-8, or one DER), replacing those installed."""
     with open(path, "rb") as f:
         data = f.read()
-    shown = host_relay.install_ca(open_board(), data)["certificates"]
-    for c in shown:
+    reply = host_relay.install_ca(open_board(), data)
+    for c in reply["certificates"]:
         click.echo(f"installed: {c['subject']}, valid until {c['not_after']}, SHA-256 {c['sha256']}")
+    if reply.get("applies") == "reboot":
+        click.echo("the board had no room to load them now: they take effect after `pocketpost reboot`")
 
 
 @relay_ca.command("show")

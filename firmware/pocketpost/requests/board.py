@@ -40,12 +40,9 @@ def info(app, args):
     }
     info["storage"] = app.storage_info()
     if app.storage_ready():
-        from .. import outbox, unload
+        from .queue import summary
 
-        try:
-            info["queue"] = outbox.summary(app.store)
-        finally:
-            unload(outbox.__name__)
+        info["queue"] = summary(app.store)
     # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
     # message predicts GC pauses on a board. (Its mem_peak is no high-water mark of the heap:
     # memory the collector reclaims is never subtracted.)

@@ -38,7 +38,7 @@ def _listing(store):
     for qid in outbox.ids(store):
         env = outbox.read(store, qid)
         if env is not None:
-            item = env.as_dict(now)
+            item = _as_dict(env, now)
             rcpts = item.pop("recipients")
             item["recipients"] = len(rcpts)
             item["pending"] = sum(1 for r in rcpts if r["state"] == "pending")
@@ -46,7 +46,7 @@ def _listing(store):
 
 
 def queue_show(app, args):
-    return _envelope(app, args).as_dict(outbox.now_ms())
+    return _as_dict(_envelope(app, args), outbox.now_ms())
 
 
 def queue_flush(app, args):
@@ -141,8 +141,19 @@ def relay_ca_commit(app, args):
             pass
     for i in range(len(digests)):
         os.rename("{}/new{}.der".format(folder, i), "{}/ca{}.der".format(folder, i))
-    app.log.info("console", "{} relay CA certificates installed".format(len(digests)))
-    return {"certificates": shown}
+    # The relay's context with the new certificates (~3 KB in one block): when the heap has
+    # no such block now, it is made at the next boot.
+    app.relay_context = None
+    applies = "now"
+    try:
+        app.relay_context = outbox.client_context(app.flash)
+    except MemoryError:
+        app.relieve_memory()
+        applies = "reboot"
+    except ValueError as e:
+        raise RequestError("INVALID", "the certificates are not usable: {}".format(e))
+    app.log.info("console", "{} relay CA certificates installed (takes effect {})".format(len(digests), applies))
+    return {"certificates": shown, "applies": applies}
 
 
 def relay_ca_show(app, args):
@@ -160,3 +171,47 @@ def relay_ca_show(app, args):
     finally:
         unload(x509.__name__)
     return {"certificates": shown}
+
+
+def _as_dict(env, now):
+    out = {"id": env.id, "from": env.sender, "size": env.size, "age_s": max(0, now - env.created) // 1000,
+           "tries": env.tries, "next_s": max(0, env.next - now) // 1000, "error": env.error}
+    out["recipients"] = [_rcpt_dict(r) for r in env.rcpts]
+    return out
+
+
+def _rcpt_dict(line):
+    parts = line.split("\t")
+    return {"address": parts[1], "state": {"P": "pending", "D": "delivered", "B": "bounced"}.get(parts[0], "?"),
+            "reply": parts[2] if len(parts) > 2 else ""}
+
+
+def summary(store):
+    """The queue for `info`: messages, oldest age, next try, last error."""
+    now = outbox.now_ms()
+    messages = 0
+    oldest = 0
+    next_try = None
+    error = ""
+    for qid in outbox.ids(store):
+        env = outbox.read(store, qid)
+        if env is None:
+            continue
+        messages += 1
+        oldest = max(oldest, now - env.created)
+        due = max(0, env.next - now)
+        if next_try is None or due < next_try:
+            next_try = due
+        if env.error:
+            error = env.error
+    return {"messages": messages, "octets": _usage(store)[1], "oldest_s": oldest // 1000,
+            "next_s": None if next_try is None else next_try // 1000, "last_error": error}
+
+
+def _usage(store):
+    from .. import enqueue
+
+    try:
+        return enqueue.usage(store)
+    finally:
+        unload(enqueue.__name__)
