@@ -116,13 +116,14 @@ def well_behaved_client(board, known=ALICE_KNOWN):
     return time.monotonic() - start
 
 
-_TREE = re.compile(r"^/sd/(tmp|mail|mail/(?P<user>[^/]+)(/index|/\d+|/\d+/\d+)?)$")
+# The relay's queue folder is there (empty: no hostile client may relay) as docs/storage.md says.
+_TREE = re.compile(r"^/sd/(tmp|queue|mail|mail/(?P<user>[^/]+)(/index|/\d+|/\d+/\d+)?)$")
 _FLASH_TREE = re.compile(r"^/flash/(config\.json|users|users/(?P<user>[^/]+))$")
 
 
 def card_tree(board, app_dir, users=PASSWORDS):
     """Stops the board and lists its SD card and its flash; asserts that nothing but the mailbox
-    folders of real users and the (empty) temp folder is on the card, and nothing but the
+    folders of real users and the (empty) temp and queue folders is on the card, and nothing but the
     settings and the records of real users on the flash."""
     board.stop()
     listing = ast.literal_eval(sd_card.run(app_dir, board.data / "sd.img", "print(sorted(tree()))").strip().splitlines()[-1])
