@@ -59,6 +59,45 @@ def _ip(text):
     return value
 
 
+async def rcpt(session, address):
+    """RCPT of a recipient of another domain, answered."""
+    answer = accept(session, address)
+    session.reply(answer)
+    if answer[0] == "2":
+        session.recipients += 1
+        if session.first_recipient is None:
+            session.first_recipient = address
+
+
+async def data(session, incoming, qid, sender, rcpts, skip, size, mailboxes):
+    """The end of DATA for a message with recipients of other domains: queued (enqueue), the
+    client answered when no local user gets it, the relay woken. Returns the ID it was queued
+    as, or None when it could not be (the client has its temporary error, nothing is queued)."""
+    app = session.app
+    try:
+        qid = await enqueue(app, incoming, qid, sender, rcpts, skip, bool(mailboxes))
+    except MemoryError:
+        incoming.discard()
+        app.relieve_memory()
+        session.conn.put(session.NOMEM_REPLY)
+        return None
+    except OSError as e:
+        incoming.discard()
+        app.log.exception(session.NAME, "{} queueing {} failed".format(session.peer, qid), e)
+        session.conn.put(b"452 4.3.1 Insufficient system storage\r\n" if e.errno == _ENOSPC else b"451 4.3.0 Local error in processing\r\n")
+        return None
+    if not mailboxes:
+        session.log("queued {} from <{}> for {} ({} octets)".format(qid, sender, ",".join(rcpts), size))
+        session.reply("250 2.0.0 Ok: queued as {}".format(qid))
+        app.relay_kick()
+    return qid
+
+
+async def unqueue(session, qid):
+    """The local delivery failed after the message was queued: the client sends it again."""
+    _outbox().remove(session.app.store, qid)
+
+
 def accept(session, address):
     """RCPT of a recipient of another domain: the reply, the recipient added to the session's
     `remote` list when accepted."""

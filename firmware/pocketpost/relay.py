@@ -20,6 +20,8 @@ unload(outbox.__name__)  # kept by this module only: unloaded with it
 # Seconds of the retry schedule (scaled by relay_time_scale, see config.py).
 _FIRST_RETRY = const(300)
 _MAX_RETRY = const(4000)
+# Milliseconds until a message whose try ran short of the board's memory is tried again.
+_SHORT_WAIT_MS = const(2000)
 
 
 def retry_delay(tries):
@@ -84,6 +86,7 @@ async def run(app):
                     app.log.warn("relay", "no memory for a TLS context now: the queue waits")
                     return 1000
         window[1] += 1
+        short = False
         try:
             if client is None:
                 from . import smtpout as client  # the SMTP client, for this pass
@@ -92,12 +95,16 @@ async def run(app):
         except MemoryError:
             app.relieve_memory()
             env.error = "not enough memory"
+            short = True
         gc.collect()
         if not env.pending():
             _finish(app, env)
             continue
-        env.tries += 1
-        env.next = outbox.now_ms() + retry_delay(env.tries) * scale
+        if short:  # the board's shortage, not the smarthost's: again soon, no try counted
+            env.next = outbox.now_ms() + _SHORT_WAIT_MS
+        else:
+            env.tries += 1
+            env.next = outbox.now_ms() + retry_delay(env.tries) * scale
         app.log.warn("relay", "{} deferred ({} tries): {}".format(qid, env.tries, env.error))
         outbox.write(store, env)
         wait = _sooner(wait, env.next - outbox.now_ms())

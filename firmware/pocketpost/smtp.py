@@ -257,21 +257,10 @@ class SmtpSession(Session):
         if not at:
             local = address  # "<postmaster>" with no domain (RFC 5321 §4.5.1)
         elif domain.lower() not in app.config["domains"]:
-            if not app.config["relay_host"] or not (self.auth_user or app.config["relay_networks"]):
-                self.log("relay denied: <{}>".format(address))
-                self.reply("550 5.7.1 <{}>: Relay access denied".format(address))
-                return
-            from . import enqueue  # relaying: its code loaded for this command only
-
-            try:
-                answer = enqueue.accept(self, address)
-            finally:
-                unload(enqueue.__name__)
-            self.reply(answer)
-            if answer[0] == "2":
-                self.recipients += 1
-                if self.first_recipient is None:
-                    self.first_recipient = address
+            if app.config["relay_host"] and (self.auth_user or app.config["relay_networks"]):
+                return await self._relaying("rcpt", address)
+            self.log("relay denied: <{}>".format(address))
+            self.reply("550 5.7.1 <{}>: Relay access denied".format(address))
             return
         local = _unquote(local).lower()
         if local == "postmaster":
@@ -338,13 +327,8 @@ class SmtpSession(Session):
             conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
             return
         if remote:
-            queue_id = await self._queue(incoming, queue_id, sender, remote, trace.find(b"Received:"), mailboxes)
-            if queue_id is None:
-                return
-            if not mailboxes:
-                self.log("queued {} from <{}> for {} ({} octets)".format(queue_id, sender, ",".join(remote), size))
-                self.reply("250 2.0.0 Ok: queued as {}".format(queue_id))
-                app.relay_kick()
+            queue_id = await self._relaying("data", incoming, queue_id, sender, remote, trace.find(b"Received:"), size, mailboxes)
+            if queue_id is None or not mailboxes:
                 return
         try:
             # The output buffer is empty now (the 354 went out): it holds the copies' chunks.
@@ -352,13 +336,15 @@ class SmtpSession(Session):
         except MemoryError:
             # Nothing was delivered that the log does not name (store.commit); the client
             # hears a temporary error and sends the message again.
-            self._unqueue(remote, queue_id)
+            if remote:
+                await self._relaying("unqueue", queue_id)
             app.relieve_memory()
             app.log.warn(self.NAME, "{} delivery {}: not enough memory".format(self.peer, queue_id))
             conn.put(self.NOMEM_REPLY)
             return
         except OSError as e:
-            self._unqueue(remote, queue_id)
+            if remote:
+                await self._relaying("unqueue", queue_id)
             app.log.exception(self.NAME, "{} delivery {} failed".format(self.peer, queue_id), e)
             if e.errno == _ENOSPC:
                 conn.put(b"452 4.3.1 Insufficient system storage\r\n")
@@ -371,34 +357,15 @@ class SmtpSession(Session):
             self.log("queued {} for {}".format(queue_id, ",".join(remote)))
             app.relay_kick()
 
-    async def _queue(self, incoming, queue_id, sender, remote, skip, keep):
-        """Queues the message for its recipients of other domains (outbox.py); the ID, or None
-        when it could not be (the client has its reply, nothing is queued)."""
+    async def _relaying(self, step, *args):
+        # Mail for other domains: enqueue.py's `step` (rcpt, data, unqueue), its code loaded for
+        # the command and unloaded after it.
         from . import enqueue
 
         try:
-            return await enqueue.enqueue(self.app, incoming, queue_id, sender, remote, skip, bool(keep))
-        except MemoryError:
-            incoming.discard()
-            self.app.relieve_memory()
-            self.conn.put(self.NOMEM_REPLY)
-        except OSError as e:
-            incoming.discard()
-            self.app.log.exception(self.NAME, "{} queueing {} failed".format(self.peer, queue_id), e)
-            self.conn.put(b"452 4.3.1 Insufficient system storage\r\n" if e.errno == _ENOSPC else b"451 4.3.0 Local error in processing\r\n")
+            return await getattr(enqueue, step)(self, *args)
         finally:
             unload(enqueue.__name__)
-        return None
-
-    def _unqueue(self, remote, queue_id):
-        # The local delivery failed after the message was queued: the client sends it again.
-        if remote:
-            from . import outbox
-
-            try:
-                outbox.remove(self.app.store, queue_id)
-            finally:
-                unload(outbox.__name__)
 
     def _trace(self, queue_id):
         """The Return-Path and Received header fields (RFC 5321 §4.4) put before the message."""
