@@ -27,7 +27,8 @@ SMTP_NOMEM = "451 4.3.0 Not enough memory, try again later"
 
 def hold(board, leave, **options):
     """Leaves `leave` octets of the board's heap free: until release, or with next="pop3",
-    "smtp" or True (the console) only while the next command or request runs."""
+    "smtp" or True (the console) only while the next command or request runs (until the first
+    relief, or with lasting=True through its redo)."""
     return board.request("debug.hold", leave=leave, **options)["heap_free"]
 
 
@@ -61,13 +62,12 @@ def deliver_many(port, count, body=b"Subject: bulk\r\n\r\nline\r\n"):
 
 def test_console_request_short_of_memory_is_refused_and_the_board_serves_on(board):
     send_mail(board.smtp_port, b"Subject: kept\r\n\r\nbefore\r\n")
-    hold(board, 300)  # a lasting shortage: running the request again does not help
+    hold(board, 300, next=True, lasting=True)  # running the request again does not help
     with pytest.raises(BoardError) as e:
         raw_request(board, "user.list")
     assert e.value.code == "NOMEM"
     assert e.value.board_message == "not enough memory for this request now, try again later"
     assert board.wait_log("WARN console: request refused: not enough memory")
-    release(board)
     # The same request again, and the board's clients, as if nothing had happened.
     assert [u["name"] for u in board.request("user.list")["users"]] == ["alice"]
     w = pop3_login(board.pop3_port)
@@ -131,9 +131,8 @@ def test_delivery_short_of_memory_stores_nothing_and_can_be_sent_again(board):
     w = smtp_session(board.smtp_port)
     assert w.cmd("MAIL FROM:<bob@example.org>").startswith("250")
     assert w.cmd("RCPT TO:<alice@pocketpost.local>").startswith("250")
-    hold(board, 0)  # a lasting shortage: running DATA again does not help
+    hold(board, 0, next="smtp", lasting=True)  # running DATA again does not help
     assert w.cmd("DATA") == SMTP_NOMEM
-    release(board)
     login = pop3_login(board.pop3_port)
     assert login.cmd("STAT").startswith("+OK 1 ")  # nothing half-stored is visible
     login.cmd("QUIT")
@@ -172,9 +171,8 @@ def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
     assert w.cmd("RETR 1").startswith("+OK")
     assert b"Subject: read me\r\n\r\nbody\r\n" in unstuff(w.multiline())
     assert board.wait_log("WARN pop3: 127.0.0.1 short of memory for a command, run again")
-    hold(board, 0)  # a lasting one: the temporary error, and the session goes on
+    hold(board, 0, next="pop3", lasting=True)  # the temporary error, and the session goes on
     assert w.cmd("TOP 1 0") == POP3_NOMEM
-    release(board)
     assert w.cmd("TOP 1 0").startswith("+OK")
     w.multiline()
     assert w.cmd("QUIT") == "+OK Logging out."

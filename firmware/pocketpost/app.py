@@ -36,27 +36,33 @@ class App:
         self.relay_task = None  # _relay, while the relay queue has mail
         self.relay_now = False  # a pass through the queue is asked for
         # The test hook debug.hold (emulated board only): the heap it holds until told to let
-        # go (a lasting shortage); the shortage asked for the next command of a POP3 or SMTP
-        # session or the next console request, (NAME, octets to leave free), and the heap held
-        # for it, which the first relief gives back (a passing shortage).
+        # go; the shortage asked for the next command of a POP3 or SMTP session or the next
+        # console request, and the heap held for it, which the first relief gives back (a
+        # passing shortage) or takes again (a lasting one, until the command ends).
         self.held = None
-        self.hold_next = None
+        self.hold_next = None  # (NAME, octets to leave free, lasting)
         self.held_next = None
+        self.hold_leave = 0
+        self.hold_lasting = False
 
     def hold_for_next(self):
         """Test hook: holds the heap asked for the next command or request (hold_next), until
         that command ends (its caller then drops `held_next`) or the heap is relieved. Taken
         right before the handler runs, after a collection, so the handler meets the shortage
         whatever the timing."""
-        leave = self.hold_next[1]
+        _, self.hold_leave, self.hold_lasting = self.hold_next
         self.hold_next = None
-        self.held_next = heap.hold(leave)
+        self.held_next = heap.hold(self.hold_leave)
 
     def relieve_memory(self):
         """Called where a MemoryError was caught: gives back the heap that can be given back
-        (and the test hook's passing shortage ends here)."""
+        (the test hook's passing shortage ends here; a lasting one takes back what the relief
+        freed, and lasts until its command or request ends)."""
+        lasting = self.held_next is not None and self.hold_lasting
         self.held_next = None
         heap.relieve()
+        if lasting:
+            self.held_next = heap.hold(self.hold_leave)
 
     def storage_ready(self):
         return self.store is not None

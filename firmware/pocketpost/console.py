@@ -226,7 +226,8 @@ class Console:
     def _hold(self, args):
         # Test hook: {"leave": N} holds heap until N octets are free; with "next": "console",
         # "pop3" or "smtp" (true: the console) only while the next request or the next command
-        # of a session of that protocol runs; {} lets it go.
+        # of a session of that protocol runs: until the heap is first relieved, or with
+        # "lasting": true until that command or request ends, its redo included; {} lets go.
         leave = args.get("leave")
         target = args.get("next")
         self.app.held = self.app.held_next = self.app.hold_next = None
@@ -237,7 +238,7 @@ class Console:
         if target not in (None, "console", "pop3", "smtp"):
             raise RequestError("INVALID", "next must be console, pop3 or smtp")
         if target is not None and leave is not None:
-            self.app.hold_next = (target, leave)
+            self.app.hold_next = (target, leave, bool(args.get("lasting")))
         elif leave is not None:
             from .heap import hold
 

@@ -108,6 +108,13 @@ class Session:
         command changes nothing before its reply, so a shortage met before any of its reply
         left is answered by running it once more with the heap relieved."""
         app = self.app
+        try:
+            return await self._command(handler, arg, redo)
+        finally:
+            app.held_next = None  # the test hook's shortage for this command, if any
+
+    async def _command(self, handler, arg, redo):
+        app = self.app
         mark = self.conn.mark()
         try:
             if app.hold_next is not None and app.hold_next[0] == self.NAME:
@@ -116,8 +123,6 @@ class Session:
         except MemoryError:
             if not redo or not self.conn.rewind(mark):
                 return not self.short_of_memory(mark)
-        finally:
-            app.held_next = None
         app.relieve_memory()
         try:
             app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
