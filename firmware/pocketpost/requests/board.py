@@ -1,6 +1,7 @@
 # Console requests about the board itself: hello, info, log.tail, reboot.
 import gc
 import micropython
+import os
 
 from .. import VERSION
 from ..console import PROTOCOL, Streamed, arg
@@ -40,9 +41,12 @@ def info(app, args):
     }
     info["storage"] = app.storage_info()
     if app.storage_ready():
-        from .queue import summary
+        if _queue_empty(app.store):  # the usual case: nothing of the relay is loaded for it
+            info["queue"] = {"messages": 0, "octets": 0, "oldest_s": 0, "next_s": None, "last_error": ""}
+        else:
+            from .queue import summary
 
-        info["queue"] = summary(app.store)
+            info["queue"] = summary(app.store)
     # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
     # message predicts GC pauses on a board. (Its mem_peak is no high-water mark of the heap:
     # memory the collector reclaims is never subtracted.)
@@ -50,6 +54,15 @@ def info(app, args):
         info["heap_allocated_total"] = micropython.mem_total()
     info.update(app.board.info())
     return info
+
+
+def _queue_empty(store):
+    try:
+        for _ in os.ilistdir(store.root + "/queue"):
+            return False
+    except OSError:
+        pass  # no queue folder: nothing queued
+    return True
 
 
 def log_tail(app, args):
