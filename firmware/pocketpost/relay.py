@@ -35,6 +35,13 @@ def retry_delay(tries):
 async def run(app):
     """One pass through the queue: sends every message that is due. Returns the milliseconds
     until the next is due, or None when the queue is empty."""
+    try:
+        return await _pass(app)
+    finally:
+        unload("pocketpost.smtpout")  # however the pass ended (a shortage, the card)
+
+
+async def _pass(app):
     store = app.store
     if not getattr(app, "relay_recovered", False):
         from . import enqueue  # the queue's repair after a power cut, once a boot
@@ -108,9 +115,7 @@ async def run(app):
         app.log.warn("relay", "{} deferred ({} tries): {}".format(qid, env.tries, env.error))
         outbox.write(store, env)
         wait = _sooner(wait, env.next - outbox.now_ms())
-    if client is not None:
-        client = None
-        unload("pocketpost.smtpout")
+    client = None
     if wait is None:
         for qid in outbox.ids(store):
             if qid not in ids:
