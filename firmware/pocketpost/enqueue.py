@@ -142,6 +142,10 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
         if keep:
             incoming.file = open(incoming.path, "ab")
         raise OSError(_ENOSPC)
+    try:
+        os.mkdir(outbox.folder(store))  # the first message queued since the card was made
+    except OSError:
+        pass
     while path_exists(outbox.paths(store, qid)[1]):
         qid = outbox.new_id()
     msg = outbox.paths(store, qid)[0]

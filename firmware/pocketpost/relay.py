@@ -43,6 +43,8 @@ async def run(app):
 
 async def _pass(app):
     store = app.store
+    if not app.config["relay_host"] and not outbox.ids(store):
+        return None  # nothing to relay, nor to repair (no queue folder is made)
     if not getattr(app, "relay_recovered", False):
         from . import enqueue  # the queue's repair after a power cut, once a boot
 
