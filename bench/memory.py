@@ -78,6 +78,13 @@ class Board(emulated_board.EmulatedBoard):
     """The emulated board on a chosen MicroPython executable."""
 
     exe = None
+    # The console client is not shared between threads: one request at a time (the soak's two
+    # client threads and the sampler ask the board too).
+    console_lock = threading.Lock()
+
+    def request(self, command, **args):
+        with self.console_lock:
+            return super().request(command, **args)
 
     def command(self):
         return firmware.board_command(self.exe or firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
@@ -427,7 +434,7 @@ def main(argv=None):
     parser.add_argument("--write", action="store_true", help="write the report into docs/memory.md")
     args = parser.parse_args(argv)
 
-    exe = firmware.find_micropython(args.micropython)
+    exe = str(Path(firmware.find_micropython(args.micropython)).resolve())
     bits = subprocess.run([exe, "-c", "import sys; print(sys.maxsize > 2**32 and 64 or 32)"], capture_output=True, text=True).stdout.strip()
     has_tls = subprocess.run([exe, "-c", "import ssl"], capture_output=True).returncode == 0
     app = Path(tempfile.mkdtemp(prefix="pocketpost-app-"))
