@@ -162,6 +162,8 @@ def test_a_passing_shortage_at_data_is_met_by_running_it_again(board):
     login = pop3_login(board.pop3_port)
     assert login.cmd("STAT").startswith("+OK 1 ")  # stored once
     login.cmd("QUIT")
+    # The reserve given up for the redo is taken again once the sessions have ended.
+    assert board.request("info")["heap_reserve"] == 2048
 
 
 def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):

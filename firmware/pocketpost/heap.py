@@ -61,6 +61,7 @@ def restore():
 
 
 def reserved():
+    """Octets held in reserve now (0 while it is given up)."""
     return 0 if _reserve is None else RESERVE
 
 

@@ -12,7 +12,7 @@ def hello(app, args):
 
 
 def info(app, args):
-    from ..heap import largest_block
+    from ..heap import largest_block, reserved
 
     gc.collect()
     info = {
@@ -22,6 +22,7 @@ def info(app, args):
         "heap_free": gc.mem_free(),
         "heap_used": gc.mem_alloc(),
         "heap_max_block": largest_block(),
+        "heap_reserve": reserved(),  # held for a shortage, apart from heap_free (heap.py)
         "hostname": app.config["hostname"],
         "domains": app.config["domains"],
         "bind": app.address,

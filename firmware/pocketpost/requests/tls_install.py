@@ -10,6 +10,7 @@ from micropython import const
 
 from .. import unload
 from ..console import RequestError, arg
+from ..mailbox import path_exists
 
 # Longest certificate or key accepted: an RSA 4096 key in DER is ~2.4 KB.
 MAX_FILE = const(8192)
@@ -21,14 +22,6 @@ def _remove(path):
         os.remove(path)
     except OSError:
         pass
-
-
-def _exists(path):
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
 
 
 def begin(tls):
@@ -85,7 +78,7 @@ def commit(tls, digests, relieve):
     for _ in range(2):
         try:
             for new, der in moves:
-                if _exists(new):
+                if path_exists(new):
                     os.rename(new, der)
             break
         except MemoryError:
