@@ -28,9 +28,9 @@ sim: venv
 
 # `make test`: every test on every core (pytest-xdist, each firmware on its own ports and data)
 # under the unix board's heap (boards/unix/board.json); the firmware's protocol tests again under
-# the smaller heap they must fit; then the memory-sensitive tests (marked `memory`) twice in a
+# the smallest heap they fit (docs/memory.md); then the memory-sensitive tests (marked `memory`) twice in a
 # row while a CPU-bound load keeps every core busy (scripts/under-cpu-load).
-PROTOCOL_HEAP := 160k
+PROTOCOL_HEAP := 168k
 PROTOCOL_TESTS := tests/test_smoke.py tests/test_pop3.py tests/test_smtp.py tests/test_console.py \
 	tests/test_limits.py tests/test_storage.py tests/test_recovery.py tests/test_third_party_clients.py \
 	tests/test_memory.py

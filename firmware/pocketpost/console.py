@@ -196,7 +196,8 @@ class Console:
         finally:
             self.app.held_next = None  # the test hook's shortage for this request, if any
             _unload_handlers()
-            restore_reserve()
+            if not self.app.sessions:
+                restore_reserve()
 
     def _answer(self, rid, command, args):
         # self.redo: nothing is changed or sent yet, so a shortage may be met by running the

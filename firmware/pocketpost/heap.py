@@ -44,8 +44,8 @@ def largest_block():
 
 # A block held while memory is plentiful and given up where a MemoryError is caught: the command
 # that ran short can then be answered, or redone where that is safe, from a block of this size
-# in one piece, however fragmented the rest of the heap is. Taken again at the next connection
-# boundary (restore).
+# in one piece, however fragmented the rest of the heap is. Taken again when no client session is
+# open (restore): under load it is left to the sessions.
 RESERVE = const(2048)
 _reserve = None
 

@@ -265,7 +265,8 @@ class Listener:
             await conn.close()
             conn = session = entry = None
             gc.collect()
-            restore_reserve()
+            if not app.sessions:
+                restore_reserve()  # taken again when no session needs the heap
 
 
 def _last_word(conn, reply):
@@ -309,7 +310,8 @@ async def reap_idle(app):
     while True:
         await asyncio.sleep(1)
         beat()
-        restore_reserve()  # given up where a shortage was met: taken again once there is room
+        if not app.sessions:
+            restore_reserve()  # given up where a shortage was met: taken again when idle
         now = time.ticks_ms()
         try:
             for entry in app.sessions:

@@ -332,10 +332,19 @@ class SmtpSession(Session):
                 return
         try:
             # The output buffer is empty now (the 354 went out): it holds the copies' chunks.
-            await incoming.commit(mailboxes, conn.outbuf)
+            try:
+                await incoming.commit(mailboxes, conn.outbuf)
+            except MemoryError:
+                if not incoming.kept:
+                    raise
+                # Short before any mailbox got its copy: the message was received whole, so
+                # it is delivered once more with the heap relieved rather than sent again.
+                app.relieve_memory()
+                await incoming.commit(mailboxes, conn.outbuf)
         except MemoryError:
             # Nothing was delivered that the log does not name (store.commit); the client
             # hears a temporary error and sends the message again.
+            incoming.discard()
             if remote:
                 await self._relaying("unqueue", queue_id)
             app.relieve_memory()

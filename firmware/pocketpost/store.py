@@ -112,6 +112,9 @@ class Incoming:
         self.path = path
         self.size = 0
         self.error = None
+        # The message is here for a commit: False once one placed a copy or gave it up, True
+        # again when one ran short of memory before placing any (see commit).
+        self.kept = True
         try:
             self.file = open(path, "wb")
         except OSError as e:
@@ -149,10 +152,13 @@ class Incoming:
 
     async def commit(self, names, buf):
         """Delivers one copy to each named mailbox (`buf` is scratch space for making copies);
-        returns {name: seq}. On error nothing
-        that was not yet delivered becomes visible, and the error is raised."""
+        returns {name: seq}. On error nothing that was not yet delivered becomes visible, and
+        the error is raised. A MemoryError before the first mailbox got its copy keeps the
+        received message (only the extra copies go), so that commit can be called again once
+        the heap is relieved; the caller discards it if it does not."""
         store = self.store
-        if self.error is None:
+        self.kept = False
+        if self.error is None and self.file is not None:
             try:
                 self.file.close()  # FatFS writes the data and the folder entry here
             except OSError as e:
@@ -174,12 +180,12 @@ class Incoming:
                     copy = store.tmp_path()
                     copies.append(copy)
                     await _copy_file(self.path, copy, buf)
-        except (OSError, MemoryError):
-            for path in copies:
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
+        except OSError:
+            _remove_all(copies)
+            raise
+        except MemoryError:
+            _remove_all(copies[1:])  # the received message stays, for another commit
+            self.kept = True
             raise
         # Every copy is complete; now they become visible, without yielding to other tasks.
         delivered = {}
@@ -187,12 +193,11 @@ class Incoming:
             try:
                 box = store.existing_mailbox(name)
                 delivered[name] = box.deliver(copies[i], self.size, store.rec)
-            except (OSError, MemoryError):
-                for path in copies[i:]:
-                    try:
-                        os.remove(path)
-                    except OSError:
-                        pass
+            except (OSError, MemoryError) as e:
+                # Short before the first copy was placed: the received message stays.
+                keep = 1 if i == 0 and isinstance(e, MemoryError) and path_exists(copies[0]) else 0
+                _remove_all(copies[i + keep :])
+                self.kept = keep == 1
                 if delivered:
                     store.log.error("store", "delivery failed part-way; delivered to {}".format(", ".join(delivered)))
                 raise
@@ -211,3 +216,11 @@ async def _copy_file(src, dst, buf):
             if fout.tell() == n:
                 fout.flush()  # the first cluster into the folder entry (see Incoming.write)
             await asyncio.sleep_ms(0)  # let other clients run during a long copy
+
+
+def _remove_all(paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
