@@ -3,7 +3,6 @@
 # when the sender is a local user, else through the smarthost with the null sender. Mail with
 # the null sender (a bounce itself) is never bounced: its report goes to the postmaster mailbox.
 # Loaded by relay.py for one bounce and unloaded after it.
-import os
 import time
 
 from micropython import const

@@ -18,7 +18,6 @@
 # folder, the first layout, which mailboxes made by earlier builds keep. FatFS finds a file by
 # reading its folder from the start, 32 octets per entry: an open, stat or rename near the end of
 # a 1,000-file folder reads 32 KB of the card, of a 100-file folder 3 KB.
-import binascii
 import os
 
 from micropython import const

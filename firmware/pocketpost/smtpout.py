@@ -154,7 +154,6 @@ async def _tls_place(app):
 async def _session(app, env, client, tls):
     config = app.config
     conn = client.conn
-    log = app.log
     host = config["relay_host"]
     security = config["relay_security"]
     if security == "tls":
