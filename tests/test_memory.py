@@ -126,6 +126,29 @@ def test_smtp_command_short_of_memory_is_451_and_the_session_goes_on(board):
     assert board.log_has("WARN smtp: 127.0.0.1 not enough memory for a command")
 
 
+def test_a_recipient_short_of_memory_is_451_and_not_delivered_to(board):
+    board.add_user("bob", "builder")
+    w = smtp_session(board.smtp_port)
+    assert w.cmd("MAIL FROM:<carol@example.org>").startswith("250")
+    hold(board, 0, next="smtp")  # passing: RCPT is run again, and the recipient counted once
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>") == "250 2.1.5 Ok"
+    assert board.wait_log("WARN smtp: 127.0.0.1 short of memory for a command, run again")
+    hold(board, 0, next="smtp", lasting=True)
+    assert w.cmd("RCPT TO:<bob@pocketpost.local>") == SMTP_NOMEM
+    assert w.cmd("DATA").startswith("354")
+    w.send(b"Subject: one recipient\r\n\r\nbody\r\n.\r\n")
+    assert w.smtp_reply()[0].startswith("250 2.0.0 Ok: queued as ")
+    w.cmd("QUIT")
+    login = pop3_login(board.pop3_port)
+    assert login.cmd("RETR 1").startswith("+OK")
+    # One recipient counted: the trace names it (RFC 5321 §4.4 "for" with a single recipient).
+    assert b"\r\n\tfor <alice@pocketpost.local>;" in unstuff(login.multiline())
+    login.cmd("QUIT")
+    bob = pop3_login(board.pop3_port, user="bob", password="builder")
+    assert bob.cmd("STAT") == "+OK 0 0"  # the client heard 451 for bob: nothing for him
+    bob.cmd("QUIT")
+
+
 def test_delivery_short_of_memory_stores_nothing_and_can_be_sent_again(board):
     send_mail(board.smtp_port, b"Subject: first\r\n\r\none\r\n")
     w = smtp_session(board.smtp_port)

@@ -239,6 +239,18 @@ class SmtpSession(Session):
         self.conn.put(b"250 2.1.0 Ok\r\n")
 
     async def cmd_rcpt(self, arg):
+        # Run again after a shortage (_REDO): what a short RCPT had added is taken back first, so
+        # the recipient is counted once, and not at all when the client hears a temporary error.
+        recipients, first, mailboxes, remote = self.recipients, self.first_recipient, len(self.mailboxes), len(self.remote)
+        try:
+            return await self._rcpt(arg)
+        except MemoryError:
+            self.recipients, self.first_recipient = recipients, first
+            del self.mailboxes[mailboxes:]
+            del self.remote[remote:]
+            raise
+
+    async def _rcpt(self, arg):
         app = self.app
         if self.sender is None:
             return self._no_mail()
@@ -455,6 +467,6 @@ _COMMANDS = {
     "AUTH": SmtpSession.cmd_auth,
     "STARTTLS": SmtpSession.cmd_starttls,
 }
-# Commands that change nothing before their reply (DATA: nothing before its 354, and no data is
-# read before that): run again after a shortage (Session.command).
-_REDO = (SmtpSession.cmd_ehlo, SmtpSession.cmd_data, SmtpSession.cmd_rset, SmtpSession.cmd_noop, SmtpSession.cmd_vrfy, SmtpSession.cmd_help)
+# Commands that change nothing before their reply (RCPT takes back what it added; DATA: nothing
+# before its 354, and no data is read before that): run again after a shortage (Session.command).
+_REDO = (SmtpSession.cmd_ehlo, SmtpSession.cmd_rcpt, SmtpSession.cmd_data, SmtpSession.cmd_rset, SmtpSession.cmd_noop, SmtpSession.cmd_vrfy, SmtpSession.cmd_help)
