@@ -7,9 +7,11 @@ finished by running again; bad input refused with nothing changed."""
 import hashlib
 import json
 import os
+import pty
 import shutil
 import smtplib
 import subprocess
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -231,12 +233,17 @@ def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_b
         os.chown(late, *dovecot.mail_root.stat()[4:6])
         served = pop3_state(dovecot.pop3_port, "alice", "wonderland")
         assert served["uids"][len(served["uids"])] == f"{gen}.{next_seq}"
+        delete(types.SimpleNamespace(pop3_port=dovecot.pop3_port), "bob", [1])  # bob reads mail on Dovecot now
         dovecot.stop_dovecot()
 
-        # A re-run writes nothing and changes nothing.
+        # A re-run writes nothing and changes nothing: what was deleted on Dovecot stays deleted.
         files = sorted((p.name, p.read_bytes()) for p in (dovecot.mail_root / "bob" / "cur").iterdir())
+        assert len(files) == 149
         _, out, _ = pocketpost("mailbox", "export", sim.image, dovecot.mail_root, "--user", "bob", "--json")
-        assert json.loads(out)["users"][0]["written"] == 0
+        rerun = json.loads(out)
+        assert rerun["users"][0]["written"] == 0 and rerun["messages"] == 149
+        assert rerun["skipped"] == [{"user": "bob", "message": rerun["skipped"][0]["message"],
+                                     "reason": "deleted from the destination since an earlier export"}]
         assert files == sorted((p.name, p.read_bytes()) for p in (dovecot.mail_root / "bob" / "cur").iterdir())
         # alice's Maildir now holds mail that is not on the card: an export onto it is refused.
         code, _, err = pocketpost("mailbox", "export", sim.image, dovecot.mail_root, "--user", "alice", ok=1)
@@ -255,8 +262,9 @@ def test_export_to_dovecot_keeps_every_uidl_and_octet_and_moves_back(sim, make_b
             back = pop3_state(board.pop3_port, user, password)
             if user == "alice":
                 assert back["uids"] == served["uids"] and back["messages"] == served["messages"]
-            else:
-                assert back == sim.state[user]
+            else:  # less the message deleted on Dovecot
+                before = sim.state[user]
+                assert back == {key: {n - 1: v for n, v in before[key].items() if n > 1} for key in before}
         # The UIDL rule holds: the next delivery takes the next number.
         deliver(board, "alice", [sample_message(1, "after")])
         uids = pop3_state(board.pop3_port, "alice", "wonderland")["uids"]
@@ -290,8 +298,12 @@ def fresh_card(make_board, users=("alice",)):
     return board
 
 
-def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
-    with DeliveringDovecot("pop3_uidl_format = %08Xv.%u") as dovecot:
+@pytest.mark.parametrize("uidl_format", ["%08Xu%08Xv", "%08Xv.%u"], ids=["dovecot-default-uidls", "card-form-uidls"])
+def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path, uidl_format):
+    # Dovecot's default pop3_uidl_format gives UIDLs of another form (000000016553f100): the card
+    # keeps them in the mailbox's uidls file. With %08Xv.%u they are of the card's own form.
+    default = uidl_format == migrate.DOVECOT_DEFAULT_UIDL_FORMAT
+    with DeliveringDovecot("" if default else f"pop3_uidl_format = {uidl_format}") as dovecot:
         messages = [crlf(p.read_bytes()) for p in sorted(CORPUS.glob("msg_*.txt"))[:10]]
         messages += [sample_message(n, "dovecot") for n in range(15)] + [large_message(9000, seed=7)]
         with dovecot_smtp(dovecot) as s:
@@ -299,6 +311,7 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
                 s.sendmail(SENDER, ["alice@reference.test"], m)
         served = pop3_state(dovecot.pop3_port, "alice", "wonderland")
         assert len(served["uids"]) == len(messages)
+        assert all(migrate.CARD_UIDL.fullmatch(u) is None for u in served["uids"].values()) == default
         fetchmail = Fetchmail(types.SimpleNamespace(pop3_port=dovecot.pop3_port), tmp_path / "fetchmail")
         fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_GOT_MAIL,))
         source = tmp_path / "Maildir"
@@ -307,17 +320,18 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
 
     board = fresh_card(make_board)
     image = board.data / "sd.img"
+    formats = () if default else ("--uidl-format", uidl_format)  # Dovecot's default is the default
     # An interrupted import (here: after the first 25 messages) is finished by running it again.
     before = sha(image)
-    pocketpost("mailbox", "import", source, image, "--user", "alice", "--dry-run", "--uidl-format", "%08Xv.%u")
+    pocketpost("mailbox", "import", source, image, "--user", "alice", "--dry-run", *formats)
     assert sha(image) == before
     with pytest.raises(KeyboardInterrupt):
-        migrate.import_mailboxes(source, image, user="alice", progress=interrupt_after(1), uidl_format="%08Xv.%u")
-    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", "--uidl-format", "%08Xv.%u")
+        migrate.import_mailboxes(source, image, user="alice", progress=interrupt_after(1), uidl_format=uidl_format)
+    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", *formats)
     summary = json.loads(out)
     assert summary["users"][0]["uidls"] == {"kept": len(messages), "new": 0, "changed": 0}
     assert 0 < summary["users"][0]["written"] < len(messages)
-    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", "--uidl-format", "%08Xv.%u")
+    _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--json", *formats)
     assert json.loads(out)["users"][0]["written"] == 0  # converged: nothing twice
 
     assert tree(source) == source_before  # the source is never written
@@ -329,6 +343,25 @@ def test_import_dovecot_maildir_onto_fresh_card(make_board, tmp_path):
     fetchmail.rcfile.write_text(rc.replace(f"port {dovecot.pop3_port}", f"port {board.pop3_port}"))
     again = fetchmail("--keep", "--uidl", "--bad-header", "accept", ok=(FETCHMAIL_NO_MAIL,))
     assert "POP3> RETR" not in again.out
+    if not default:
+        return
+    # Kept UIDLs live on beside the card's own: a deletion, a new message, and the move back to
+    # Dovecot (the export's P fields) keep every one.
+    delete(board, "alice", [2, 7])
+    deliver(board, "alice", [sample_message(99, "after the import")])
+    on_card = pop3_state(board.pop3_port, "alice", "wonderland")
+    kept = [u for u in served["uids"].values() if u not in (served["uids"][2], served["uids"][7])]
+    assert list(on_card["uids"].values())[:-1] == kept
+    assert migrate.CARD_UIDL.fullmatch(on_card["uids"][len(kept) + 1])
+    board.stop()
+    assert not store_warnings(board)
+    back = DovecotMaildirs({"alice": "wonderland"})
+    try:
+        pocketpost("mailbox", "export", image, back.mail_root)
+        back.start()
+        assert pop3_state(back.pop3_port, "alice", "wonderland") == on_card
+    finally:
+        back.stop()
 
 
 def dovecot_smtp(dovecot):
@@ -347,8 +380,10 @@ def interrupt_after(calls):
     return progress
 
 
-def test_maildir_with_dovecot_default_uidls_needs_new_uidls(make_board, tmp_path):
-    # Dovecot's default pop3_uidl_format (%08Xu%08Xv) makes UIDLs the card cannot serve.
+def test_maildir_uidls_of_any_form_are_kept_and_invalid_ones_need_new_uidls(make_board, tmp_path):
+    # Dovecot's default pop3_uidl_format (%08Xu%08Xv) makes UIDLs such as 000000016553f100: the
+    # card keeps them (its uidls file). A UIDL no client can hold (71 characters) or one that
+    # two messages share cannot be kept: refused unless --new-uidls.
     source = tmp_path / "Maildir"
     for sub in ("cur", "new", "tmp"):
         (source / sub).mkdir(parents=True)
@@ -356,30 +391,47 @@ def test_maildir_with_dovecot_default_uidls_needs_new_uidls(make_board, tmp_path
     (source / "cur" / "2.M2.host:2,").write_bytes(b"Subject: two\n\nbody\n")
     (source / "new" / "3.M3.host").write_bytes(b"Subject: three, never listed\n\nbody\n")
     (source / "cur" / "4.M4.host:2,").write_bytes(b"Subject: four\n\nbody\n")
+    (source / "cur" / "5.M5.host:2,").write_bytes(b"Subject: five\n\nbody\n")
+    (source / "cur" / "6.M6.host:2,").write_bytes(b"Subject: six\n\nbody\n")
     (source / "dovecot-uidlist").write_text(
-        "3 V1700000000 N5 Gabcdef\n1 :1.M1.host\n2 :2.M2.host\n4 P" + "x" * 71 + " :4.M4.host\n"
+        "3 V1700000000 N7 Gabcdef\n1 :1.M1.host\n2 :2.M2.host\n4 P" + "x" * 71 + " :4.M4.host\n"
+        "5 Pkeep-me-70-" + "y" * 57 + " :5.M5.host\n6 P000000016553f100 :6.M6.host\n"
     )
     board = fresh_card(make_board)
     image = board.data / "sd.img"
     before = sha(image)
     _, _, err = pocketpost("mailbox", "import", source, image, "--user", "alice", ok=2)
-    assert "3 messages would get new UIDLs" in err and "'000000016553f100'" in err and "--new-uidls" in err
+    assert "2 messages would get new UIDLs" in err and "'" + "x" * 71 + "'" in err and "--new-uidls" in err
     assert sha(image) == before
     _, out, _ = pocketpost("mailbox", "import", source, image, "--user", "alice", "--new-uidls", "--json")
     summary = json.loads(out)
-    assert summary["users"][0]["uidls"] == {"kept": 0, "new": 1, "changed": 3}
-    assert summary["skipped"] == []  # imported, with new UIDLs
+    assert summary["users"][0]["uidls"] == {"kept": 3, "new": 1, "changed": 2}
+    assert summary["skipped"] == []  # imported, two with new UIDLs
     reasons = [s["reason"] for s in summary["uidl_changed"]]
-    assert reasons[0] == (
-        "UIDL '000000016553f100' changed: it is not of the card's form GGGGGGGG.N, the only UIDLs a card serves"
-    )
-    assert reasons[1].startswith("UIDL '000000026553f100' changed")
-    assert reasons[2].endswith("not a valid POP3 UIDL (RFC 1939: 1-70 printable characters), so no client can hold it")
+    assert reasons == [
+        "UIDL '" + "x" * 71 + "' changed: it is not a valid POP3 UIDL (RFC 1939: 1-70 printable characters), "
+        "so no client can hold it",
+        "UIDL '000000016553f100' changed: it is the UIDL of an earlier message too (RFC 1939: unique in a maildrop)",
+    ]
     board.start()
     assert not store_warnings(board)
     state = pop3_state(board.pop3_port, "alice", "wonderland")
-    assert [m.split(b"\r\n")[0] for m in state["messages"].values()] == [
-        b"Subject: one", b"Subject: two", b"Subject: four", b"Subject: three, never listed"]
+    subjects = [m.split(b"\r\n")[0] for m in state["messages"].values()]
+    assert subjects == [b"Subject: one", b"Subject: two", b"Subject: four", b"Subject: five", b"Subject: six",
+                        b"Subject: three, never listed"]
+    uids = state["uids"]
+    generation = uids[3].split(".")[0]
+    assert uids == {1: "000000016553f100", 2: "000000026553f100", 3: generation + ".3", 4: "keep-me-70-" + "y" * 57,
+                    5: generation + ".5", 6: generation + ".6"}
+    # UIDL n finds a kept UIDL too (the firmware bisects the uidls file).
+    box = Pop3Wire(board.pop3_port, "alice", "wonderland")
+    try:
+        assert box.command("UIDL 4") == b"+OK 4 keep-me-70-" + b"y" * 57
+        assert box.command("UIDL 2") == b"+OK 2 000000026553f100"
+        assert box.command("UIDL 6") == f"+OK 6 {generation}.6".encode()
+        assert box.command("UIDL 1") == b"+OK 1 000000016553f100"
+    finally:
+        box.quit()
 
 
 # ---- mbox and .eml
@@ -449,6 +501,44 @@ def test_mbox_and_eml_imports_are_byte_exact(make_board, tmp_path):
     # mboxo cannot tell ">From " that was written so from a quoted "From ": both come back as "From ".
     carol = list(pop3_state(board.pop3_port, "carol", "secret")["messages"].values())
     assert carol == [m.replace(b">From a line", b"From a line") for m in messages]
+
+
+def on_a_terminal(*args):
+    """Runs the pocketpost command with its stderr on a pseudo-terminal (as a person runs it);
+    returns (exit code, stdout, what the terminal showed)."""
+    main, child = pty.openpty()
+    command = [str(Path(sys.executable).parent / "pocketpost"), *map(str, args)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    out = process.stdout.read()
+    process.stdout.close()
+    return process.wait(60), out.decode(), shown.decode()
+
+
+def test_progress_bars_on_a_terminal_and_none_with_json(make_board, tmp_path):
+    messages, mboxrd, _ = mbox_messages()
+    (tmp_path / "mail.mbox").write_bytes(mboxrd)
+    board = fresh_card(make_board)
+    image = board.data / "sd.img"
+    code, out, shown = on_a_terminal("mailbox", "import", tmp_path / "mail.mbox", image, "--user", "alice")
+    assert code == 0, shown
+    total = len(b"".join(messages))
+    assert "importing" in shown and "100%" in shown  # the bar, in octets, ran to its end
+    assert f"{len(messages)} messages" in out and "importing" not in out  # the bar is on stderr only
+    code, out, shown = on_a_terminal("mailbox", "export", image, tmp_path / "out")
+    assert code == 0 and "exporting" in shown and "100%" in shown, shown
+    code, out, shown = on_a_terminal("mailbox", "export", image, tmp_path / "again", "--json")
+    assert code == 0 and "exporting" not in shown and json.loads(out)["octets"] == total
 
 
 # ---- bad input: a clear one-line error, nothing changed

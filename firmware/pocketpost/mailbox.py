@@ -3,6 +3,7 @@
 #   <dir>/index        a header, then one fixed-size record per message, in delivery order
 #   <dir>/<shard>/<seq> the messages, in wire form; shard = seq // 100 keeps FAT folders small
 #   <dir>/purge        the journal of a deletion (seqs to remove), present only while one runs
+#   <dir>/uidls        UIDLs kept from another server (format version 3), only after an import
 #
 # The index lets a login read one file instead of listing and stat-ing every message (an fopen
 # in a FAT folder of ~2,000 files takes 110+ ms on an ESP32 over SPI, esp-idf #4547). Records
@@ -27,6 +28,12 @@ PER_FOLDER = const(100)
 _LEGACY_PER_FOLDER = const(1000)
 _MARK = const(43)  # "+"
 _LEGACY_MARK = const(35)  # "#"
+# A record of <dir>/uidls, written by `pocketpost mailbox import` for messages whose POP3 clients
+# know them by a UIDL of another server (Dovecot's "000000016553f100"), ascending by seq:
+# "SSSSSSSS " + the UIDL (RFC 1939: 1-70 octets 0x21-0x7E) padded with spaces to 70 + "\n". A
+# fixed size, so UIDL n is found by bisection; records of deleted messages may stay (a seq is
+# never used twice, so they match nothing).
+UIDL_RECORD = const(80)
 # Sequence numbers have 8 digits: message names stay 8.3 names on FAT (no long-name entries).
 _MAX_SEQ = const(99999999)
 
@@ -127,6 +134,13 @@ class Mailbox:
         with open(self.index, "rb") as f:
             gen, _ = self.read_header(f, rec)
         return "{:08x}.".format(gen)
+
+    def kept_uidls(self):
+        """How many records the file of kept UIDLs has (0: none, the usual case)."""
+        try:
+            return os.stat(self.dir + "/uidls")[6] // UIDL_RECORD
+        except OSError:
+            return 0
 
     def count(self):
         """Number of records in the index."""

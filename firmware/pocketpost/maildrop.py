@@ -8,7 +8,7 @@ import time
 
 from micropython import const
 
-from .mailbox import RECORD, parse_record, path_exists, read_records
+from .mailbox import RECORD, UIDL_RECORD, parse_record, path_exists, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
 _RECORDS_PER_READ = const(12)
@@ -31,6 +31,9 @@ class Maildrop:
         self.cache_count = 0
         self.uid_prefix = self.box.uid_prefix(memoryview(self.cache)[:RECORD]).encode()
         self.count, self.octets = self.box.totals(self.buf)  # later deliveries wait for the next session
+        # UIDLs kept from another server by an import (mailbox.py, UIDL_RECORD): how many.
+        self.kept = self.box.kept_uidls()
+        self.kept_rec = bytearray(UIDL_RECORD) if self.kept else None
         self.deleted = [bytearray(_MARK_BLOCK) for _ in range((self.count + _MARK_MASK) >> _MARK_SHIFT)]
         self.deleted_count = 0
         self.deleted_octets = 0
@@ -55,6 +58,43 @@ class Maildrop:
             i = 0
         return parse_record(self.cache, i * RECORD)
 
+    def uidl(self, seq):
+        """The UIDL of message `seq`: the one it kept from another server, else the card's."""
+        if self.kept:
+            with open(self.box.dir + "/uidls", "rb") as f:
+                low, high = 0, self.kept
+                while low < high:
+                    mid = (low + high) >> 1
+                    f.seek(mid * UIDL_RECORD)
+                    found = self._next_kept(f)
+                    if found is None or found == seq:
+                        break
+                    if found < seq:
+                        low = mid + 1
+                    else:
+                        high = mid
+                if found == seq:
+                    return self._kept_uidl()
+        return b"%s%d" % (self.uid_prefix, seq)
+
+    def _next_kept(self, f):
+        # The seq of the next kept-UIDL record of `f` (read into kept_rec); None at the end or at
+        # a damaged record, whose messages then have the card's UIDLs.
+        rec = self.kept_rec
+        if f.readinto(rec) != UIDL_RECORD or rec[8] != 32 or rec[UIDL_RECORD - 1] != 10:
+            return None
+        try:
+            return int(rec[:8])
+        except ValueError:
+            return None
+
+    def _kept_uidl(self):
+        rec = self.kept_rec
+        end = UIDL_RECORD - 1
+        while end > 9 and rec[end - 1] == 32:
+            end -= 1
+        return bytes(memoryview(rec)[9:end])
+
     def path(self, seq):
         return self.box.message_path(seq)
 
@@ -78,23 +118,35 @@ class Maildrop:
         prefix = self.uid_prefix
         deleted = self.deleted
         n = 0
-        with open(self.box.index, "rb") as f:
-            f.seek(RECORD)
-            while n < self.count:
-                got = f.readinto(buf)
-                if not got:
-                    return
-                for off in range(0, got - got % RECORD, RECORD):
-                    n += 1
-                    if n > self.count:
+        # Kept UIDLs are read alongside the index: both files are in seq order.
+        kept = open(self.box.dir + "/uidls", "rb") if uids and self.kept else None
+        kept_seq = self._next_kept(kept) if kept else None
+        try:
+            with open(self.box.index, "rb") as f:
+                f.seek(RECORD)
+                while n < self.count:
+                    got = f.readinto(buf)
+                    if not got:
                         return
-                    i = n - 1
-                    if not deleted[i >> _MARK_SHIFT][(i & _MARK_MASK) >> 3] & (1 << (i & 7)):
-                        seq, size = parse_record(buf, off)
-                        if uids:
-                            yield b"%d %s%d\r\n" % (n, prefix, seq)
-                        else:
-                            yield b"%d %d\r\n" % (n, size)
+                    for off in range(0, got - got % RECORD, RECORD):
+                        n += 1
+                        if n > self.count:
+                            return
+                        i = n - 1
+                        if not deleted[i >> _MARK_SHIFT][(i & _MARK_MASK) >> 3] & (1 << (i & 7)):
+                            seq, size = parse_record(buf, off)
+                            if not uids:
+                                yield b"%d %d\r\n" % (n, size)
+                                continue
+                            while kept_seq is not None and kept_seq < seq:
+                                kept_seq = self._next_kept(kept)
+                            if kept_seq == seq:
+                                yield b"%d %s\r\n" % (n, self._kept_uidl())
+                            else:
+                                yield b"%d %s%d\r\n" % (n, prefix, seq)
+        finally:
+            if kept:
+                kept.close()
 
     def mark_deleted(self, n, size):
         n -= 1

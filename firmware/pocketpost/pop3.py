@@ -301,7 +301,7 @@ class Pop3Session(Session):
             found = self._message(n)
             if found:
                 n, seq, size = found
-                conn.put(b"+OK %d %s%d\r\n" % (n, drop.uid_prefix, seq) if uids else b"+OK %d %d\r\n" % (n, size))
+                conn.put(b"+OK %d %s\r\n" % (n, drop.uidl(seq)) if uids else b"+OK %d %d\r\n" % (n, size))
             return
         if uids:
             conn.put(b"+OK Unique-ID listing follows\r\n")

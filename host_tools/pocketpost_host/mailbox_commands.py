@@ -107,7 +107,8 @@ def mailbox_export(source, dest, fmt, users, cafile, dry_run, as_json):
 @click.option("--mbox-quoting", type=click.Choice(["mboxrd", "mboxo"]), default="mboxrd", show_default=True,
               help="How the mbox quotes 'From ' lines in bodies.")
 @click.option("--new-uidls", is_flag=True,
-              help="Import messages whose UIDL the card cannot keep, with new UIDLs (clients fetch them again).")
+              help="Import messages whose UIDL no client can hold (not 1-70 printable characters) or that "
+                   "another message has too, with new UIDLs (clients fetch them again).")
 @click.option("--uidl-format", default=migrate.DOVECOT_DEFAULT_UIDL_FORMAT, show_default=True,
               help="The Maildir's Dovecot pop3_uidl_format, for messages its uidlist gives no P field.")
 @click.option("--password", envvar="POCKETPOST_PASSWORD", show_envvar=True,
@@ -124,8 +125,9 @@ def mailbox_import(ctx, source, dest, user, fmt, mbox_quoting, new_uidls, uidl_f
     """Import a Maildir (with Dovecot's uidlist), an mbox or .eml files onto a card.
 
     DEST is a card's folder (mounted on this computer) or a card image file (written with mtools,
-    never mounted; the board or sim must be stopped): UIDLs of the card's form (GGGGGGGG.N, as
-    an export leaves them) are kept; others cannot be (see --new-uidls). DEST `console` is the
+    never mounted; the board or sim must be stopped): every message keeps the UIDL its POP3
+    clients know (the card's own form GGGGGGGG.N by its number, any other in the mailbox's
+    uidls file), unless it is not a valid one (see --new-uidls). DEST `console` is the
     card of the board on --port, written from its MicroPython REPL (the firmware stops for
     the import and starts again after; UIDLs as for an image). DEST may also be
     smtp://HOST[:PORT] of a running board: every message then gets a new UIDL and the board's

@@ -1,7 +1,7 @@
 """Moving mailboxes off and onto a pocketpost card: `pocketpost mailbox export` and `import`.
 
-The card's format is the one docs/storage.md describes (format version 2, index mark `+`, and
-version 1, mark `#`); this module reads and writes it with plain file operations, on a mounted
+The card's format is the one docs/storage.md describes (format version 3: version 2, index mark
+`+`, with a mailbox's file of UIDLs kept from another server; version 1, mark `#`); this module reads and writes it with plain file operations, on a mounted
 card folder or, without mounting, on a FAT image file through mtools (the Debian package).
 
 - export: every user's mailbox becomes a Maildir that Dovecot 2.3 serves with the same POP3
@@ -11,10 +11,12 @@ card folder or, without mounting, on a FAT image file through mtools (the Debian
   what Dovecot's own delivery writes) and `,S=<size>,W=<size with CRLF>` in their names:
   Dovecot's LIST then reports the card's sizes and its RETR sends the card's octets.
 - import: a Maildir (Dovecot's, with its uidlist), an mbox file or a folder of .eml files
-  becomes a user's mailbox on the card. The card derives every UIDL from the mailbox's
-  generation and the message's sequence number (`GGGGGGGG.N`), so a UIDL of that form is kept
-  (the generation and numbers are taken over); any other UIDL cannot be carried by the card's
-  format and the message gets a new one (only with `new_uidls`: clients download it again).
+  becomes a user's mailbox on the card. The card derives a UIDL from the mailbox's generation
+  and the message's sequence number (`GGGGGGGG.N`), so a UIDL of that form is kept by taking
+  over the generation and numbers; any other UIDL RFC 1939 allows (Dovecot's default
+  `000000016553f100`) is kept in the mailbox's `uidls` file. Only a UIDL no client can hold (not
+  1-70 printable characters) or one that two messages share gets a new one, and only with
+  `new_uidls` (clients download that message again).
   A running board is a source over POP3 (pop3:// or pop3s://) and a destination over SMTP
   (smtp://: every message gets a new UIDL and the board's trace fields).
 
@@ -53,6 +55,9 @@ MARKS = {b"+": PER_FOLDER, b"#": LEGACY_PER_FOLDER}
 CARD_UIDL = re.compile(r"([0-9a-f]{8})\.([1-9][0-9]{0,7})")
 # RFC 1939 §7: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 RFC1939_UIDL = re.compile(r"[\x21-\x7e]{1,70}")
+# A record of a mailbox's `uidls` file (format version 3): "SSSSSSSS " + a UIDL of another form,
+# padded with spaces to 70 octets, + LF; ascending by sequence number.
+UIDL_RECORD = 80
 
 # What `export` prints and docs/storage.md repeats: Dovecot settings for the exported Maildirs.
 DOVECOT_CONFIG = """\
@@ -184,6 +189,7 @@ def read_card_mailbox(box, user):
     if journal.exists():
         purged = {int(line) for line in journal.read_bytes().split(b"\n") if line.strip().isdigit()}
     records = parse_records(data)
+    kept = read_kept_uidls(box / "uidls")
     result = Mailbox(user, [], generation)
     for seq, size in records:
         next_seq = max(next_seq, seq + 1)
@@ -199,17 +205,45 @@ def read_card_mailbox(box, user):
             reason = f"its file has {found} octets, the index says {size}"
             result.skipped.append((f"{user} {card_uidl(generation, seq)}", reason))
             continue
-        result.messages.append(Message(str(path), _reader(path), size, card_uidl(generation, seq), seq))
+        uidl = kept.get(seq) or card_uidl(generation, seq)
+        result.messages.append(Message(str(path), _reader(path), size, uidl, seq))
     while True:  # messages delivered but not indexed (a crash): the boot check indexes them
         path = message_path(box, next_seq, per_folder)
         if not path.is_file():
             break
-        uidl = card_uidl(generation, next_seq)
+        uidl = kept.get(next_seq) or card_uidl(generation, next_seq)
         result.messages.append(Message(str(path), _reader(path), path.stat().st_size, uidl, next_seq))
         next_seq += 1
     result.next_seq = next_seq
     result.uidls["kept"] = len(result.messages)
     return result
+
+
+def read_kept_uidls(path):
+    """{seq: UIDL} of a mailbox's `uidls` file (none: {}), up to its first damaged record (as
+    the firmware reads it: the messages after it have the card's UIDLs)."""
+    kept = {}
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return kept
+    for off in range(0, len(data) - len(data) % UIDL_RECORD, UIDL_RECORD):
+        rec = data[off : off + UIDL_RECORD]
+        uidl = rec[9:79].rstrip(b" ")
+        if rec[8] != 32 or rec[79] != 10 or not rec[:8].isdigit() or not RFC1939_UIDL.fullmatch(uidl.decode("latin-1")):
+            break
+        kept[int(rec[:8])] = uidl.decode()
+    return kept
+
+
+def uidls_bytes(mailbox):
+    """The `uidls` file of a mailbox: a record for each message whose UIDL is not the card's
+    own (b"" when there is none)."""
+    out = []
+    for m in sorted(mailbox.messages, key=lambda m: m.seq):
+        if m.uidl and m.uidl != card_uidl(mailbox.generation, m.seq):
+            out.append(f"{m.seq:08d} {m.uidl:<70}\n".encode())
+    return b"".join(out)
 
 
 def _reader(path):
@@ -324,6 +358,16 @@ def _existing_messages(box):
     return found
 
 
+def new_generation(mailbox):
+    """A random generation for a new mailbox, none of whose UIDLs (GGGGGGGG.N) a kept UIDL of
+    its messages could ever be."""
+    taken = {m.uidl.partition(".")[0] for m in mailbox.messages if m.uidl and CARD_UIDL.fullmatch(m.uidl)}
+    while True:
+        generation = int.from_bytes(secrets.token_bytes(4), "big")
+        if f"{generation:08x}" not in taken:
+            return generation
+
+
 def plan_card_mailbox(box, mailbox):
     """Checks the mailbox folder `box` (which may hold the start of an earlier run of the same
     import) against `mailbox`; numbers the messages and chooses the generation. Returns the
@@ -358,7 +402,7 @@ def plan_card_mailbox(box, mailbox):
         if held and existing_gen is not None:
             mailbox.generation = existing_gen
         else:
-            mailbox.generation = int.from_bytes(secrets.token_bytes(4), "big")
+            mailbox.generation = new_generation(mailbox)
     by_seq = {m.seq: m for m in mailbox.messages}
     sizes = dict(records)
     for seq in held:
@@ -378,8 +422,10 @@ def plan_card_mailbox(box, mailbox):
 def number_messages(mailbox, new_uidls):
     """Gives each message its sequence number on the card: the one in a UIDL of the card's form
     (one generation per mailbox, ascending) is kept; other messages take the next number that
-    was never used (above the last kept one and the source's next number, `mailbox.reserved`).
-    A message whose clients know another UIDL is refused unless `new_uidls`."""
+    was never used (above the last kept one and the source's next number, `mailbox.reserved`),
+    and keep a UIDL of another form in the `uidls` file. A message whose UIDL no client can hold
+    (not RFC 1939's 1-70 printable characters) or that an earlier message has too is refused
+    unless `new_uidls`, which gives it the card's UIDL for its new number."""
     gen = mailbox.generation
     if gen is None:
         for m in mailbox.messages:
@@ -390,11 +436,13 @@ def number_messages(mailbox, new_uidls):
     floor = mailbox.reserved.get(gen, 1) if gen is not None else 1
     last = 0
     refused = []
+    seen = set()
     for m in mailbox.messages:
         match = CARD_UIDL.fullmatch(m.uidl) if m.uidl else None
         if match and int(match[1], 16) == gen and int(match[2]) > last:
             m.seq = last = int(match[2])
             mailbox.uidls["kept"] += 1
+            seen.add(m.uidl)
             continue
         m.seq = last = max(last + 1, floor)
         if m.uidl is None:
@@ -402,11 +450,14 @@ def number_messages(mailbox, new_uidls):
             continue
         if not RFC1939_UIDL.fullmatch(m.uidl):
             why = "not a valid POP3 UIDL (RFC 1939: 1-70 printable characters), so no client can hold it"
-        elif match:
-            why = "of the card's form but out of order or of another generation"
+        elif m.uidl in seen:
+            why = "the UIDL of an earlier message too (RFC 1939: unique in a maildrop)"
         else:
-            why = "not of the card's form GGGGGGGG.N, the only UIDLs a card serves"
+            mailbox.uidls["kept"] += 1  # kept in the uidls file, for its new number
+            seen.add(m.uidl)
+            continue
         refused.append((m.origin, m.uidl, why))
+        m.uidl = None  # the card's own for its number
         mailbox.uidls["changed"] += 1
     if last > MAX_SEQ:
         raise BadInput(f"{mailbox.user}: message numbers beyond {MAX_SEQ}")
@@ -415,12 +466,16 @@ def number_messages(mailbox, new_uidls):
     if refused and not new_uidls:
         origin, uidl, why = refused[0]
         raise BadInput(
-            f"{mailbox.user}: {len(refused)} messages would get new UIDLs (e.g. {origin}: UIDL {uidl!r} is {why}); "
+            f"{mailbox.user}: {_count(len(refused), 'message')} would get new UIDLs (e.g. {origin}: UIDL {uidl!r} is {why}); "
             "--new-uidls imports them anyway, and POP3 clients that leave mail on the server fetch them again"
         )
     for origin, uidl, why in refused:
         mailbox.renumbered.append((origin, f"UIDL {uidl!r} changed: it is {why}"))
     return refused
+
+
+def _count(n, noun):
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def index_bytes(mailbox):
@@ -483,6 +538,9 @@ class CardFolder:
             path.parent.mkdir(exist_ok=True)
             _write_new(path, m.load(), tmp / "import.tmp")
             progress(m.size)
+        kept = uidls_bytes(mailbox)
+        if kept or (box / "uidls").exists():  # an old one's records must not outlive it
+            _write_new(box / "uidls", kept, tmp / "uidls.tmp")
         new = box / "index.new"
         _write_new(new, index_bytes(mailbox), tmp / "index.tmp")
         index.unlink()
@@ -547,6 +605,10 @@ class CardImage:
                 for path in paths[i : i + 25]:
                     path.unlink()  # on the image now: the host keeps no second copy
                 progress(sum(m.size for m in messages[i : i + 25]))
+        kept = uidls_bytes(mailbox)
+        if kept or (box / "uidls").exists():  # an old one's records must not outlive it
+            (box / "uidls").write_bytes(kept)
+            image.put([box / "uidls"], f"/mail/{user}")
         (box / "index").write_bytes(index_bytes(mailbox))
         image.put([box / "index"], f"/mail/{user}")
 
@@ -728,6 +790,24 @@ def check_maildir_dest(dest, mailbox):
     uidlist = md / "dovecot-uidlist"
     if uidlist.exists() and read_uidlist(uidlist)[0] != (mailbox.generation or 1):
         raise DestinationInUse(f"{md} already holds a mailbox with another UIDVALIDITY")
+
+
+def drop_deleted_since(dest, mailbox):
+    """Leaves out of `mailbox` (as skipped) the messages an earlier export to dest/<user> wrote
+    and that were deleted there since (by Dovecot's POP3): that export ran to its end (its
+    uidlist, written last, is there), so a message of it that is gone was deleted, and an
+    export run again must not bring it back."""
+    md = Path(dest) / mailbox.user
+    if not (md / "dovecot-uidlist").exists():
+        return
+    present = {base.split(",")[0] for base in _maildir_present(md)}
+    kept = []
+    for m in mailbox.messages:
+        if f"{mailbox.generation:08x}.{m.seq}.pocketpost" in present:
+            kept.append(m)
+        else:
+            mailbox.skipped.append((m.origin, "deleted from the destination since an earlier export"))
+    mailbox.messages = kept
 
 
 def write_maildir(dest, mailbox, progress):
@@ -941,20 +1021,21 @@ def read_pop3(host, port, user, password, tls=None):
     finally:
         pop.close()
     mailbox = Mailbox(user, [])
-    gen = None
     for n, uidl in uidls:
         uidl = uidl.decode()
-        match = CARD_UIDL.fullmatch(uidl)
-        if not match or (gen is not None and int(match[1], 16) != gen):
-            raise BadInput(f"{user}: UIDL {uidl!r} is not a pocketpost card's: is this a pocketpost board?")
-        gen = int(match[1], 16)
         data = messages[int(n)]
         if int(sizes[n.decode()]) != len(data):
             raise MigrateError(f"{user}: message {int(n)}: LIST said {sizes[n.decode()]} octets, RETR sent {len(data)}")
-        mailbox.messages.append(Message(f"{user} {uidl}", lambda d=data: d, len(data), uidl, int(match[2])))
-    mailbox.generation = gen if gen is not None else int.from_bytes(secrets.token_bytes(4), "big")
-    mailbox.next_seq = (mailbox.messages[-1].seq + 1) if mailbox.messages else 1
-    mailbox.uidls["kept"] = len(mailbox.messages)
+        mailbox.messages.append(Message(f"{user} {uidl}", lambda d=data: d, len(data), uidl))
+    # The card's own UIDLs give the generation and numbers; a UIDL the card keeps from another
+    # server (an import's) does not show its number: it takes the next free one, which is the
+    # one the import gave it, since an import numbers such messages in order after the others.
+    generations = {CARD_UIDL.fullmatch(m.uidl)[1] for m in mailbox.messages if CARD_UIDL.fullmatch(m.uidl)}
+    if len(generations) > 1:
+        raise BadInput(f"{user}: UIDLs of {len(generations)} mailbox generations: is this a pocketpost board?")
+    number_messages(mailbox, new_uidls=False)
+    if mailbox.generation is None:
+        mailbox.generation = new_generation(mailbox)
     return mailbox
 
 
@@ -1017,6 +1098,7 @@ def export_mailboxes(source, dest, fmt="maildir", users=None, passwords=None, dr
             raise BadInput(f"{dest} is not a folder")
         for mb in mailboxes:  # every destination is checked before anything is written
             check_maildir_dest(dest, mb)
+            drop_deleted_since(dest, mb)
         if on_total:
             on_total(sum(m.size for mb in mailboxes for m in mb.messages))
         for mb in mailboxes:
