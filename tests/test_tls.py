@@ -345,6 +345,37 @@ def test_curl_with_ssl_reqd_verifies_the_certificate(tls_board, certificate):
 
 
 @pytest.mark.memory
+@pytest.mark.parametrize("where", ["tls", "handshake"])
+def test_implicit_tls_short_of_memory_closes_that_client_only(tls_board, certificate, where):
+    """A shortage as a POP3S client's TLS socket is made, or in its handshake and greeting:
+    nothing can be said before TLS is up, so that client's connection closes, with a log line
+    and its TLS place given back; the port and the other clients go on."""
+    tls_board.set_config(require_tls_for_auth="no")
+    pop = poplib.POP3("127.0.0.1", tls_board.pop3_port, timeout=20)  # a plaintext client, meanwhile
+    pop.user("alice")
+    pop.pass_("wonderland")
+    tls_board.request("debug.hold", leave=0, next=where)
+    raw = socket.create_connection(("127.0.0.1", tls_board.options["pop3s_port"]), timeout=20)
+    try:
+        with pytest.raises((ssl.SSLError, OSError)):
+            client_context(certificate).wrap_socket(raw, server_hostname="127.0.0.1").recv(100)
+    finally:
+        raw.close()
+    if where == "tls":
+        assert tls_board.wait_log("WARN pop3: 127.0.0.1 refused: no memory for TLS")
+    else:
+        assert tls_board.wait_log("WARN pop3: 127.0.0.1 session closed: not enough memory")
+    time.sleep(0.3)
+    assert tls_board.request("info")["tls"]["sessions"] == 0  # the place given back
+    assert pop.stat()[0] == 0 and pop.quit().startswith(b"+OK")  # the other client went on
+    pop = poplib.POP3_SSL("127.0.0.1", tls_board.options["pop3s_port"], context=client_context(certificate), timeout=20)
+    pop.user("alice")
+    pop.pass_("wonderland")
+    assert pop.quit().startswith(b"+OK")
+    assert not tls_board.log_has("Traceback") and not tls_board.log_has("INTERNAL")
+
+
+@pytest.mark.memory
 def test_stls_and_starttls_short_of_memory_are_temporary_errors(tls_board, certificate):
     """A shortage as STLS or STARTTLS starts: a temporary error (or, once the go-ahead has
     left, the connection closed), the TLS place given back, and the next try works."""

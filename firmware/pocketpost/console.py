@@ -227,8 +227,10 @@ class Console:
     def _hold(self, args):
         # Test hook: {"leave": N} holds heap until N octets are free; with "next": "console",
         # "pop3" or "smtp" (true: the console) only while the next request or the next command
-        # of a session of that protocol runs: until the heap is first relieved, or with
-        # "lasting": true until that command or request ends, its redo included; {} lets go.
+        # of a session of that protocol runs, "tls" as the next implicit-TLS client's TLS socket
+        # is made, "handshake" from then through its greeting: until the heap is first
+        # relieved, or with "lasting": true until that command or request ends, its redo
+        # included; {} lets go.
         leave = args.get("leave")
         target = args.get("next")
         self.app.held = self.app.held_next = self.app.hold_next = None
@@ -236,8 +238,8 @@ class Console:
             raise RequestError("INVALID", "argument leave has the wrong type")
         if target is True:
             target = "console"
-        if target not in (None, "console", "pop3", "smtp"):
-            raise RequestError("INVALID", "next must be console, pop3 or smtp")
+        if target not in (None, "console", "pop3", "smtp", "tls", "handshake"):
+            raise RequestError("INVALID", "next must be console, pop3, smtp, tls or handshake")
         if target is not None and leave is not None:
             self.app.hold_next = (target, leave, bool(args.get("lasting")))
         elif leave is not None:

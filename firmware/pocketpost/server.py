@@ -203,11 +203,16 @@ class Listener:
         if not await _tls_place(session):
             app.log.warn(session.NAME, "{} refused: {} TLS sessions already".format(session.peer, app.tls.sessions))
             return False
+        if app.hold_next is not None and app.hold_next[0] == "tls":
+            app.hold_for_next()  # the emulated board's test hook: a shortage for the TLS socket
         try:
             session.begin_tls()
         except MemoryError:
+            app.relieve_memory()
             app.log.warn(session.NAME, "{} refused: no memory for TLS".format(session.peer))
             return False
+        if app.hold_next is not None and app.hold_next[0] == "handshake":
+            app.hold_for_next()  # the test hook: a shortage in the handshake and the greeting
         return True
 
     async def _client(self, reader, writer):
@@ -230,6 +235,7 @@ class Listener:
             return
         if self.implicit_tls and not await self._enter_tls(session):
             # Nothing can be said before the handshake, so the client is just closed.
+            app.held_next = None  # the test hook's shortage for this handshake, if any
             session.release()
             app.free_slots.append(slot)
             await conn.close()
