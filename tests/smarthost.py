@@ -4,6 +4,7 @@ required, a certificate made for the test, and replies a test chooses per recipi
 import asyncio
 import ssl
 import threading
+import time
 import warnings
 
 from aiosmtpd.controller import Controller
@@ -32,6 +33,8 @@ class Handler:
         self.rcpt_replies = {}
         self.lock = threading.Lock()
         self.data_delay = 0  # seconds DATA's reply waits (after the message is recorded)
+        self.times = []  # time.monotonic() of each message's arrival
+        self.max_rcpts = 0  # recipients taken per transaction (452 4.5.3 beyond); 0: no limit
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         with self.lock:
@@ -43,6 +46,8 @@ class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             self.commands.append(("RCPT", address))
+            if self.max_rcpts and len(envelope.rcpt_tos) >= self.max_rcpts:
+                return "452 4.5.3 Error: too many recipients"
             replies = self.rcpt_replies.get(address)
             reply = replies.pop(0) if replies and len(replies) > 1 else (replies[0] if replies else "250 OK")
         if reply.startswith("250"):
@@ -52,6 +57,7 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+            self.times.append(time.monotonic())
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         return "250 2.0.0 Message accepted"

@@ -30,13 +30,13 @@ def fleet(tmp_path):
         running.stop()
 
 
-def ansible(tool, *args, cwd, state, timeout=120):
+def ansible(tool, *args, cwd, state, timeout=120, env=None):
     """Runs an Ansible command in `cwd` with the collection of this checkout, no configuration
     but an empty file, and its own files in the folder `state`."""
     home = Path(state) / "ansible-home"
     config = Path(state) / "ansible.cfg"
     config.write_text("[defaults]\n")
-    env = {
+    environment = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LC_ALL": "C.UTF-8",  # ansible-core refuses a locale that is not UTF-8
@@ -47,9 +47,10 @@ def ansible(tool, *args, cwd, state, timeout=120):
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "BOB_PASSWORD": BOB_PASSWORD,
+        **(env or {}),
     }
     return subprocess.run(
-        [str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        [str(BIN / tool), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
 
 

@@ -12,6 +12,9 @@ What can be compared and what cannot (the board never reveals a secret):
   created, when its APOP flag has to change (`user.passwd` takes the hash with it), and on every
   run with `update_password: always`, like Ansible's user module: a password changed by hand
   is otherwise not seen;
+- the relay's password (the smarthost's) is handled like the Wi-Fi password, and its CA
+  certificates are compared by their SHA-256 fingerprints, in order, with what `relay.ca.show`
+  reports, and installed (all of them, replacing the board's) only when they differ;
 - the TLS certificate is compared by its SHA-256 fingerprint with what `tls.show` reports
   (NOTFOUND: none installed) and installed only when it differs. The key never leaves the board,
   but it need not be compared: the inventory's key is checked to belong to its certificate before
@@ -21,7 +24,7 @@ What can be compared and what cannot (the board never reveals a secret):
 import socket
 from dataclasses import dataclass, field
 
-from . import tls
+from . import relay, tls
 from .errors import BoardError, BoardTimeout, PocketpostError, PortError
 from .passwords import hash_password
 from .provision import CONFIG_KEYS, DEFAULT_TIMEOUT, Board
@@ -29,6 +32,7 @@ from .provision import CONFIG_KEYS, DEFAULT_TIMEOUT, Board
 MASK = "********"  # what the board shows for a secret that is set, and what a diff shows
 OK, CHANGED, FAILED = "ok", "changed", "failed"
 CERTIFICATE = "tls certificate"  # the item (and reboot key) of the certificate
+RELAY_CA = "relay ca certificates"  # the item of the smarthost's CA certificates
 
 
 @dataclass
@@ -70,7 +74,7 @@ class _Lost(Exception):
 def show(value):
     """A configuration value as a person types it."""
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        return ",".join(str(v) for v in value) if value else '""'
     if value == "":
         return '""'
     return str(value)
@@ -127,15 +131,21 @@ class _Run:
             self.add(key, CHANGED, message, before, after)
 
     def wifi_password(self, current):
-        wanted = self.spec.wifi_password
+        self.secret_setting(current, "wifi_password", self.spec.wifi_password, self.spec.wifi_update_password, True)
+
+    def relay_password(self, current):
+        self.secret_setting(current, "relay_password", self.spec.relay_password, self.spec.relay_update_password, False)
+
+    def secret_setting(self, current, key, wanted, update_password, later):
+        """A secret config key (the board shows only whether it is set): set when the board has
+        none or should have none, and again with `update_password: always`."""
         if wanted is None:
             return
-        key = "wifi_password"
         have_one = current.get(key, "") != ""
         if not wanted and not have_one:
             self.add(key, OK)
             return
-        if wanted and have_one and self.spec.wifi_update_password != "always":
+        if wanted and have_one and update_password != "always":
             self.add(key, OK, "set (the board does not reveal it: not compared)")
             return
         if not wanted:
@@ -144,11 +154,46 @@ class _Run:
             message = self.done("set again (update_password: always)" if have_one else "set")
         if not self.check and self.call(key, lambda: self.board.set_config(key, wanted)) is None:
             return
-        self.result.reboot_keys.append(key)
+        if later:
+            self.result.reboot_keys.append(key)
+            message += " (takes effect after a reboot)"
         self.add(
-            key, CHANGED, message + " (takes effect after a reboot)",
+            key, CHANGED, message,
             [f"{key}: {MASK if have_one else show('')}"], [f"{key}: {MASK if wanted else show('')}"],
         )
+
+    # ---- the relay's CA certificates
+
+    def relay_ca(self):
+        wanted = self.spec.relay_ca
+        if wanted is None:
+            return
+        try:
+            shown = self.board.request("relay.ca.show")["certificates"]
+        except BoardError as e:
+            self.add(RELAY_CA, FAILED, str(e))
+            return
+        except (BoardTimeout, PortError) as e:
+            self.add(RELAY_CA, FAILED, str(e))
+            raise _Lost() from None
+        summary = "; ".join(_certificate_summary(c) for c in wanted.shown)
+        if [c.get("sha256") for c in shown] == wanted.fingerprints:
+            self.add(RELAY_CA, OK, summary)
+            return
+        before = [line for c in shown for line in _certificate_lines(c)] or ["absent"]
+        message = self.done("installed") + f": {summary}"
+        if not self.check:
+            reply = self.call(RELAY_CA, lambda: relay.install_ca_der(self.board, wanted.ders))
+            if reply is None:
+                return
+            if [c.get("sha256") for c in reply.get("certificates", [])] != wanted.fingerprints:
+                self.add(RELAY_CA, FAILED, "the board reports other certificates after installing")
+                return
+            if reply.get("applies") == "reboot":
+                # In place; the relay makes its TLS context with them when it next needs one
+                # (or at the next boot), so no reboot is needed.
+                message += " (the board had no room for the TLS context now: the relay makes it when it needs it)"
+        self.add(RELAY_CA, CHANGED, message, before, [line for c in wanted.shown for line in _certificate_lines(c)])
 
     # ---- the TLS certificate
 
@@ -334,6 +379,8 @@ def apply_board(spec, check=False, timeout=DEFAULT_TIMEOUT, opener=Board.open) -
                 present = {u["name"]: u for u in board.list_users()}
                 run.config(current, overridden)
                 run.wifi_password(current)
+                run.relay_password(current)
+                run.relay_ca()
                 run.certificate(info)
                 run.users(present)
                 run.network(info)

@@ -40,6 +40,21 @@ TLS_CONFIG = {
     "submission_port": "submission_port",
 }
 TLS_KEYS = ("cert", "key") + tuple(TLS_CONFIG)
+# `relay:` holds the smarthost's password and CA certificates, and these config keys.
+RELAY_CONFIG = {
+    "host": "relay_host",
+    "port": "relay_port",
+    "security": "relay_security",
+    "user": "relay_user",
+    "sender": "relay_sender",
+    "networks": "relay_networks",
+    "queue_messages": "relay_queue_messages",
+    "queue_octets": "relay_queue_octets",
+    "rate": "relay_rate",
+    "lifetime": "relay_lifetime",
+    "timeout": "relay_timeout",
+}
+RELAY_KEYS = ("password", "update_password", "ca") + tuple(RELAY_CONFIG)
 # When a password already on the board is set again (as Ansible's user module).
 UPDATE_PASSWORD = ("on_create", "always")
 USER_STATES = ("present", "absent")
@@ -48,7 +63,7 @@ SIM_BOARD = "unix"
 
 STATE_KEYS = (
     "hostname", "domains", "postmaster", "listen", "limits", "wifi", "users", "users_exclusive",
-    "purge", "tls",
+    "purge", "tls", "relay",
 )
 BOARD_KEYS = ("board", "port", "sim", "host", "groups", "timeout") + STATE_KEYS
 TOP_KEYS = ("defaults", "groups", "boards")
@@ -60,6 +75,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CLEAR_PASSWORD = (
     "clear-text passwords are not allowed in an inventory: give password_hash (made by "
     "`pocketpost hash-password`), or password: {env: VARIABLE} or {file: PATH}"
+)
+CLEAR_RELAY_PASSWORD = (
+    "the smarthost's password is a secret, never in an inventory itself: give {env: VARIABLE} "
+    "or {file: PATH}"
 )
 CLEAR_KEY = (
     "a TLS key is a secret, never in an inventory itself: give {file: PATH} (a PEM or DER file, "
@@ -246,6 +265,21 @@ class Certificate:
 
 
 @dataclass(frozen=True)
+class RelayCa:
+    """The CA certificates the relay should trust (`relay.ca`): before resolve(), `files` (Secrets
+    of kind file); after, `ders` (each certificate in DER, in order) and `shown` (what the board's
+    relay.ca.show will report of each)."""
+
+    files: tuple = ()
+    ders: tuple = field(default=(), repr=False)
+    shown: tuple = ()
+
+    @property
+    def fingerprints(self):
+        return [c["sha256"] for c in self.shown]
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board and the state it should be in."""
 
@@ -264,6 +298,10 @@ class BoardSpec:
     line: int | None = None
     # None: not managed; a TlsFiles, then (resolve) a Certificate
     tls: object = field(default=None, repr=False)
+    # None: not managed; "" none; else a Secret (text once resolved)
+    relay_password: object = field(default=None, repr=False)
+    relay_update_password: str = "on_create"
+    relay_ca: object = None  # None: not managed; a RelayCa
 
 
 # ---- checks of single values
@@ -301,12 +339,13 @@ def config_value(key, value):
         if isinstance(value, bool) or not isinstance(value, int) or not spec.lo <= value <= spec.hi:
             raise _Bad(f"must be an integer {spec.lo}..{spec.hi}, not {value!r}")
         return value
-    if spec.kind == "domains":
+    if spec.kind in ("domains", "networks"):
+        what = "domain names" if spec.kind == "domains" else "IPv4 networks"
         if isinstance(value, list):
             if not all(isinstance(v, str) for v in value):
-                raise _Bad("must be a list of domain names")
+                raise _Bad(f"must be a list of {what}")
             value = ",".join(value)
-        _text(value, "a list of domain names")
+        _text(value, f"a list of {what}")
     else:
         _text(value)
     try:
@@ -497,7 +536,52 @@ def parse_state(where, mapping, allow_clear=False):
                 key = _key_ref(at.at("key", tls), tls["key"], allow_clear)
                 if cert is not None and key is not None:
                     state["tls"] = TlsFiles(cert, key)
+    if "relay" in mapping:
+        _parse_relay(where.at("relay", mapping), mapping["relay"], state, set_config, allow_clear)
     return state
+
+
+def _parse_relay(at, value, state, set_config, allow_clear):
+    """`relay:`: the smarthost's settings (config keys), its password (a secret) and the CA
+    certificates to install."""
+    relay = _mapping(at, value, RELAY_KEYS, ", ".join(RELAY_KEYS))
+    if relay is None:
+        return
+    for key, config_key in RELAY_CONFIG.items():
+        if key in relay:
+            set_config(at.at(key, relay), config_key, relay[key])
+    if "password" in relay:
+        pw = at.at("password", relay)
+        if relay["password"] == "":
+            state["relay_password"] = ""  # no password (a LAN smarthost without AUTH)
+        elif isinstance(relay["password"], str) and not allow_clear:
+            pw.error(CLEAR_RELAY_PASSWORD)
+        else:
+            secret = _secret(pw, relay["password"], allow_clear)
+            if secret is not None:
+                state["relay_password"] = secret
+    if "update_password" in relay:
+        choice = _check(at.at("update_password", relay), lambda v: _choice(v, UPDATE_PASSWORD), relay["update_password"])
+        if choice is not None:
+            state["relay_update_password"] = choice
+    if "ca" in relay:
+        cat = at.at("ca", relay)
+        listed = relay["ca"] if isinstance(relay["ca"], list) else [relay["ca"]]
+        files = []
+        for i, item in enumerate(listed):
+            where = cat.at(i, relay["ca"]) if isinstance(relay["ca"], list) else cat
+            if isinstance(item, str) and item:
+                files.append(Secret("file", item, where))
+            elif isinstance(item, dict) and list(item) == ["file"]:
+                secret = _secret(where, item, False)
+                if secret is not None:
+                    files.append(secret)
+            else:
+                where.error("must be the path of a PEM file of CA certificates (or a list of them), as PATH or {file: PATH}")
+        if not listed:
+            cat.error("must name at least one PEM file of CA certificates (the board keeps 1 to 8)")
+        elif len(files) == len(listed):
+            state["relay_ca"] = RelayCa(tuple(files))
 
 
 def _cert_ref(where, value):
@@ -547,6 +631,9 @@ def _board_spec(name, merged, **fields):
         users_exclusive=merged.get("users_exclusive", False),
         purge=merged.get("purge", False),
         tls=merged.get("tls"),
+        relay_password=merged.get("relay_password"),
+        relay_update_password=merged.get("relay_update_password", "on_create"),
+        relay_ca=merged.get("relay_ca"),
         **fields,
     )
 
@@ -790,7 +877,14 @@ def resolve(spec: BoardSpec, base_dir=".", environ=None) -> BoardSpec:
     tls = spec.tls
     if isinstance(tls, TlsFiles):
         tls = _read_certificate(tls, base_dir, environ, errors)
-    resolved = replace(spec, users=users, wifi_password=get(spec.wifi_password, wifi_check), tls=tls)
+    relay_password = get(spec.relay_password, lambda text: config_value("relay_password", text))
+    relay_ca = spec.relay_ca
+    if isinstance(relay_ca, RelayCa) and relay_ca.files:
+        relay_ca = _read_relay_ca(relay_ca, base_dir, errors)
+    resolved = replace(
+        spec, users=users, wifi_password=get(spec.wifi_password, wifi_check), tls=tls,
+        relay_password=relay_password, relay_ca=relay_ca,
+    )
     if errors:
         raise InventoryError(errors)
     return resolved
@@ -834,6 +928,29 @@ def _read_certificate(files, base_dir, environ, errors):
             fail(files.key, message + (f" {files.cert.ref}" if message.endswith("certificate") else ""))
         return None
     return Certificate(cert_der, key_der, certificates.describe(cert_der))
+
+
+def _read_relay_ca(ca, base_dir, errors):
+    """The RelayCa of `ca`'s files read and converted to DER (as `pocketpost relay ca install`
+    does), or None after recording at its line why one cannot be had."""
+    from . import relay
+
+    ders = []
+    for secret in ca.files:
+        where = Where(errors, secret.where.source, secret.where.line, secret.where.path)
+        try:
+            data = _read_bytes(secret, base_dir, {})
+            ders += relay.ca_der_list(data)
+        except _Bad as e:
+            where.error(f"{secret.describe()}{e}")
+            return None
+        except PocketpostError as e:
+            where.error(f"{secret.describe()}{e}")
+            return None
+    if len(ders) > relay.MAX_CA:
+        where.error(f"{len(ders)} CA certificates in all; the board keeps at most {relay.MAX_CA}")
+        return None
+    return RelayCa(ca.files, tuple(ders), tuple(certificates.describe(d) for d in ders))
 
 
 # ---- the Ansible module's parameters

@@ -36,7 +36,11 @@ def ca_der_list(data: bytes) -> list[bytes]:
 def install_ca(board, data: bytes) -> dict:
     """Installs the CA certificates in `data` (PEM or DER) on the board (`board.request(command,
     args)`), replacing those installed; returns {"certificates": [what the board reads of each]}."""
-    ders = ca_der_list(data)
+    return install_ca_der(board, ca_der_list(data))
+
+
+def install_ca_der(board, ders) -> dict:
+    """Installs the DER certificates `ders` (1 to MAX_CA), as install_ca."""
     board.request("relay.ca.begin", {})
     for index, der in enumerate(ders):
         text = base64.b64encode(der).decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: board
-short_description: Users, domains, limits, Wi-Fi and TLS of a pocketpost mail appliance
+short_description: Users, domains, limits, Wi-Fi, TLS and relay of a pocketpost mail appliance
 description:
   - Reads the state of a pocketpost board over its serial console (or the console link of an
     emulated board, C(pocketpost sim)), compares it with the task's parameters and changes only
@@ -21,6 +21,9 @@ description:
     A user's password is set when the user is created, when its APOP flag changes, and with
     O(users[].update_password=always) whenever the board's is not the task's. The Wi-Fi password,
     which cannot be compared, is set on every run with O(wifi.update_password=always).
+  - The relay's password (the smarthost's) is handled like the Wi-Fi password; its CA
+    certificates are compared with the board's by their SHA-256 fingerprints and installed only
+    when they differ.
   - The TLS certificate is compared with the board's by its SHA-256 fingerprint and installed
     only when it differs. The key never leaves a board, but it is checked to belong to the
     certificate before anything is sent, so a new key always comes with a new certificate.
@@ -163,6 +166,67 @@ options:
       submission_port:
         description: Submission with STARTTLS, 0 for off (after a reboot).
         type: int
+  relay:
+    description:
+      - The smarthost that mail for other domains is relayed through (the firmware's configuration
+        keys C(relay_host), C(relay_port), C(relay_security), C(relay_user), C(relay_password),
+        C(relay_sender), C(relay_networks), C(relay_queue_messages), C(relay_queue_octets),
+        C(relay_rate), C(relay_lifetime), C(relay_timeout)), and the CA certificates that verify it.
+    type: dict
+    suboptions:
+      host:
+        description: The smarthost's name or IPv4 address; V("") turns relaying off.
+        type: str
+      port:
+        description: Its port (587 with V(starttls), 465 with V(tls)).
+        type: int
+      security:
+        description: V(starttls), V(tls) (implicit) or V(plain) (only for a smarthost on a LAN you trust).
+        type: str
+        choices: [starttls, tls, plain]
+      user:
+        description: The user name for AUTH at the smarthost; V("") for none.
+        type: str
+      password:
+        description:
+          - The password for AUTH at the smarthost (from Ansible Vault or a lookup). Never shown,
+            in a diff or elsewhere; the board never reveals it, so it is set only when the board
+            has none, or on every run with O(relay.update_password=always).
+        type: str
+      update_password:
+        description: V(on_create) sets the password only when the board has none; V(always) on every run.
+        type: str
+        choices: [on_create, always]
+        default: on_create
+      sender:
+        description: The envelope sender of relayed mail (the account's own address, which Gmail and Microsoft 365 require).
+        type: str
+      networks:
+        description: IPv4 networks (CIDR) whose clients may relay without logging in.
+        type: list
+        elements: str
+      queue_messages:
+        description: Messages the queue holds at most.
+        type: int
+      queue_octets:
+        description: Octets the queue holds at most.
+        type: int
+      rate:
+        description: Messages a minute sent to the smarthost.
+        type: int
+      lifetime:
+        description: Seconds before undelivered mail bounces.
+        type: int
+      timeout:
+        description: Seconds to wait for each smarthost reply.
+        type: int
+      ca:
+        description:
+          - PEM files on the controller of the CA certificates that verify the smarthost (1 to 8
+            certificates in all), converted to DER and installed as C(pocketpost relay ca install)
+            does, replacing the board's, only when their SHA-256 fingerprints differ.
+        type: list
+        elements: path
   users:
     description: Mail users. Users on the board that are not listed are left alone unless O(users_exclusive).
     type: list
@@ -213,7 +277,7 @@ attributes:
 notes:
   - Changes to O(hostname), O(listen), O(limits.max_clients), O(wifi) and the TLS ports take
     effect after the board restarts; the result's RV(reboot_required) says so. So does a
-    certificate the board had no heap to load at once.
+    certificate (or relay CA certificates) the board had no heap to load at once.
 """
 
 EXAMPLES = r"""
@@ -292,6 +356,7 @@ LIMITS = (
     "smtp_timeout", "auth_fail_delay_ms", "auth_max_failures", "auth_lockout",
 )
 TLS_AUTH = ("auto", "yes", "no")
+RELAY_SECURITY = ("starttls", "tls", "plain")
 
 
 def argument_spec():
@@ -328,6 +393,25 @@ def argument_spec():
                 submission_port=dict(type="int"),
             ),
             required_together=[("cert", "key")],
+        ),
+        relay=dict(
+            type="dict",
+            options=dict(
+                host=dict(type="str"),
+                port=dict(type="int"),
+                security=dict(type="str", choices=list(RELAY_SECURITY)),
+                user=dict(type="str"),
+                password=dict(type="str", no_log=True),
+                update_password=dict(type="str", choices=list(UPDATE_PASSWORD), default="on_create", no_log=False),
+                sender=dict(type="str"),
+                networks=dict(type="list", elements="str"),
+                queue_messages=dict(type="int"),
+                queue_octets=dict(type="int"),
+                rate=dict(type="int"),
+                lifetime=dict(type="int"),
+                timeout=dict(type="int"),
+                ca=dict(type="list", elements="path"),
+            ),
         ),
         users=dict(
             type="list",
