@@ -17,6 +17,7 @@ OCCASIONAL = (
     "pocketpost.requests.tls_install",
     "pocketpost.requests.queue",
     "pocketpost.enqueue",
+    "pocketpost.kept_uidls",
     "pocketpost.auth",
     "pocketpost.sasl",
     "pocketpost.config_schema",

@@ -8,7 +8,8 @@ import time
 
 from micropython import const
 
-from .mailbox import RECORD, UIDL_RECORD, parse_record, path_exists, read_records
+from . import unload
+from .mailbox import RECORD, parse_record, path_exists, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
 _RECORDS_PER_READ = const(12)
@@ -31,9 +32,8 @@ class Maildrop:
         self.cache_count = 0
         self.uid_prefix = self.box.uid_prefix(memoryview(self.cache)[:RECORD]).encode()
         self.count, self.octets = self.box.totals(self.buf)  # later deliveries wait for the next session
-        # UIDLs kept from another server by an import (mailbox.py, UIDL_RECORD): how many.
+        # UIDLs kept from another server by an import (kept_uidls.py): how many.
         self.kept = self.box.kept_uidls()
-        self.kept_rec = bytearray(UIDL_RECORD) if self.kept else None
         self.deleted = [bytearray(_MARK_BLOCK) for _ in range((self.count + _MARK_MASK) >> _MARK_SHIFT)]
         self.deleted_count = 0
         self.deleted_octets = 0
@@ -61,39 +61,14 @@ class Maildrop:
     def uidl(self, seq):
         """The UIDL of message `seq`: the one it kept from another server, else the card's."""
         if self.kept:
-            with open(self.box.dir + "/uidls", "rb") as f:
-                low, high = 0, self.kept
-                while low < high:
-                    mid = (low + high) >> 1
-                    f.seek(mid * UIDL_RECORD)
-                    found = self._next_kept(f)
-                    if found is None or found == seq:
-                        break
-                    if found < seq:
-                        low = mid + 1
-                    else:
-                        high = mid
-                if found == seq:
-                    return self._kept_uidl()
+            kept = _kept_uidls(self)
+            try:
+                found = kept.find(seq)
+            finally:
+                kept.close()
+            if found is not None:
+                return found
         return b"%s%d" % (self.uid_prefix, seq)
-
-    def _next_kept(self, f):
-        # The seq of the next kept-UIDL record of `f` (read into kept_rec); None at the end or at
-        # a damaged record, whose messages then have the card's UIDLs.
-        rec = self.kept_rec
-        if f.readinto(rec) != UIDL_RECORD or rec[8] != 32 or rec[UIDL_RECORD - 1] != 10:
-            return None
-        try:
-            return int(rec[:8])
-        except ValueError:
-            return None
-
-    def _kept_uidl(self):
-        rec = self.kept_rec
-        end = UIDL_RECORD - 1
-        while end > 9 and rec[end - 1] == 32:
-            end -= 1
-        return bytes(memoryview(rec)[9:end])
 
     def path(self, seq):
         return self.box.message_path(seq)
@@ -119,8 +94,7 @@ class Maildrop:
         deleted = self.deleted
         n = 0
         # Kept UIDLs are read alongside the index: both files are in seq order.
-        kept = open(self.box.dir + "/uidls", "rb") if uids and self.kept else None
-        kept_seq = self._next_kept(kept) if kept else None
+        kept = _kept_uidls(self) if uids and self.kept else None
         try:
             with open(self.box.index, "rb") as f:
                 f.seek(RECORD)
@@ -138,10 +112,9 @@ class Maildrop:
                             if not uids:
                                 yield b"%d %d\r\n" % (n, size)
                                 continue
-                            while kept_seq is not None and kept_seq < seq:
-                                kept_seq = self._next_kept(kept)
-                            if kept_seq == seq:
-                                yield b"%d %s\r\n" % (n, self._kept_uidl())
+                            uidl = kept.next_for(seq) if kept else None
+                            if uidl is not None:
+                                yield b"%d %s\r\n" % (n, uidl)
                             else:
                                 yield b"%d %s%d\r\n" % (n, prefix, seq)
         finally:
@@ -191,6 +164,15 @@ class Maildrop:
             if path_exists(box.dir + "/purge.new"):  # not committed: the index is unchanged
                 await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
         return self.deleted_count
+
+
+def _kept_uidls(drop):
+    # The reader of the mailbox's kept UIDLs; its module is not kept loaded (the reader keeps
+    # its class alive for as long as it is used).
+    from . import kept_uidls
+
+    unload(kept_uidls.__name__)
+    return kept_uidls.KeptUidls(drop.box, drop.kept)
 
 
 async def _taking_turns(steps):
