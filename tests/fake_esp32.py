@@ -31,7 +31,7 @@ def compile_fakes(dest: Path) -> Path:
         if py.name == BOOT_SCRIPT:
             shutil.copyfile(py, dest / py.name)
             continue
-        cmd = firmware.mpy_cross_command() + ["-O2", "-o", str(dest / (py.stem + ".mpy")), str(py)]
+        cmd = firmware.mpy_cross_command() + [f"-O{firmware.OPT}", "-o", str(dest / (py.stem + ".mpy")), str(py)]
         subprocess.run(cmd, check=True, capture_output=True)
     return dest
 

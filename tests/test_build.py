@@ -241,7 +241,7 @@ def test_frozen_build_leaves_the_app_to_the_firmware(tmp_path):
     assert sorted(result.files) == ["board.json", "config.json", "main.py"]
     manifest = (tmp_path / "out" / "frozen" / "manifest.py").read_text()
     assert 'include("$(PORT_DIR)/boards/manifest.py")' in manifest
-    assert 'package("pocketpost", opt=2)' in manifest
+    assert 'package("pocketpost", opt=3)' in manifest
     assert "make -C ports/esp32 BOARD=ESP32_GENERIC FROZEN_MANIFEST=$PWD/manifest.py" in manifest
     frozen = tmp_path / "out" / "frozen" / "pocketpost"
     assert (frozen / "board" / "esp32.py").is_file() and not (frozen / "board" / "unix.py").exists()

@@ -16,7 +16,7 @@ BOARD_ONLY_MODULES = {"machine", "network", "esp32"}
 def test_every_file_compiles_with_mpy_cross(tmp_path, march):
     """mpy-cross rejects syntax MicroPython lacks; xtensawin is the ESP32's architecture."""
     for source in SOURCES:
-        cmd = firmware.mpy_cross_command() + ["-O2", "-o", str(tmp_path / "out.mpy")]
+        cmd = firmware.mpy_cross_command() + [f"-O{firmware.OPT}", "-o", str(tmp_path / "out.mpy")]
         if march:
             cmd.append("-march=" + march)
         result = subprocess.run(cmd + [str(source)], capture_output=True, text=True)

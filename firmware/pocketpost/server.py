@@ -90,8 +90,16 @@ class Session:
 
     async def cmd_auth(self, arg):
         """AUTH (RFC 4954, RFC 5034): its code (auth.py, sasl.py) is loaded for the exchange
-        and unloaded after it (a session keeps what it loaded until its exchange ends)."""
-        from . import auth
+        and unloaded after it (a session keeps what it loaded until its exchange ends). Its
+        loading, which changes nothing, is tried again after a shortage: the code needs blocks
+        as large as its largest function, which a fragmented heap may have only after a relief."""
+        try:
+            from . import auth
+        except MemoryError:
+            unload("pocketpost.auth")
+            unload("pocketpost.sasl")
+            self.app.relieve_memory()
+            from . import auth  # short again: the command's temporary error
 
         try:
             return await getattr(auth, self.NAME)(self, arg)

@@ -217,7 +217,7 @@ def manifest_text(board: boards.Board) -> str:
         "# then `pocketpost build --board NAME --frozen --firmware` that firmware: the filesystem\n"
         "# holds only main.py, board.json and config.json.\n"
         'include("$(PORT_DIR)/boards/manifest.py")\n'
-        'package("pocketpost", opt=2)\n'
+        f'package("pocketpost", opt={firmware.OPT})\n'
     )
 
 

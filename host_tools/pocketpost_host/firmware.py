@@ -17,6 +17,12 @@ from .errors import PocketpostError
 MIN_MICROPYTHON = (1, 23)
 MPY_VERSION = 6
 MPY_SUBVERSION = 3
+# mpy-cross's optimisation level for the firmware, wherever it is compiled or frozen: 3 leaves
+# out the bytecode's line-number tables (and asserts, which device code does not use). The
+# bytecode of a board without frozen modules lives in its heap: measured on the unix board at
+# 160k, 2.7 KB more free after boot than at level 2. Tracebacks then name the function but
+# not the line.
+OPT = 3
 # The firmware's exit codes (firmware/pocketpost/board/unix.py).
 EXIT_STOPPED = 0
 EXIT_CRASH = 70
@@ -77,7 +83,7 @@ def mpy_cross_command() -> list[str]:
     return [sys.executable, "-m", "mpy_cross"]
 
 
-def compile_tree(src: Path, dest: Path, opt: int = 2, march: str | None = None) -> list[Path]:
+def compile_tree(src: Path, dest: Path, opt: int = OPT, march: str | None = None) -> list[Path]:
     """Compiles every .py under src/pocketpost to .mpy under dest (main.py is copied as source:
     MicroPython runs /main.py, not main.mpy). Unchanged files are not compiled again. Returns
     the files written; raises PocketpostError with mpy-cross's message on a syntax error."""
