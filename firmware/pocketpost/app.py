@@ -2,6 +2,7 @@
 # servers and the console service (boot.py starts it).
 import asyncio
 import gc
+import os
 
 from . import heap, unload
 from .console import Console
@@ -113,6 +114,7 @@ class App:
         gc.collect()
         log.info("boot", "ready, {} bytes of heap free".format(gc.mem_free()))
         self.relay_kick()  # the relay queue left from before, if any
+        self.collect_kick()  # the collector's accounts, if any
         await self._stop.wait()
         await self._shutdown(tasks)
         return self.reboot_requested
@@ -194,6 +196,10 @@ class App:
                     if not self.sessions:
                         break
                     await asyncio.sleep(1)
+                for _ in range(3600):  # one outbound connection at a time: a poll ends first
+                    if not getattr(self, "collector", None) or not self.collector.busy:
+                        break
+                    await asyncio.sleep(1)
                 try:
                     from . import relay
 
@@ -221,6 +227,26 @@ class App:
                         gc.collect()
         finally:
             self.relay_task = None
+
+    # ---- collecting
+
+    def collect_kick(self, force=None):
+        """Starts the collector (collecting.py) when accounts are set up; `force`: the IDs of
+        accounts to poll now, or True for all. (self.collector: made here, not at boot, so that a
+        board without accounts has not even the attribute.)"""
+        if not getattr(self, "collector", None):
+            if force is None:
+                try:
+                    for _ in os.ilistdir(self.flash + "/collect"):
+                        break
+                    else:
+                        return  # no account
+                except OSError:
+                    return  # no account was ever added
+            from .collecting import Collector
+
+            self.collector = Collector(self)
+        self.collector.kick(force)
 
     # ---- TLS
 

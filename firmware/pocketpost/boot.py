@@ -72,9 +72,16 @@ def _intern_names():
 
 def _relay_context(flash, config, log):
     """The relay's TLS client context (relay.py) when a smarthost with TLS and its CA
-    certificates are set up, made while the heap has a block for it; else None."""
+    certificates are set up, or collector accounts (collect.py: their POP3S), made while the heap
+    has a block for it; else None."""
     if not config["relay_host"] or config["relay_security"] == "plain":
-        return None
+        try:
+            for _ in os.ilistdir(flash + "/collect"):
+                break
+            else:
+                return None  # none left
+        except OSError:
+            return None
     from . import outbox, unload
 
     try:

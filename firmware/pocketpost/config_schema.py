@@ -69,6 +69,10 @@ SCHEMA = {
     # Milliseconds the relay's clock counts as one second of the retry schedule and lifetime
     # (tests run the schedule fast).
     "relay_time_scale": (1000, KIND_INT, 1, 1000, NOW, False),
+    # The collector (collect.py; its accounts: pocketpost collect add): seconds to wait for each
+    # reply of a provider, and the milliseconds its schedule counts as a second (tests).
+    "collect_timeout": (120, KIND_INT, 5, 3600, NOW, False),
+    "collect_time_scale": (1000, KIND_INT, 1, 1000, NOW, False),
 }
 
 

@@ -81,6 +81,8 @@ _ROUTES = {
 def _handler(command):
     """The function answering `command` (its module loaded now), or None for an unknown one."""
     area = _ROUTES.get(command)
+    if area is None and command[:8] == "collect.":
+        area = "collect"  # collect.list, .add, .del, .now, .clock: no entries (heap) of their own
     if area is None:
         return None
     module = __import__("pocketpost.requests." + area, None, None, (area,))
@@ -93,6 +95,7 @@ def _unload_handlers():
     for name in OCCASIONAL:
         if name.startswith("pocketpost.requests.") or name in _REQUEST_ONLY:
             unload(name)
+    unload("pocketpost.requests.collect")  # (not interned at boot: a board may never collect)
 
 
 _REQUEST_ONLY = ("pocketpost.config_schema", "pocketpost.x509")

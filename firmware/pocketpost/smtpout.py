@@ -1,39 +1,28 @@
 # The relay's SMTP client (RFC 5321) to the smarthost: STARTTLS (RFC 3207) or implicit TLS
 # (RFC 8314) with the context relay.py made, AUTH PLAIN or LOGIN (RFC 4954), SIZE (RFC 1870), the
 # message streamed from the card. Loaded by relay.py when a message is due, after the TLS
-# context (one block of ~3 KB) is made, and unloaded at the end of the pass.
+# context (one block of ~3 KB) is made, and unloaded at the end of the pass. The TLS client
+# pieces (the certificate check, the TLS place, the handshake) are outbound.py's, shared with
+# the collector (collect.py).
 import asyncio
 import binascii
-import time
 
 from micropython import const
 
 from . import outbox, unload
 from .netio import Connection, Slot
+from .outbound import ClientTls as _ClientTls
+from .outbound import Failed as Deferred
+from .outbound import handshake, tls_place
 from .transparency import send_file
 
 unload(outbox.__name__)  # kept by this module only: unloaded with it
+unload("pocketpost.outbound")  # (shared with the collector, and as well kept only here)
 
 # Recipients in one transaction (RFC 5321 §4.5.3.1.8 asks servers to take 100).
 _BATCH = const(100)
 # Longest reply line read from the smarthost; longer ones are cut.
 _MAX_REPLY = const(512)
-# How long to wait for a TLS place taken by server sessions: 50 x 100 ms, then a deferral.
-_PLACE_WAITS = const(50)
-
-
-class Deferred(Exception):
-    """The try ends here: every recipient still pending waits for the next one."""
-
-
-class _ClientTls:
-    # What Connection.start_tls wants: wrap(sock) giving the client side of a TLS session.
-    def __init__(self, context, host):
-        self.context = context
-        self.host = host
-
-    def wrap(self, sock):
-        return self.context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
 
 
 class _Client:
@@ -111,7 +100,7 @@ async def send(app, env, context):
         tls = None
         if context is not None:
             tls = _ClientTls(context, config["relay_host"])
-            place = await _tls_place(app)
+            place = await tls_place(app)
         streams = await asyncio.wait_for_ms(asyncio.open_connection(config["relay_host"], config["relay_port"]), config["relay_timeout"] * 1000)
         conn = Connection(streams[0], slot)
         streams = None
@@ -139,18 +128,6 @@ async def send(app, env, context):
     env.error = env.error.replace("\n", " ")
 
 
-async def _tls_place(app):
-    # Outbound TLS takes a place like a server session (tls_max_sessions, at least one).
-    tls = app.tls
-    if tls is None or tls.context is None:
-        return False  # no server TLS: the relay's session is the only one
-    for _ in range(_PLACE_WAITS):
-        if tls.acquire(max(1, app.config["tls_max_sessions"])):
-            return True
-        await asyncio.sleep_ms(100)
-    raise Deferred("every TLS place is taken by client sessions")
-
-
 async def _session(app, env, client, tls):
     config = app.config
     conn = client.conn
@@ -158,7 +135,7 @@ async def _session(app, env, client, tls):
     security = config["relay_security"]
     if security == "tls":
         conn.start_tls(tls)
-        await _handshake(conn, client.timeout_ms)
+        await handshake(conn, client.timeout_ms)
     if await client.reply() != 220:
         raise Deferred("greeting: " + client.text)
     ext = await client.ehlo()
@@ -189,17 +166,6 @@ async def _session(app, env, client, tls):
         await _transaction(app, env, client, sender, pending[first : first + _BATCH], size, "SIZE" in ext)
     conn.put(b"QUIT\r\n")
     await conn.flush()
-
-
-async def _handshake(conn, timeout_ms):
-    # Implicit TLS: the server speaks first, and waiting for the socket to be readable does not
-    # start a client's handshake on this ssl module; trying to read every 10 ms does (the
-    # greeting then lands in the input buffer).
-    start = time.ticks_ms()
-    while not conn.take():
-        if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
-            raise Deferred("TLS handshake with the smarthost timed out")
-        await asyncio.sleep_ms(10)
 
 
 async def _auth(client, ext, user, password):

@@ -14,6 +14,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from . import __version__, firmware, sim
+from . import collect as host_collect
 from . import relay as host_relay
 from . import tls as tls_certificates
 from .board_commands import boards_command, build_command, deploy_command, flash_command
@@ -498,6 +499,88 @@ def relay_ca_show(as_json):
         echo_json(shown)
         return
     echo_table([[c["subject"], c["not_after"], c["sha256"]] for c in shown], ["subject", "valid until", "SHA-256"])
+
+
+@cli.group()
+def collect():
+    """The collector: users' accounts at outside providers, polled over POP3S into local mailboxes."""
+
+
+def _echo_accounts(accounts):
+    rows = [[a["id"], a["user"], f"{a['login']}@{a['host']}:{a['port']}", a["security"],
+             f"{a['interval']}m", "keep" + (f" {a['delete_days']}d" if a["delete_days"] else "") if a["keep"] else "delete",
+             "-" if a["last_poll_ago_s"] is None else f"{a['last_poll_ago_s']}s ago", a["fetched"],
+             "-" if a["next_s"] is None else f"{a['next_s']}s", a["result"]] for a in accounts]
+    echo_table(rows, ["id", "user", "account", "security", "every", "on provider", "last poll", "fetched", "next", "result"])
+
+
+@collect.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def collect_list(as_json):
+    """List the accounts: provider, interval, the last poll, its result, messages fetched, next poll."""
+    accounts = host_collect.list_accounts(open_board())
+    if as_json:
+        echo_json(accounts)
+    elif not accounts:
+        click.echo("no collector accounts")
+    else:
+        _echo_accounts(accounts)
+
+
+@collect.command("add")
+@click.argument("user")
+@click.option("--host", required=True, help="The provider's POP3 server, e.g. pop.gmail.com.")
+@click.option("--login", required=True, help="The login at the provider (often the full address).")
+@click.option("--security", type=click.Choice(host_collect.SECURITY), default="tls", show_default=True,
+              help="tls: POP3S (implicit TLS, port 995); stls: STLS on port 110; plain: no TLS (a LAN server only).")
+@click.option("--port", type=TCP_PORT, help="Default: 995 with tls, 110 otherwise.")
+@click.option("--interval", type=click.IntRange(host_collect.MIN_INTERVAL, 1440), default=host_collect.DEFAULT_INTERVAL,
+              show_default=True, help="Minutes between polls (at least 5).")
+@click.option("--keep/--no-keep", default=True, show_default=True, help="Leave the messages on the provider.")
+@click.option("--delete-after", "delete_days", type=click.IntRange(0, 3650), default=0,
+              help="With --keep: delete from the provider N days after the first fetch (0: never).")
+@click.option("--max-size", type=click.IntRange(0), default=0, help="Leave larger messages (octets) on the provider (0: no limit).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def collect_add(user, host, login, security, port, interval, keep, delete_days, max_size, password_stdin, as_json):
+    """Add a provider account for USER (the same user, host and login again: change it). The
+    password is kept on the board and never shown again."""
+    if password_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password at the provider", hide_input=True)
+    if not password:
+        raise Failure("the password is empty", click.UsageError.exit_code)
+    shown = host_collect.add_account(open_board(), user, host, login, password, security=security, port=port,
+                                     interval=interval, keep=keep, delete_days=delete_days, max_size=max_size)
+    if as_json:
+        echo_json(shown)
+        return
+    click.echo(f"collector account {shown['id']} {'added' if shown['created'] else 'changed'}: "
+               f"{shown['login']}@{shown['host']}:{shown['port']} ({shown['security']}) for {shown['user']}, "
+               f"every {shown['interval']} minutes; polled now")
+
+
+@collect.command("del")
+@click.argument("aid", metavar="ID")
+def collect_del(aid):
+    """Delete account ID (its password and fetch state go; the mail fetched stays)."""
+    click.echo(f"collector account {host_collect.delete_account(open_board(), aid)} deleted")
+
+
+@collect.command("now")
+@click.argument("aid", metavar="[ID]", required=False)
+@click.option("--wait", type=click.FloatRange(0), default=120, show_default=True, help="Seconds to wait for the polls' results.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def collect_now(aid, wait, as_json):
+    """Poll account ID (or every account) now and show the results."""
+    accounts = host_collect.poll_now(open_board(), aid, wait)
+    if as_json:
+        echo_json(accounts)
+    elif not accounts:
+        click.echo("no collector accounts")
+    else:
+        _echo_accounts(accounts)
 
 
 @cli.command("sim")

@@ -159,6 +159,8 @@ CONFIG_KEYS = {
     "relay_lifetime": ConfigKey(432000, "int", "now", 60, 2592000),
     "relay_timeout": ConfigKey(300, "int", "now", 5, 3600),
     "relay_time_scale": ConfigKey(1000, "int", "now", 1, 1000),
+    "collect_timeout": ConfigKey(120, "int", "now", 5, 3600),
+    "collect_time_scale": ConfigKey(1000, "int", "now", 1, 1000),
 }
 
 

@@ -48,6 +48,10 @@ def info(app, args):
             from .queue import summary
 
             info["queue"] = summary(app.store)
+    if _has_accounts(app):  # the collector's accounts, when there are any
+        from .collect import summary as collected
+
+        info["collect"] = collected(app)
     # Bytes allocated since boot, where the port counts them (MICROPY_MEM_STATS): allocation per
     # message predicts GC pauses on a board. (Its mem_peak is no high-water mark of the heap:
     # memory the collector reclaims is never subtracted.)
@@ -64,6 +68,15 @@ def _queue_empty(store):
     except OSError:
         pass  # no queue folder: nothing queued
     return True
+
+
+def _has_accounts(app):
+    try:
+        for _ in os.ilistdir(app.flash + "/collect"):
+            return True
+    except OSError:
+        pass
+    return False
 
 
 def log_tail(app, args):

@@ -1,0 +1,487 @@
+# The collector: each user's accounts at outside providers, polled over POP3S (or STLS, or
+# plaintext when set so) and delivered into the user's local mailbox (issue 13). Loaded by
+# collecting.py for a pass over the accounts and unloaded after it, as relay.py is; it shares
+# the outbound connection, the TLS client context and the TLS place with the relay
+# (outbound.py), and runs only while the relay does not.
+#
+# Exactly once as far as a power cut allows. The provider's UIDL (RFC 1939 §7) names each
+# message; the UIDLs already fetched are kept per account in a state file on the card,
+# <root>/collect/<ID>.UID: the line "pocketpost-collect 1", one line "<first fetch, seconds>
+# <UIDL>" each, the line "end". It is never written in place: a new one is written as <ID>.NEW
+# and closed, the old one removed, the new one renamed (FAT renames onto a name by removing it
+# first, so a complete .NEW without its .UID is the newest: settle). Per message: RETR streamed
+# to the card through the store's Incoming (durable and indexed as SMTP's deliveries are) ->
+# the UIDL recorded -> only then DELE, when deleting is due. A cut between the first two fetches
+# that message once more; nothing is lost. UIDLs the provider no longer lists are dropped.
+#
+# Memory: the module's code (~12 KB of a 64-bit heap) for the pass; the UIDLs known, 12 octets
+# each (8 of their SHA-256, 31 bits of their first fetch's time and a mark: still listed), in
+# blocks of 96 octets (small blocks, which a fragmented heap still has); the provider's listing
+# goes to the card (<ID>.LST) and is read back a line at a time. Every string here is interned
+# for good when the module is first loaded: messages are kept short.
+import asyncio
+import gc
+import hashlib
+import json
+import os
+import time
+
+from micropython import const
+
+from . import outbound, unload
+from .mailbox import path_exists, sync
+from .netio import Connection, Slot
+from .outbound import ClientTls, Failed
+from .smtp import rfc5322_date
+from .transparency import receive_data
+
+unload(outbound.__name__)  # kept by this module only: unloaded with it
+
+_FORMAT = b"pocketpost-collect 1\n"
+_END = b"end\n"
+_MAX_LINE = const(512)  # longest reply line read from the provider
+# Longest line of a listing or of the state: "n UIDL", "<seconds> <UIDL>" (a UIDL has at most
+# 70 characters, RFC 1939 §7).
+_MAX_ENTRY = const(100)
+_MAX_LISTING = const(200000)  # lines of a UIDL listing
+_ENTRY = const(12)
+_PER_BLOCK = const(8)
+_DAY = const(86400)
+# Seconds (of the collector's schedule) until an account whose poll ran short of the board's
+# memory, or met an unset clock, is polled again.
+_SOON = const(60)
+NO_UIDL = "the provider does not support UIDL (RFC 1939), which the collector needs to fetch each message once: refused"
+_NO_LOGIN = " (no login sent)"
+
+
+def clock(app):
+    """The collector's wall clock, in seconds (the emulated board's tests move it: collect.clock)."""
+    return int(time.time()) + getattr(app, "clock_offset", 0)
+
+
+def _digest(uidl):
+    return hashlib.sha256(uidl).digest()[:8]
+
+
+# ---- the UIDLs known: [count, block, block, ...]
+
+
+def _add(known, digest, stamp, listed):
+    i = known[0] % _PER_BLOCK
+    if not i:
+        known.append(bytearray(_PER_BLOCK * _ENTRY))
+    block = known[-1]
+    off = i * _ENTRY
+    block[off : off + 8] = digest
+    for k in range(4):
+        block[off + 8 + k] = (stamp >> (8 * k)) & 0xFF
+    if listed:
+        block[off + 11] |= 0x80
+    known[0] += 1
+
+
+def _find(known, digest):
+    """(block, offset) of the entry with `digest`, or None."""
+    used = known[0]
+    for b in range(1, len(known)):
+        block = known[b]
+        at = block.find(digest)
+        while at >= 0:
+            if at % _ENTRY == 0 and (b - 1) * _PER_BLOCK + at // _ENTRY < used:
+                return block, at
+            at = block.find(digest, at + 1)
+    return None
+
+
+def _listed(known, i):
+    return known[1 + i // _PER_BLOCK][(i % _PER_BLOCK) * _ENTRY + 11] & 0x80
+
+
+# ---- the state file
+
+
+def _complete(path):
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return False
+    with f:
+        if f.read(len(_FORMAT)) != _FORMAT:
+            return False
+        f.seek(-len(_END), 2)
+        return f.read(len(_END)) == _END
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def settle(uid, new):
+    """Puts the newest complete state in place after a power cut; True when there is one."""
+    if _complete(new):
+        _remove(uid)
+        os.rename(new, uid)
+        sync()
+    else:
+        _remove(new)
+    return _complete(uid)
+
+
+def _entries(f):
+    # (line, stamp, UIDL) of each entry of an open state file.
+    f.readline(_MAX_ENTRY)
+    while True:
+        line = f.readline(_MAX_ENTRY)
+        if not line or line == _END or line[-1:] != b"\n":
+            return
+        stamp, _, uidl = line[:-1].partition(b" ")
+        yield line, int(stamp), uidl
+
+
+def _rewrite(uid, new, known, extra):
+    """The state anew: the old one's entries (only those `known` marks listed, when given),
+    then `extra`; written beside it and put in its place (see the module comment)."""
+    with open(new, "wb") as out:
+        out.write(_FORMAT)
+        if path_exists(uid):
+            with open(uid, "rb") as f:
+                i = 0
+                for line, _, _ in _entries(f):
+                    if known is None or _listed(known, i):
+                        out.write(line)
+                    i += 1
+        if extra:
+            out.write(extra)
+        out.write(_END)
+    _remove(uid)
+    os.rename(new, uid)
+    sync()
+
+
+def _listing(f):
+    # (number, UIDL) of each line of the provider's listing on the card.
+    while True:
+        line = f.readline(_MAX_ENTRY)
+        if not line:
+            return
+        n, _, uidl = line.rstrip(b"\n").partition(b" ")
+        if n.isdigit() and uidl:
+            yield int(n), uidl
+
+
+# ---- POP3, the client side
+
+
+def _text(line):
+    try:
+        return str(bytes(line[:200]), "utf-8")
+    except UnicodeError:
+        return "?"
+
+
+class _Pop:
+    def __init__(self, conn, timeout_ms):
+        self.conn = conn
+        self.timeout_ms = timeout_ms
+        self.text = ""  # the last reply
+        self.login_sent = False
+
+    async def line(self):
+        line = await asyncio.wait_for_ms(self.conn.readline(_MAX_LINE), self.timeout_ms)
+        if line is None:
+            raise Failed("overlong reply")
+        return line
+
+    async def command(self, text):
+        conn = self.conn
+        if text:
+            conn.put(text.encode())
+            conn.put(b"\r\n")
+            await conn.flush()
+        self.text = _text(await self.line())
+        return self.text[:3] == "+OK"
+
+    async def body(self, each, most):
+        """Reads a multi-line reply's lines (dot-unstuffed) to its end, giving each to `each`."""
+        for _ in range(most):
+            line = await self.line()
+            if len(line) and line[0] == 46:  # "."
+                if len(line) == 1:
+                    return
+                line = line[1:]
+            each(line)
+        raise Failed("overlong reply")
+
+    async def capa(self):
+        # The capabilities' names (RFC 2449), or None when the server has no CAPA.
+        if not await self.command("CAPA"):
+            return None
+        names = []
+        await self.body(lambda line: names.append(_text(line).split(" ")[0].upper()), 64)
+        return names
+
+    async def quit(self):
+        try:
+            await self.command("QUIT")
+        except Exception:
+            pass
+
+
+# ---- the passes
+
+
+async def run(app, collector):
+    """One pass over the accounts: polls each one that is due (or asked for: collector.force).
+    Returns the milliseconds until the next is due, or None when there is no account."""
+    ids = []
+    try:
+        for entry in os.ilistdir(app.flash + "/collect"):
+            if entry[0].endswith(".json"):
+                ids.append(entry[0][:-5])
+    except OSError:
+        pass
+    status = collector.status
+    for aid in list(status):
+        if aid not in ids:
+            del status[aid]
+    force = collector.force
+    collector.force = None
+    scale = app.config["collect_time_scale"]
+    wait = None
+    for aid in ids:
+        st = status.get(aid)
+        now = time.ticks_ms()
+        if st is None:  # (see collecting.py)
+            st = status[aid] = [None, "not polled yet", 0, 0, now, 0, 0]
+        due = time.ticks_diff(st[4], now)
+        if due > 0 and not (force is True or (force and aid in force)):
+            wait = due if wait is None or due < wait else wait
+            continue
+        try:
+            with open("{}/collect/{}.json".format(app.flash, aid)) as f:
+                account = json.load(f)
+        except (OSError, ValueError):
+            continue
+        due = await poll(app, account, st) * scale
+        st[4] = time.ticks_add(time.ticks_ms(), due)
+        wait = due if wait is None or due < wait else wait
+        account = None
+        gc.collect()
+    return wait
+
+
+async def poll(app, account, st):
+    """Polls one account and logs one line; returns the seconds until its next poll."""
+    st[0] = clock(app)
+    st[2] = st[6] = 0
+    st[5] += 1
+    delay = account["interval"] * 60
+    ok = False
+    try:
+        result = await _poll(app, account, st)
+        ok = True
+    except MemoryError:
+        app.relieve_memory()
+        result = "not enough memory now (polled again soon)"
+        delay = _SOON
+    except Failed as e:
+        result = e.args[0]
+    if result.startswith("the clock"):
+        delay = _SOON
+    st[1] = result = result.replace("\n", " ")
+    line = "{} {}@{}:{} for {}: {} fetched, {} deleted; {}".format(
+        account["id"], account["login"], account["host"], account["port"], account["user"], st[2], st[6], result)
+    if ok:
+        app.log.info("collect", line)
+    else:
+        app.log.warn("collect", line)
+    return delay
+
+
+async def _poll(app, account, st):
+    if not app.storage_ready():
+        raise Failed("mail storage is not available")
+    user = account["user"]
+    if not app.users.exists(user):
+        raise Failed("no user " + user)
+    store = app.store
+    base = "{}/collect/{}".format(store.root, account["id"])
+    try:
+        os.mkdir(store.root + "/collect")
+    except OSError:
+        pass
+    known = [0]
+    if settle(base + ".UID", base + ".NEW"):
+        with open(base + ".UID", "rb") as f:
+            for _, stamp, uidl in _entries(f):
+                _add(known, _digest(uidl), stamp, False)
+    host = account["host"]
+    port = account["port"]
+    tls = None
+    if account["security"] != "plain":
+        tls = outbound.context(app)
+        if isinstance(tls, str):
+            raise Failed(tls + " (no connection made)")
+        tls = ClientTls(tls, host)
+    timeout = app.config["collect_timeout"] * 1000
+    # A client connection's buffers when one is free (a poll counts as a client, as the
+    # relay's connection does), else its own.
+    borrowed = bool(app.free_slots)
+    slot = app.free_slots.pop() if borrowed else Slot()
+    place = False
+    conn = None
+    pop = None
+    try:
+        if tls is not None:
+            place = await outbound.tls_place(app)
+        streams = await asyncio.wait_for_ms(asyncio.open_connection(host, port), timeout)
+        conn = Connection(streams[0], slot)
+        streams = None
+        pop = _Pop(conn, timeout)
+        return await _session(app, account, pop, tls, known, base, st)
+    except (Failed, MemoryError):
+        raise
+    except Exception as e:  # the connection, TLS (a certificate not verified), the card
+        text = "timed out" if isinstance(e, asyncio.TimeoutError) else "{}: {}".format(type(e).__name__, str(e).strip())
+        raise Failed("{}:{}: {}{}".format(host, port, text, "" if pop is not None and pop.login_sent else _NO_LOGIN))
+    finally:
+        if conn is not None:
+            try:
+                conn.stream.close()
+                await conn.close()
+            except Exception:
+                pass
+        if place:
+            app.tls.release()
+        if borrowed:
+            app.free_slots.append(slot)
+
+
+async def _session(app, account, pop, tls, known, base, st):
+    conn = pop.conn
+    security = account["security"]
+    if security == "tls":
+        conn.start_tls(tls)
+        await outbound.handshake(conn, pop.timeout_ms)
+    if not await pop.command(None):
+        raise Failed("greeting: " + pop.text)
+    capa = await pop.capa()
+    if security == "stls":
+        if capa is None or "STLS" not in capa or not await pop.command("STLS"):
+            await pop.quit()  # nothing more said in plaintext
+            raise Failed("no STLS" + _NO_LOGIN)
+        conn.start_tls(tls)  # what the server sent before the handshake is dropped
+        capa = await pop.capa()  # RFC 2595 §4: learned anew inside TLS
+    if capa is not None and "UIDL" not in capa:
+        await pop.quit()
+        raise Failed(NO_UIDL)
+    pop.login_sent = True
+    if not await pop.command("USER " + account["login"]) or not await pop.command("PASS " + account["password"]):
+        text = pop.text
+        await pop.quit()
+        raise Failed("login refused by {}: {}".format(account["host"], text))
+    if not await pop.command("UIDL"):
+        text = pop.text
+        await pop.quit()
+        raise Failed("{} ({})".format(NO_UIDL, text))
+    uid, new, lst = base + ".UID", base + ".NEW", base + ".LST"
+    with open(lst, "wb") as f:
+
+        def each(line):
+            if len(line) > _MAX_ENTRY - 4:
+                raise Failed("UIDL over 70 characters")
+            f.write(line)
+            f.write(b"\n")
+
+        await pop.body(each, _MAX_LISTING)
+    # The provider's messages already known are marked; the others are new.
+    listed = fresh = 0
+    with open(lst, "rb") as f:
+        for n, uidl in _listing(f):
+            listed += 1
+            found = _find(known, _digest(uidl))
+            if found is None:
+                fresh += 1
+            else:
+                found[0][found[1] + 11] |= 0x80
+    gone = sum(1 for i in range(known[0]) if not _listed(known, i))
+    if gone:
+        _rewrite(uid, new, known, None)
+    keep = account["keep"]
+    days = account["delete_days"]
+    limit = app.config["max_message_size"]
+    if account["max_size"]:
+        limit = min(limit, account["max_size"])
+    now = clock(app)
+    skipped = 0
+    with open(lst, "rb") as f:
+        for n, uidl in _listing(f):
+            digest = _digest(uidl)
+            found = _find(known, digest)
+            if found is None:
+                if not await _fetch(app, account, pop, n, limit):
+                    skipped += 1
+                    continue
+                stamp = clock(app)
+                entry = b"%d %s\n" % (stamp, uidl)
+                try:
+                    _rewrite(uid, new, None, entry)  # after the message is on the card
+                except MemoryError:  # once more with the heap relieved: else it comes again
+                    app.relieve_memory()
+                    _rewrite(uid, new, None, entry)
+                _add(known, digest, stamp, True)
+                st[2] += 1
+                st[3] += 1
+            else:
+                block, off = found
+                stamp = block[off + 8] | block[off + 9] << 8 | block[off + 10] << 16 | (block[off + 11] & 0x7F) << 24
+            if not keep or (days and now - stamp >= days * _DAY):
+                # Only now: it is stored and recorded.
+                if not await pop.command("DELE {}".format(n)):
+                    raise Failed("DELE {}: {}".format(n, pop.text))
+                st[6] += 1
+    if not await pop.command("QUIT"):
+        raise Failed("QUIT: " + pop.text)
+    _remove(lst)
+    return "ok: {} listed, {} new, {} left on the provider, {} forgotten".format(listed, fresh, skipped, gone)
+
+
+async def _fetch(app, account, pop, n, limit):
+    """Stores message n in the user's mailbox; False when it is left on the provider."""
+    log = app.log
+    if not await pop.command("LIST {}".format(n)):
+        return False  # gone since the listing
+    size = pop.text.split(" ")
+    size = int(size[2]) if len(size) > 2 and size[2].isdigit() else 0
+    user = account["user"]
+    trace = "Received: from {}\r\n\tby {} (pocketpost) with {}\r\n\tfor <{}@{}>;\r\n\t{}\r\n".format(
+        account["host"], app.config["hostname"], "POP3" if account["security"] == "plain" else "POP3S",
+        user, app.config["domains"][0], rfc5322_date(int(time.time()))).encode()
+    incoming = None
+    try:
+        if size <= limit:
+            incoming = app.store.incoming()
+            try:
+                incoming.write(trace, 0, len(trace))
+            except OSError as e:
+                incoming.failed(e)  # commit raises it: the poll ends, the message stays
+            if not await pop.command("RETR {}".format(n)):
+                log.warn("collect", "{}: RETR {}: {}".format(account["id"], n, pop.text))
+                incoming.discard()
+                return False
+            size = await receive_data(pop.conn, incoming, limit)
+        if size > limit:
+            log.warn("collect", "{}: message {} of {} octets is over the limit of {}: left on the provider".format(account["id"], n, size, limit))
+            if incoming is not None:
+                incoming.discard()
+            return False
+        delivered = await incoming.commit([user], pop.conn.outbuf)
+    except BaseException:
+        if incoming is not None:
+            incoming.discard()
+        raise
+    log.info("collect", "{}: message {} delivered to {} as {} ({} octets)".format(account["id"], n, user, delivered.get(user), size + len(trace)))
+    return True

@@ -1,0 +1,467 @@
+"""The collector (issue 13): each user's accounts at an outside provider, polled over POP3S with
+a certificate the board verifies, delivered into the user's local mailbox once, against Dovecot
+on loopback (and small fake POP3 servers for what Dovecot will not do: no UIDL, a wrong name)."""
+
+import re
+import socketserver
+import ssl
+import threading
+import time
+
+import pytest
+
+import smarthost
+from pocketpost_host import relay as host_relay
+from pocketpost_host.errors import BoardError
+from reference_servers import ReferenceServers, free_port
+from wire import pop3_login, unstuff
+
+PASSWORD = "provider-secret-42"
+LOGIN = "alice"
+
+# Messages as they lie in the provider's Maildir (LF line ends: Dovecot's own); RETR sends them
+# with CRLF, dot-stuffed. Dots at line starts, a lone dot, a long line, 8-bit octets, an empty
+# line at the end.
+MESSAGES = [
+    b"From: Bob <bob@example.org>\nTo: Alice <alice@provider.test>\nSubject: one\n\nHello Alice.\n",
+    b"From: Carol <carol@example.net>\nTo: alice@provider.test\nSubject: dots\n\n.leading dot\n..two dots\n.\nend\n",
+    b"From: Dave <dave@example.com>\nSubject: long\nContent-Type: text/plain; charset=latin1\n\n"
+    + b"x" * 3000 + b"\n\xe9t\xe9\n\n",
+]
+
+
+def crlf(message):
+    return message.replace(b"\n", b"\r\n")
+
+
+class Provider(ReferenceServers):
+    """Dovecot serving POP3 (with STLS) and POP3S with a certificate for `hostname`, the
+    account alice / PASSWORD; messages are put straight into its Maildir."""
+
+    def __init__(self, cert, key, **kwargs):
+        super().__init__(user=LOGIN, password=PASSWORD, domain="provider.test", **kwargs)
+        self.cert = cert
+        self.key = key
+        self.pop3s_port = free_port()
+        self.count = 0
+
+    def _prepare(self):
+        owner = super()._prepare()
+        conf = self.dir / "dovecot.conf"
+        text = conf.read_text()
+        text = text.replace("ssl = no\n", f"ssl = yes\nssl_cert = <{self.cert}\nssl_key = <{self.key}\nauth_verbose = yes\n")
+        text = text.replace("inet_listener pop3s {\n    port = 0\n  }",
+                            f"inet_listener pop3s {{\n    address = 127.0.0.1\n    port = {self.pop3s_port}\n    ssl = yes\n  }}")
+        conf.write_text(text)
+        return owner
+
+    def put(self, message):
+        """Puts a message (LF line ends) into the provider's mailbox."""
+        self.count += 1
+        name = f"{time.time_ns()}.M{self.count}.provider"
+        tmp = self.maildir / "tmp" / name
+        tmp.write_bytes(message)
+        owner = self.smtp.handler.owner
+        if owner is not None:
+            import os
+
+            os.chown(tmp, *owner)
+        tmp.rename(self.maildir / "new" / name)
+
+    def remaining(self):
+        return sum(1 for sub in ("new", "cur") for _ in (self.maildir / sub).iterdir())
+
+    def logins(self):
+        """Lines of Dovecot's log that record a login attempt by our user."""
+        return [line for line in self.log_lines() if "user=<alice>" in line and "pop3-login" in line]
+
+    def log_lines(self):
+        log = self.dir / "dovecot.log"
+        return log.read_text("utf-8", "replace").splitlines() if log.exists() else []
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("collectcerts")
+    import os
+
+    os.chmod(folder, 0o755)  # Dovecot's config process reads them (as root: any folder)
+    return {"good": smarthost.make_certificate(folder, "localhost"),
+            "other": smarthost.make_certificate(folder, "other.example")}
+
+
+@pytest.fixture
+def provider(certs):
+    with Provider(certs["good"][0], certs["good"][1]) as p:
+        yield p
+
+
+def wait_until(predicate, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
+def collector_board(make_board, certs, ca="good", **settings):
+    board = make_board().start()
+    board.add_user("alice", "wonderland")
+    values = dict(collect_time_scale=1000, collect_timeout=10)
+    values.update(settings)
+    board.set_config(**values)
+    if ca:
+        if host_relay.install_ca(board.console, certs[ca][2])["applies"] == "reboot":
+            board.restart()
+    return board
+
+
+def add_account(board, port, wait=True, **fields):
+    """Adds (or changes) an account, which the board polls at once; with `wait`, waits for that
+    poll to end (a console request beside a poll may meet a short heap: the poll is then made
+    again a minute later)."""
+    args = dict(user="alice", host="localhost", port=port, security="tls", login=LOGIN, password=PASSWORD)
+    args.update(fields)
+    before = len(board.lines)
+    added = board.request("collect.add", **args)
+    if wait:
+        pattern = re.compile(rf"(INFO|WARN) collect: {added['id']} \S+ for ")
+        assert wait_until(lambda: any(pattern.search(line) for line in board.lines[before:]), 30), "\n".join(board.lines[-20:])
+    return added
+
+
+def account(board, aid):
+    return next(a for a in board.request("collect.list")["accounts"] if a["id"] == aid)
+
+
+def polls(board, aid):
+    """The console lines that end a poll of account `aid` (one per poll)."""
+    return [line for line in board.lines if re.search(rf"(INFO|WARN) collect: {aid} \S+ for ", line)]
+
+
+def poll_now(board, aid, timeout=30):
+    """Asks for a poll of account `aid` and waits for it to end (its log line); returns the
+    account as collect.list shows it then."""
+    before = len(polls(board, aid))
+    board.request("collect.now", id=aid)
+    assert wait_until(lambda: len(polls(board, aid)) > before, timeout), "\n".join(board.lines[-30:])
+    return account(board, aid)
+
+
+def mailbox(board, user="alice", password="wonderland"):
+    """Every message in the user's local mailbox, byte-exact (POP3 RETR, unstuffed)."""
+    w = pop3_login(board.pop3_port, user, password)
+    count = int(w.cmd("STAT").split()[1])
+    out = []
+    for n in range(1, count + 1):
+        assert w.cmd(f"RETR {n}").startswith("+OK")
+        out.append(unstuff(w.multiline()))
+    w.cmd("QUIT")
+    w.close()
+    return out
+
+
+TRACE = re.compile(
+    rb"^Received: from localhost\r\n\tby pocketpost \(pocketpost\) with POP3S\r\n"
+    rb"\tfor <alice@pocketpost\.local>;\r\n\t\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n"
+)
+
+
+def split_trace(message):
+    m = TRACE.match(message)
+    assert m, message[:300]
+    return message[m.end():]
+
+
+def test_messages_arrive_byte_exact_over_verified_pop3s_once(make_board, certs, provider):
+    for message in MESSAGES:
+        provider.put(message)
+    board = collector_board(make_board, certs)
+    added = add_account(board, provider.pop3s_port)
+    assert added["password"] == "********" and added["keep"] is True and added["interval"] == 30
+    aid = added["id"]
+    shown = account(board, aid)  # polled when added
+    assert shown["result"].startswith("ok: 3 listed, 3 new"), shown
+    assert shown["fetched"] == 3
+    got = mailbox(board)
+    assert sorted(split_trace(m) for m in got) == sorted(crlf(m) for m in MESSAGES)
+    # Kept on the provider (the default), and a second poll fetches nothing.
+    assert provider.remaining() == 3
+    again = poll_now(board, aid)
+    assert again["result"].startswith("ok: 3 listed, 0 new"), again
+    assert again["fetched"] == 0 and again["fetched_total"] == 3
+    assert len(mailbox(board)) == 3
+    # One log line per poll; the password nowhere in the console's output.
+    assert board.log_has(f"INFO collect: {aid} alice@localhost:{provider.pop3s_port} for alice: 3 fetched, 0 deleted; ok")
+    assert not any(PASSWORD in line for line in board.lines)
+    info = board.request("info")["collect"]
+    assert info[0]["id"] == aid and info[0]["fetched_total"] == 3 and info[0]["result"].startswith("ok")
+    assert 0 < info[0]["next_s"] <= 1800
+
+
+class FakePop3:
+    """A small POP3 server on loopback (implicit TLS with `context`) that records every line it
+    receives after the handshake. `uidl`: whether UIDL works; `capa`: the CAPA lines (None: no
+    CAPA). `on_dele(n)` is called when DELE n arrives."""
+
+    def __init__(self, messages=(), context=None, uidl=True, capa=("USER", "UIDL"), on_dele=None):
+        self.messages = list(messages)  # (uidl, bytes with CRLF)
+        self.context = context
+        self.uidl = uidl
+        self.capa = capa
+        self.on_dele = on_dele
+        self.lines = []
+        self.handshake_errors = []
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def setup(self):
+                if fake.context is not None:
+                    try:
+                        self.request = fake.context.wrap_socket(self.request, server_side=True)
+                    except (ssl.SSLError, OSError) as e:
+                        fake.handshake_errors.append(str(e))
+                        raise
+                super().setup()
+
+            def handle(self):
+                fake.session(self.rfile, self.wfile)
+
+            def finish(self):
+                super().finish()
+                self.request.close()
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def handle_error(self, request, client_address):
+                pass  # a refused handshake: recorded above
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def session(self, rfile, wfile):
+        def send(text):
+            wfile.write(text if isinstance(text, bytes) else text.encode() + b"\r\n")
+            wfile.flush()
+
+        send("+OK fake POP3 ready")
+        deleted = set()
+        for _ in range(1000):
+            raw = rfile.readline(1000)
+            if not raw:
+                return
+            line = raw.decode().rstrip("\r\n")
+            self.lines.append(line)
+            verb, _, arg = line.partition(" ")
+            verb = verb.upper()
+            if verb == "CAPA" and self.capa is not None:
+                send("+OK\r\n" + "".join(c + "\r\n" for c in self.capa) + ".")
+            elif verb in ("USER", "PASS"):
+                send("+OK")
+            elif verb == "UIDL" and self.uidl:
+                send("+OK\r\n" + "".join(f"{i + 1} {u}\r\n" for i, (u, _) in enumerate(self.messages)) + ".")
+            elif verb == "LIST" and arg:
+                send(f"+OK {arg} {len(self.messages[int(arg) - 1][1])}")
+            elif verb == "RETR":
+                body = self.messages[int(arg) - 1][1]
+                stuffed = b"\r\n".join(b"." + l if l.startswith(b".") else l for l in body.split(b"\r\n"))
+                send(b"+OK\r\n" + stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+            elif verb == "DELE":
+                if self.on_dele is not None:
+                    self.on_dele(int(arg))
+                deleted.add(int(arg))
+                send("+OK")
+            elif verb == "QUIT":
+                self.messages = [m for i, m in enumerate(self.messages) if i + 1 not in deleted]
+                send("+OK bye")
+                return
+            else:
+                send("-ERR unknown command")
+
+
+def test_keep_off_deletes_on_the_provider_only_after_the_message_is_stored(make_board, certs, provider):
+    for message in MESSAGES:
+        provider.put(message)
+    board = collector_board(make_board, certs)
+    aid = add_account(board, provider.pop3s_port, keep=False)["id"]
+    shown = wait_until(lambda: polls(board, aid)) and account(board, aid)
+    assert shown["result"].startswith("ok: 3 listed, 3 new"), shown
+    assert shown["fetched"] == 3 and shown["deleted"] == 3
+    assert provider.remaining() == 0
+    assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES)
+    # Each DELE came after its message was in the local mailbox (a fake provider that looks).
+    seen = []
+    with open(certs["good"][0], "rb"):
+        pass
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certs["good"][0]), str(certs["good"][1]))
+
+    def on_dele(n):
+        w = pop3_login(board.pop3_port)
+        seen.append((n, int(w.cmd("STAT").split()[1])))
+        w.cmd("QUIT")
+
+    fresh = [(f"fake-{i}", crlf(MESSAGES[i % 3]).replace(b"Subject: ", f"Subject: fake {i} ".encode())) for i in range(3)]
+    with FakePop3(fresh, context=context, on_dele=on_dele) as fake:
+        fake_id = add_account(board, fake.port, keep=False, login="other")["id"]
+        assert wait_until(lambda: polls(board, fake_id)), "\n".join(board.lines[-20:])
+        assert account(board, fake_id)["result"].startswith("ok: 3 listed, 3 new")
+        assert seen == [(1, 4), (2, 5), (3, 6)]
+        assert fake.messages == []
+    assert [split_trace(m) for m in mailbox(board)[3:]] == [m for _, m in fresh]
+
+
+def test_delete_after_n_days_counts_from_the_first_fetch(make_board, certs, provider):
+    for message in MESSAGES[:2]:
+        provider.put(message)
+    board = collector_board(make_board, certs)
+    aid = add_account(board, provider.pop3s_port, keep=True, delete_days=2)["id"]
+    assert wait_until(lambda: polls(board, aid))
+    assert account(board, aid)["fetched"] == 2 and provider.remaining() == 2
+    board.request("collect.clock", advance_s=86400)  # a day later: kept
+    provider.put(MESSAGES[2])
+    shown = poll_now(board, aid)
+    assert (shown["fetched"], shown["deleted"], provider.remaining()) == (1, 0, 3)
+    board.request("collect.clock", advance_s=86400 + 60)  # two days after the first two
+    shown = poll_now(board, aid)
+    assert (shown["fetched"], shown["deleted"], provider.remaining()) == (0, 2, 1)
+    # The next poll forgets their UIDLs (the provider no longer lists them), keeps the third.
+    shown = poll_now(board, aid)
+    assert shown["result"] == "ok: 1 listed, 0 new, 0 left on the provider, 2 forgotten", shown
+    board.request("collect.clock", advance_s=86400)
+    shown = poll_now(board, aid)
+    assert (shown["fetched"], shown["deleted"], provider.remaining()) == (0, 1, 0)
+    assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES)
+
+
+def test_stls_on_the_plain_port(make_board, certs, provider):
+    provider.put(MESSAGES[1])
+    board = collector_board(make_board, certs)
+    aid = add_account(board, provider.pop3_port, security="stls")["id"]
+    assert wait_until(lambda: polls(board, aid))
+    shown = account(board, aid)
+    assert shown["result"].startswith("ok: 1 listed, 1 new"), shown
+    assert [split_trace(m) for m in mailbox(board)] == [crlf(MESSAGES[1])]
+
+
+def test_without_the_ca_nothing_is_sent(make_board, certs, provider):
+    provider.put(MESSAGES[0])
+    board = collector_board(make_board, certs, ca=None)
+    aid = add_account(board, provider.pop3s_port)["id"]
+    assert wait_until(lambda: polls(board, aid))
+    shown = account(board, aid)
+    assert shown["result"] == "no CA certificate installed to verify the server (pocketpost relay ca install) (no connection made)"
+    assert board.log_has(f"WARN collect: {aid} alice@localhost:{provider.pop3s_port} for alice: 0 fetched, 0 deleted; no CA certificate")
+    assert provider.logins() == []
+    assert mailbox(board) == []
+
+
+@pytest.mark.parametrize("case", ["wrong name", "not signed by the CA"])
+def test_an_unverified_certificate_gets_no_login(make_board, certs, case):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certs["other"][0]), str(certs["other"][1]))
+    # A wrong name: the CA installed is the server's own certificate, made for other.example.
+    board = collector_board(make_board, certs, ca="other" if case == "wrong name" else "good")
+    with FakePop3([("u1", b"Subject: x\r\n\r\nx\r\n")], context=context) as fake:
+        aid = add_account(board, fake.port)["id"]
+        assert wait_until(lambda: polls(board, aid))
+        result = account(board, aid)["result"]
+        assert result.startswith(f"localhost:{fake.port}: ") and result.endswith("(no login sent)"), result
+        assert "VERIFY" in result.upper() or "CERT" in result.upper(), result
+        assert fake.lines == []  # not a line after the handshake: no USER, no PASS
+    assert board.log_has(f"WARN collect: {aid} alice@localhost:{fake.port} for alice: 0 fetched, 0 deleted; localhost:{fake.port}: ")
+    assert mailbox(board) == []
+
+
+def test_a_provider_without_uidl_is_refused(make_board, certs):
+    board = collector_board(make_board, certs, ca=None)
+    message = [("u1", b"Subject: x\r\n\r\nx\r\n")]
+    refused = "the provider does not support UIDL (RFC 1939), which the collector needs to fetch each message once: refused"
+    # CAPA without UIDL: refused before the login.
+    with FakePop3(message, capa=("USER", "TOP"), uidl=False) as fake:
+        aid = add_account(board, fake.port, security="plain")["id"]
+        assert wait_until(lambda: polls(board, aid))
+        assert account(board, aid)["result"] == refused
+        assert fake.lines == ["CAPA", "QUIT"]
+    # No CAPA at all: UIDL itself fails after the login.
+    with FakePop3(message, capa=None, uidl=False) as fake:
+        aid = add_account(board, fake.port, security="plain", login="other")["id"]
+        assert wait_until(lambda: polls(board, aid))
+        assert account(board, aid)["result"] == refused + " (-ERR unknown command)"
+        assert [line.split()[0] for line in fake.lines] == ["CAPA", "USER", "PASS", "UIDL", "QUIT"]
+    assert mailbox(board) == []
+    assert board.log_has(f"WARN collect: {aid} other@localhost:{fake.port} for alice: 0 fetched, 0 deleted; {refused}")
+
+
+def test_a_wrong_password_is_logged_and_tried_once_an_interval(make_board, certs, provider):
+    provider.put(MESSAGES[0])
+    board = collector_board(make_board, certs, collect_time_scale=10)  # 5 minutes: 3 s
+    aid = add_account(board, provider.pop3s_port, password="wrong-password", interval=5)["id"]
+    assert wait_until(lambda: polls(board, aid))
+    start = time.monotonic()
+    assert account(board, aid)["result"].startswith("login refused by localhost: -ERR [AUTH]"), account(board, aid)
+    # Retried at the next interval (Dovecot makes a login after failed ones wait a little).
+    assert wait_until(lambda: len(polls(board, aid)) >= 3, 30), polls(board, aid)
+    attempts = polls(board, aid)
+    elapsed = time.monotonic() - start
+    # The first poll, then one every 3 s at most: no retry storm, no lock-out.
+    assert len(attempts) <= 2 + elapsed / 3, attempts
+    assert all("0 fetched, 0 deleted; login refused by localhost: -ERR [AUTH]" in line for line in attempts)
+    assert len(provider.logins()) <= len(attempts) + 1
+    assert not any("wrong-password" in line for line in board.lines + provider.log_lines())
+    # The right password (the same account changed): the next poll fetches.
+    add_account(board, provider.pop3s_port, interval=5)
+    assert wait_until(lambda: account(board, aid)["fetched_total"] == 1, 15)
+    assert [split_trace(m) for m in mailbox(board)] == [crlf(MESSAGES[0])]
+
+
+def test_size_limit_leaves_larger_messages_on_the_provider(make_board, certs, provider):
+    for message in MESSAGES:
+        provider.put(message)
+    board = collector_board(make_board, certs)
+    aid = add_account(board, provider.pop3s_port, keep=False, max_size=1000)["id"]
+    assert wait_until(lambda: polls(board, aid))
+    shown = account(board, aid)
+    assert shown["result"] == "ok: 3 listed, 3 new, 1 left on the provider, 0 forgotten", shown
+    assert provider.remaining() == 1
+    assert board.log_has(f"WARN collect: {aid}: message 3 of {len(crlf(MESSAGES[2]))} octets is over the limit of 1000: left on the provider")
+    assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES[:2])
+
+
+def test_accounts_are_checked_and_the_password_never_shown(make_board, certs):
+    board = collector_board(make_board, certs, ca=None)
+    for args, message in [
+        (dict(user="nobody"), "no user nobody"),
+        (dict(host="bad host"), "host must be a host name"),
+        (dict(security="ssl"), "security must be one of tls"),
+        (dict(interval=4), "interval must be an integer 5..1440"),
+        (dict(login="two words"), "login must be 1..255 characters"),
+        (dict(password=""), "password must be 1..255 characters"),
+    ]:
+        with pytest.raises(BoardError) as e:
+            add_account(board, 995, **args)
+        assert message in e.value.board_message
+    added = add_account(board, 1, security="plain", password="pass with spaces")
+    assert added["created"] and added["password"] == "********"
+    changed = add_account(board, 1, security="plain", interval=60)
+    assert not changed["created"] and changed["id"] == added["id"] and changed["interval"] == 60
+    assert [a["id"] for a in board.request("collect.list")["accounts"]] == [added["id"]]
+    assert board.request("collect.del", id=added["id"]) == {"id": added["id"]}
+    assert board.request("collect.list")["accounts"] == []
+    with pytest.raises(BoardError) as e:
+        board.request("collect.del", id=added["id"])
+    assert e.value.code == "NOTFOUND"
+    assert "collect" not in board.request("info")
+    assert not any("pass with spaces" in line or PASSWORD in line for line in board.lines)
