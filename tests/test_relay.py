@@ -412,3 +412,105 @@ def test_power_cuts_while_relaying_lose_nothing(make_board, certs):
         assert all(n >= 1 for n in counts.values()), counts
         assert sum(counts.values()) <= len(subjects) + 3, counts  # at most one duplicate per cut
         assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_undelivered_mail_bounces_after_its_lifetime(make_board, certs):
+    """A recipient deferred again and again bounces once relay_lifetime has passed (the test
+    drives time: 20 ms count as a second, so the lifetime of 300 s is 6 s and the first retry
+    comes 6 s after the first try, when the lifetime is over)."""
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        h.rcpt_replies["bob@example.org"] = ["451 4.3.0 Try again later"]
+        board = relay_board(make_board, certs, port, relay_time_scale=20, relay_lifetime=300)
+        assert send(board, ["bob@example.org"]) == {}
+        expect_log(board, "deferred (1 tries): RCPT TO:<bob@example.org>: 451 4.3.0 Try again later")
+        mailbox = wait_until(lambda: fetch(board), timeout=30)
+        assert mailbox, "\n".join(board.lines[-30:])
+        message, recipients = dsn(mailbox[0])
+        assert message["To"] == "alice@pocketpost.local"
+        assert [(r["Final-Recipient"], r["Action"], r["Status"]) for r in recipients] == [
+            ("rfc822; bob@example.org", "failed", "4.4.7")]
+        assert recipients[0]["Diagnostic-Code"] == (
+            "X-pocketpost; expired after 1 tries: RCPT TO:<bob@example.org>: 451 4.3.0 Try again later")
+        assert [c for c in h.commands if c[0] == "RCPT"] == [("RCPT", "bob@example.org")]  # tried once
+        assert not h.messages
+        expect_log(board, "done: bob@example.org bounced")
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_relay_rate_spaces_the_messages(make_board, certs):
+    """relay_rate messages a minute at most: with 2 a minute (a minute being 6 s here), the
+    third of three messages queued at once waits for the next minute."""
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        board = relay_board(make_board, certs, port, relay_time_scale=100, relay_rate=2)
+        with smtplib.SMTP("127.0.0.1", board.smtp_port, timeout=20) as s:  # one session: one pass after it
+            for i in range(3):
+                assert s.sendmail("alice@pocketpost.local", [f"r{i}@example.org"], MESSAGE) == {}
+        assert wait_until(lambda: len(h.messages) >= 2, timeout=20), "\n".join(board.lines[-30:])
+        listed = board.request("queue.list")["messages"]
+        assert len(listed) == 1 and listed[0]["tries"] == 0  # waiting for the rate, not deferred
+        assert wait_until(lambda: len(h.messages) == 3, timeout=30)
+        assert sorted(m[1][0] for m in h.messages) == ["r0@example.org", "r1@example.org", "r2@example.org"]
+        # The minute began before the first message reached the smarthost: allow for its sending.
+        assert h.times[2] - h.times[0] >= 4.5, h.times
+        assert not any("deferred" in line for line in board.lines)
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_queue_octets_limit_gets_452_and_local_delivery_goes_on(make_board, certs):
+    """relay_queue_octets: a message that would take the queue past it is refused at the end of
+    DATA with 452 4.3.1, and while the queue is at it or over it (the limit lowered), at RCPT;
+    nothing of it is queued, and mail for local users is still delivered. (One SMTP session: the
+    relay's pass waits for it.)"""
+    board = relay_board(make_board, certs, free_port(), relay_queue_octets=131072, relay_time_scale=1000)
+    body = (b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 625).decode()  # 50 KB
+    w = smtp_session(board.smtp_port)
+    for rcpt in ("bob@example.org", "carol@example.org"):  # 100 KB queued
+        w.cmd("MAIL FROM:<alice@pocketpost.local>")
+        assert w.cmd(f"RCPT TO:<{rcpt}>") == "250 2.1.5 Ok"
+        assert w.cmd("DATA").startswith("354")
+        assert w.cmd(body + ".").startswith("250 2.0.0 Ok: queued as ")
+    # 50 KB more would take it past 128 KB: refused when its size is known.
+    w.cmd("MAIL FROM:<alice@pocketpost.local>")
+    assert w.cmd("RCPT TO:<dave@example.org>") == "250 2.1.5 Ok"
+    assert w.cmd("DATA").startswith("354")
+    assert w.cmd(body + ".") == "452 4.3.1 Insufficient system storage"
+    # With the limit lowered below what is queued, a remote recipient is refused at once.
+    board.set_config(relay_queue_octets=65536)
+    w.cmd("MAIL FROM:<alice@pocketpost.local>")
+    assert w.cmd("RCPT TO:<erin@example.org>") == "452 4.3.1 Insufficient system storage: the relay queue is full"
+    assert w.cmd("RCPT TO:<alice@pocketpost.local>") == "250 2.1.5 Ok"
+    assert w.cmd("DATA").startswith("354")
+    assert w.cmd("Subject: local\r\n\r\nstill delivered\r\n.").startswith("250")
+    assert w.cmd("QUIT").startswith("221")
+    queued = board.request("queue.list")["messages"]
+    assert len(queued) == 2 and all(m["recipients"] == 1 for m in queued)
+    assert 100000 < board.request("info")["queue"]["octets"] < 131072
+    assert len(wait_until(lambda: fetch(board))) == 1
+
+
+def test_more_than_100_remote_recipients_go_in_transactions_of_100(make_board, certs):
+    """One message takes 100 recipients of other domains (452 4.5.3 for more, RFC 5321
+    §4.5.3.1.8: the client sends the rest in another transaction), so each goes to the
+    smarthost in one transaction of at most 100; a smarthost that takes fewer (452 4.5.3 to
+    RCPT) gets the rest in further transactions of the same session, none deferred."""
+    port = free_port()
+    with Smarthost(port, certs["good"][0], certs["good"][1]) as host:
+        h = host.handler
+        h.max_rcpts = 40
+        board = relay_board(make_board, certs, port)
+        rcpts = [f"r{i:03d}@example.org" for i in range(150)]
+        with smtplib.SMTP("127.0.0.1", board.smtp_port, timeout=30) as s:
+            refused = s.sendmail("alice@pocketpost.local", rcpts, MESSAGE)
+            assert sorted(refused) == rcpts[100:]
+            assert set(refused.values()) == {(452, b"4.5.3 Error: too many recipients")}
+            assert s.sendmail("alice@pocketpost.local", sorted(refused), MESSAGE) == {}
+        assert wait_until(lambda: sum(len(m[1]) for m in h.messages) == 150, timeout=30), "\n".join(board.lines[-30:])
+        assert [len(m[1]) for m in h.messages] == [40, 40, 20, 40, 10]
+        assert sorted(a for m in h.messages for a in m[1]) == rcpts  # each once
+        assert all(m[2].endswith(MESSAGE) for m in h.messages)
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+        assert not any("deferred" in line for line in board.lines)

@@ -39,9 +39,9 @@ async def run(app):
     """Makes the bounces of the queued messages whose recipients are all done (relay.py),
     then removes them."""
     store = app.store
-    for qid in outbox.ids(store):
+    for qid in outbox.each(outbox.ids(store)):
         env = outbox.read(store, qid)
-        if env is not None and not env.pending():
+        if env is not None and not env.has_pending():
             await send(app, env)
             outbox.remove(store, qid)
 

@@ -10,6 +10,10 @@ from . import unload
 from .mailbox import path_exists, sync
 
 _ENOSPC = const(28)
+# The queue's repair at start-up (recover): names acted on after each scan of the folder, and
+# scans at most (each one that finds something fixes at least one entry for good).
+_TODO = const(8)
+_MAX_SCANS = const(64)
 # Recipients of other domains in one message (RFC 5321 §4.5.3.1.8: a client splits a longer
 # list into several transactions when it hears 452 4.5.3). As outbox.MAX_RECIPIENTS, which RCPT
 # does not load.
@@ -87,8 +91,20 @@ async def data(session, incoming, qid, sender, rcpts, skip, size, mailboxes):
         session.conn.put(b"452 4.3.1 Insufficient system storage\r\n" if e.errno == _ENOSPC else b"451 4.3.0 Local error in processing\r\n")
         return None
     if not mailboxes:
-        session.log("queued {} from <{}> for {} ({} octets)".format(qid, sender, ",".join(rcpts), size))
-        session.reply("250 2.0.0 Ok: queued as {}".format(qid))
+        # Queued: from here on a shortage must not make the client send it again. The log line
+        # names the first recipient only (100 of them would need a block of ~3 KB).
+        more = len(rcpts) - 1
+        try:
+            session.log("queued {} from <{}> for {}{} ({} octets)".format(
+                qid, sender, rcpts[0], " and {} more".format(more) if more else "", size))
+        except MemoryError:
+            app.relieve_memory()  # the line is lost, not the message
+        for _ in range(2):
+            try:
+                session.reply("250 2.0.0 Ok: queued as {}".format(qid))
+                break
+            except MemoryError:
+                app.relieve_memory()
         app.relay_kick()
     return qid
 
@@ -154,7 +170,7 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
     env.sender = sender
     env.size = incoming.size
     env.skip = skip
-    env.rcpts = [outbox.PENDING + "\t" + r for r in rcpts]
+    env.rcpts = rcpts  # bare addresses: written with their state (no second list of them)
     tmp = None
     try:
         if keep:
@@ -165,7 +181,7 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
             incoming.file = open(incoming.path, "ab")  # Incoming.commit closes it again
         else:
             os.rename(incoming.path, msg)
-        outbox.write(store, env, "TMP")
+        outbox.write(store, env, "TMP", outbox.PENDING + "\t")
     except BaseException:
         for path in (tmp, outbox.paths(store, qid)[1], msg):
             if path is not None:
@@ -189,36 +205,44 @@ def usage(store):
 
 
 def recover(store, log):
-    """At start-up: finishes or undoes what a power cut left half done (see outbox.py).
-    Returns the number of messages queued."""
+    """At start-up: finishes or undoes what a power cut left half done (see outbox.py). Reads
+    the folder entry by entry, never as a list (it grows with the queue): each scan notes at most
+    _TODO names to act on, and acts after it (a folder is not changed while it is read); scans
+    go on until one finds nothing to do."""
     outbox = _outbox()
     path = outbox.folder(store)
     try:
         os.mkdir(path)
     except OSError:
         pass
-    names = [entry[0] for entry in os.ilistdir(path)]
-    count = 0
-    for name in names:
-        base = path + "/" + name[:-4]
-        if name.endswith(".NEW"):
-            if base + ".ENV" in names:  # written part-way: the old envelope stands
-                outbox._remove(base + ".NEW")
-            else:  # complete (the old one was removed after it was closed)
-                os.rename(base + ".NEW", base + ".ENV")
-                names.append(name[:-4] + ".ENV")
-    for name in names:
-        base = path + "/" + name[:-4]
-        if name.endswith(".TMP"):
-            outbox._remove(base + ".TMP")
-        elif name.endswith(".MSG") and name[:-4] + ".ENV" not in names:
-            outbox._remove(base + ".MSG")  # never committed
-        elif name.endswith(".ENV"):
-            if outbox.read(store, name[:-4]) is None:
+    for _ in range(_MAX_SCANS):
+        todo = []
+        for entry in os.ilistdir(path):
+            name = entry[0]
+            base = path + "/" + name[:-4]
+            kind = name[-4:]
+            if (kind in (".NEW", ".TMP")
+                    or (kind == ".MSG" and not any(path_exists(base + k) for k in (".ENV", ".NEW", ".BAD")))
+                    or (kind == ".ENV" and outbox.read(store, name[:-4]) is None)):
+                todo.append(name)
+                if len(todo) >= _TODO:
+                    break
+        if not todo:
+            break
+        for name in todo:
+            base = path + "/" + name[:-4]
+            kind = name[-4:]
+            if kind == ".NEW":
+                if path_exists(base + ".ENV"):  # written part-way: the old envelope stands
+                    outbox._remove(base + ".NEW")
+                else:  # complete (the old one was removed after it was closed)
+                    os.rename(base + ".NEW", base + ".ENV")
+            elif kind == ".TMP":
+                outbox._remove(base + ".TMP")  # never committed: its .MSG goes at the next scan
+            elif kind == ".MSG":
+                outbox._remove(base + ".MSG")  # never committed
+            else:
                 log.error("relay", "queue: damaged envelope {} set aside as {}.BAD".format(name, name[:-4]))
                 outbox._remove(base + ".BAD")
                 os.rename(base + ".ENV", base + ".BAD")
-            else:
-                count += 1
-    sync()
-    return count
+        sync()

@@ -9,6 +9,7 @@
 # is written to the envelope after each try, so a retry never sends again to a recipient the
 # smarthost accepted (unless the power failed between its 250 and the envelope's rewrite).
 import gc
+import sys
 import time
 
 from micropython import const
@@ -39,6 +40,7 @@ async def run(app):
         return await _pass(app)
     finally:
         unload("pocketpost.smtpout")  # however the pass ended (a shortage, the card)
+        unload(outbox.__name__)  # (put back for smtpout, which a shortage may have cut short)
 
 
 async def _pass(app):
@@ -58,13 +60,12 @@ async def _pass(app):
     scale = config["relay_time_scale"]
     wait = None
     client = None
-    ids = outbox.ids(store)
     context = None
-    for qid in ids:
+    for qid in outbox.each(outbox.ids(store)):  # 4 octets a message (a list would grow with the queue)
         env = outbox.read(store, qid)
         if env is None:
             continue
-        if not env.pending():
+        if not env.has_pending():
             app.relay_bounces = True  # its bounce is still to be made
             continue
         now = outbox.now_ms()
@@ -72,8 +73,9 @@ async def _pass(app):
             wait = _sooner(wait, env.next - now)
             continue
         if now - env.created > config["relay_lifetime"] * scale:
-            for address in env.pending():
-                env.set_state(address, outbox.BOUNCED, "expired after {} tries: {}".format(env.tries, env.error))
+            reason = "expired after {} tries: {}".format(env.tries, env.error)
+            for i in env.pending_places():
+                env.set_state_at(i, outbox.BOUNCED, reason)
             _finish(app, env)
             continue
         window = getattr(app, "relay_window", None)
@@ -98,7 +100,11 @@ async def _pass(app):
         short = False
         try:
             if client is None:
-                from . import smtpout as client  # the SMTP client, for this pass
+                # The SMTP client, for this pass; it takes this module's copy of outbox.py (kept
+                # out of sys.modules, so that it goes with this module) instead of loading a
+                # second one (~3 KB).
+                sys.modules[outbox.__name__] = outbox
+                from . import smtpout as client
 
             await client.send(app, env, context)
         except MemoryError:
@@ -106,7 +112,7 @@ async def _pass(app):
             env.error = "not enough memory"
             short = True
         gc.collect()
-        if not env.pending():
+        if not env.has_pending():
             _finish(app, env)
             continue
         if short:  # the board's shortage, not the smarthost's: again soon, no try counted
@@ -118,11 +124,7 @@ async def _pass(app):
         outbox.write(store, env)
         wait = _sooner(wait, env.next - outbox.now_ms())
     client = None
-    if wait is None:
-        for qid in outbox.ids(store):
-            if qid not in ids:
-                wait = 0  # queued during the pass
-    return wait
+    return wait  # (mail queued during the pass has asked for the next one: app.relay_now)
 
 
 def _sooner(wait, ms):
@@ -138,7 +140,13 @@ def _finish(app, env):
         app.relay_bounces = True
     else:
         outbox.remove(app.store, env.id)
-    app.log.info("relay", "{} done: {}".format(env.id, ", ".join("{} {}".format(r[2:].split("\t")[0], "sent" if r[0] == outbox.DELIVERED else "bounced") for r in env.rcpts)))
+    # The first three recipients by name (100 would need a block of ~3 KB), the rest counted.
+    sent = sum(1 for r in env.rcpts if r[0] == outbox.DELIVERED)
+    named = ", ".join("{} {}".format(env.rcpts.address(i), "sent" if env.rcpts.state(i) == outbox.DELIVERED else "bounced") for i in range(min(3, len(env.rcpts))))
+    more = len(env.rcpts) - 3
+    if more > 0:
+        named += " and {} more ({} sent in all, {} bounced)".format(more, sent, len(env.rcpts) - sent)
+    app.log.info("relay", "{} done: {}".format(env.id, named))
 
 
 def _context(app):

@@ -152,18 +152,23 @@ async def _session(app, env, client, tls):
     user = config["relay_user"]
     if user:
         await _auth(client, ext, user, config["relay_password"])
-    pending = env.pending()
+    # The pending recipients as their places in env.rcpts, one octet each (a list of their
+    # addresses would take ~6 KB of a 64-bit heap for 100).
+    pending = env.pending_places()
     size = env.size - env.skip
     limit = ext.get("SIZE", "")
     if limit.isdigit() and 0 < int(limit) < size:
-        for address in pending:
-            env.set_state(address, outbox.BOUNCED, "552 5.3.4 message of {} octets is over the smarthost's limit of {}".format(size, limit))
+        for i in pending:
+            env.set_state_at(i, outbox.BOUNCED, "552 5.3.4 message of {} octets is over the smarthost's limit of {}".format(size, limit))
         raise Deferred("message too big for the smarthost")
     sender = env.sender
     if sender and config["relay_sender"]:
         sender = config["relay_sender"]  # masquerading: the header From stays as written
-    for first in range(0, len(pending), _BATCH):
-        await _transaction(app, env, client, sender, pending[first : first + _BATCH], size, "SIZE" in ext)
+    # At most _BATCH recipients a transaction; those a smarthost with a lower limit answered
+    # 452 (RFC 5321 §4.5.3.1.10) go in the next transaction of the same session.
+    first = 0
+    while first < len(pending):
+        first += await _transaction(app, env, client, sender, pending[first : first + _BATCH], size, "SIZE" in ext)
     conn.put(b"QUIT\r\n")
     await conn.flush()
 
@@ -187,6 +192,8 @@ async def _auth(client, ext, user, password):
 
 
 async def _transaction(app, env, client, sender, batch, size, with_size):
+    # Returns how many of `batch` it dealt with (all, unless the smarthost's recipient limit
+    # left some for another transaction).
     log = app.log
     conn = client.conn
     mail = "MAIL FROM:<{}>".format(sender) + (" SIZE={}".format(size) if with_size else "")
@@ -194,26 +201,31 @@ async def _transaction(app, env, client, sender, batch, size, with_size):
     log.info("relay", "{} MAIL FROM:<{}>: {}".format(env.id, sender, client.text))
     if code != 250:
         if code >= 500:
-            for address in batch:
-                env.set_state(address, outbox.BOUNCED, client.text)
+            for i in batch:
+                env.set_state_at(i, outbox.BOUNCED, client.text)
         raise Deferred("MAIL: " + client.text)
-    accepted = []
-    for address in batch:
+    accepted = bytearray()  # places in env.rcpts, as batch
+    done = 0
+    for i in batch:
+        address = env.rcpts.address(i)
         code = await client.command("RCPT TO:<{}>".format(address))
         log.info("relay", "{} RCPT TO:<{}>: {}".format(env.id, address, client.text))
+        if code == 452 and accepted and " 4.5.3 " in client.text[3:10]:
+            break  # the smarthost's limit: this one and the rest in the next transaction
+        done += 1
         if 200 <= code < 300:
-            accepted.append(address)
+            accepted.append(i)
         elif code >= 500:
-            env.set_state(address, outbox.BOUNCED, client.text)
+            env.set_state_at(i, outbox.BOUNCED, client.text)
         else:
             env.error = "RCPT TO:<{}>: {}".format(address, client.text)
     if not accepted:
         await client.command("RSET")
-        return
+        return done
     code = await client.command("DATA")
     if code != 354:
         _outcome(env, accepted, code, "DATA: " + client.text)
-        return
+        return done
     with open(outbox.paths(app.store, env.id)[0], "rb") as f:
         f.seek(env.skip)
         await send_file(conn, f)
@@ -221,14 +233,15 @@ async def _transaction(app, env, client, sender, batch, size, with_size):
     code = await client.reply()
     log.info("relay", "{} sent to {} recipients: {}".format(env.id, len(accepted), client.text))
     _outcome(env, accepted, code, client.text)
+    return done
 
 
-def _outcome(env, addresses, code, text):
+def _outcome(env, places, code, text):
     if 200 <= code < 300:
-        for address in addresses:
-            env.set_state(address, outbox.DELIVERED)
+        for i in places:
+            env.set_state_at(i, outbox.DELIVERED)
     elif code >= 500:
-        for address in addresses:
-            env.set_state(address, outbox.BOUNCED, text)
+        for i in places:
+            env.set_state_at(i, outbox.BOUNCED, text)
     else:
         env.error = text

@@ -35,7 +35,7 @@ def queue_list(app, args):
 
 def _listing(store):
     now = outbox.now_ms()
-    for qid in outbox.ids(store):
+    for qid in outbox.each(outbox.ids(store)):
         env = outbox.read(store, qid)
         if env is not None:
             item = _as_dict(env, now)
@@ -53,7 +53,7 @@ def queue_flush(app, args):
     """Every queued message is due now (a retry at once)."""
     store = _store(app)
     count = 0
-    for qid in outbox.ids(store):
+    for qid in outbox.each(outbox.ids(store)):
         env = outbox.read(store, qid)
         if env is not None and env.next:
             env.next = 0
@@ -193,7 +193,7 @@ def summary(store):
     oldest = 0
     next_try = None
     error = ""
-    for qid in outbox.ids(store):
+    for qid in outbox.each(outbox.ids(store)):
         env = outbox.read(store, qid)
         if env is None:
             continue
