@@ -514,3 +514,42 @@ def test_more_than_100_remote_recipients_go_in_transactions_of_100(make_board, c
         assert all(m[2].endswith(MESSAGE) for m in h.messages)
         assert wait_until(lambda: board.request("queue.list")["messages"] == [])
         assert not any("deferred" in line for line in board.lines)
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_relay_through_postfix(make_board, certs, security):
+    """Postfix's smtpd as the smarthost (a private Postfix with AUTH through Dovecot and TLS
+    required, tests/postfix_smarthost.py): the message arrives as sent, with the masqueraded
+    envelope sender, after AUTH inside a verified TLS session; Postfix passes it on unchanged
+    but for its own Received: field (its dot-stuffing and ours undone)."""
+    from postfix_smarthost import PostfixSmarthost
+
+    with PostfixSmarthost(certs["good"][0], certs["good"][1], USER, PASSWORD) as postfix:
+        port = postfix.submission if security == "starttls" else postfix.smtps
+        board = relay_board(make_board, certs, port, security=security)
+        assert send(board, ["bob@example.org", "carol@example.net"]) == {}
+        assert wait_until(lambda: postfix.handler.messages, timeout=30), "\n".join(board.lines[-30:]) + postfix.log()
+        mail_from, rcpts, content = postfix.handler.messages[0]
+        assert (mail_from, sorted(rcpts)) == ("me@provider.example", ["bob@example.org", "carol@example.net"])
+        assert content.endswith(MESSAGE)
+        fields = content[: -len(MESSAGE)].decode().replace("\r\n\t", " ").replace("\r\n ", " ").splitlines()
+        assert [f.split(" ", 2)[:2] for f in fields] == [["Received:", "from"], ["Received:", "from"]]
+        assert "by smarthost.test (Postfix) with ESMTPSA" in fields[0]  # S: TLS, A: authenticated
+        assert "by pocketpost (pocketpost)" in fields[1]
+        assert postfix.wait_log("sasl_method=PLAIN, sasl_username=relayuser")
+        expect_log(board, "done: bob@example.org sent, carol@example.net sent")
+        assert wait_until(lambda: board.request("queue.list")["messages"] == [])
+
+
+def test_postfix_refusing_the_password_defers(make_board, certs):
+    from postfix_smarthost import PostfixSmarthost
+
+    with PostfixSmarthost(certs["good"][0], certs["good"][1], USER, "another") as postfix:
+        board = relay_board(make_board, certs, postfix.submission)
+        assert send(board, ["bob@example.org"]) == {}
+        expect_log(board, "AUTH as relayuser refused: 535 5.7.8 Error: authentication failed", timeout=20)
+        expect_log(board, "deferred (1 tries): authentication failed: 535 5.7.8")
+        assert not postfix.handler.messages
+        assert postfix.wait_log("SASL PLAIN authentication failed")
+        assert "sasl_method=PLAIN" not in postfix.log()  # never logged in, nothing taken
+        assert not any(PASSWORD in line for line in board.lines)
