@@ -552,4 +552,5 @@ def test_postfix_refusing_the_password_defers(make_board, certs):
         assert not postfix.handler.messages
         assert postfix.wait_log("SASL PLAIN authentication failed")
         assert "sasl_method=PLAIN" not in postfix.log()  # never logged in, nothing taken
+        assert postfix.wait_log("auth=0/1 quit=1")  # the session ended with QUIT
         assert not any(PASSWORD in line for line in board.lines)

@@ -108,6 +108,8 @@ async def send(app, env, context):
         await _session(app, env, client, tls)
     except Deferred as e:
         env.error = e.args[0]
+        if conn is not None and not conn.handshaking:
+            await _quit(conn)  # RFC 5321 §4.1.1.10: a session ends with QUIT, whatever went wrong
     except asyncio.TimeoutError:
         env.error = "timed out waiting for the smarthost ({}: {})".format(config["relay_host"], config["relay_port"])
     except MemoryError:
@@ -141,9 +143,7 @@ async def _session(app, env, client, tls):
     ext = await client.ehlo()
     if security == "starttls":
         if "STARTTLS" not in ext:
-            # Nothing more is said in plaintext: no credentials, no mail.
-            conn.put(b"QUIT\r\n")
-            await conn.flush()
+            # Nothing more is said in plaintext (but QUIT): no credentials, no mail.
             raise Deferred("{} does not offer STARTTLS".format(host))
         if await client.command("STARTTLS") != 220:
             raise Deferred("STARTTLS: " + client.text)
@@ -171,6 +171,15 @@ async def _session(app, env, client, tls):
         first += await _transaction(app, env, client, sender, pending[first : first + _BATCH], size, "SIZE" in ext)
     conn.put(b"QUIT\r\n")
     await conn.flush()
+
+
+async def _quit(conn):
+    # Best effort: the try is over whatever the smarthost does with it.
+    try:
+        conn.put(b"QUIT\r\n")
+        await asyncio.wait_for_ms(conn.flush(), 2000)
+    except Exception:
+        pass
 
 
 async def _auth(client, ext, user, password):
