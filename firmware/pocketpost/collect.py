@@ -47,9 +47,10 @@ _MAX_LISTING = const(200000)  # lines of a UIDL listing
 _ENTRY = const(12)
 _PER_BLOCK = const(8)
 _DAY = const(86400)
-# Seconds (of the collector's schedule) until an account whose poll ran short of the board's
-# memory, or met an unset clock, is polled again.
+# Seconds (of the collector's schedule) until an account whose poll met an unset clock, or ran
+# short of the board's memory, is polled again.
 _SOON = const(60)
+_SHORT = const(10)
 NO_UIDL = "the provider does not support UIDL (RFC 1939), which the collector needs to fetch each message once: refused"
 _NO_LOGIN = " (no login sent)"
 
@@ -175,6 +176,15 @@ def _listing(f):
 # ---- POP3, the client side
 
 
+class _Slot:
+    # Buffers of its own (the client connections' stay for the LAN's clients): the input a
+    # client's size (RETR is read in its chunks), the output small (commands).
+    def __init__(self):
+        self.inbuf = bytearray(Slot.IN_SIZE)
+        self.outbuf = bytearray(256)
+        self.inmv = memoryview(self.inbuf)
+
+
 def _text(line):
     try:
         return str(bytes(line[:200]), "utf-8")
@@ -280,17 +290,25 @@ async def poll(app, account, st):
     st[5] += 1
     delay = account["interval"] * 60
     ok = False
-    try:
-        result = await _poll(app, account, st)
-        ok = True
-    except MemoryError:
-        app.relieve_memory()
-        result = "not enough memory now (polled again soon)"
-        delay = _SOON
-    except Failed as e:
-        result = e.args[0]
+    for again in (True, False):
+        try:
+            result = await _poll(app, account, st)
+            ok = True
+        except MemoryError:
+            # The reserve given up (heap.py) and the poll made again at once: what it did is
+            # recorded, what it did not is done now; a second shortage waits a little.
+            app.relieve_memory()
+            result = "not enough memory now (polled again soon)"
+            delay = _SHORT
+            if again:
+                continue
+        except Failed as e:
+            result = e.args[0]
+        break
     if result.startswith("the clock"):
         delay = _SOON
+    elif result.endswith("yielded to clients"):
+        delay = 1  # (the pass waits for the sessions to end)
     st[1] = result = result.replace("\n", " ")
     line = "{} {}@{}:{} for {}: {} fetched, {} deleted; {}".format(
         account["id"], account["login"], account["host"], account["port"], account["user"], st[2], st[6], result)
@@ -327,10 +345,6 @@ async def _poll(app, account, st):
             raise Failed(tls + " (no connection made)")
         tls = ClientTls(tls, host)
     timeout = app.config["collect_timeout"] * 1000
-    # A client connection's buffers when one is free (a poll counts as a client, as the
-    # relay's connection does), else its own.
-    borrowed = bool(app.free_slots)
-    slot = app.free_slots.pop() if borrowed else Slot()
     place = False
     conn = None
     pop = None
@@ -338,8 +352,13 @@ async def _poll(app, account, st):
         if tls is not None:
             place = await outbound.tls_place(app)
         streams = await asyncio.wait_for_ms(asyncio.open_connection(host, port), timeout)
-        conn = Connection(streams[0], slot)
-        streams = None
+        # Implicit TLS: the socket is wrapped first, while the heap has a block for it.
+        wrapped = tls.wrap(streams[0].s) if account["security"] == "tls" else None
+        conn = Connection(streams[0], _Slot())
+        if wrapped is not None:
+            conn.sock = streams[0].s = wrapped
+            conn.handshaking = True
+        streams = wrapped = None
         pop = _Pop(conn, timeout)
         return await _session(app, account, pop, tls, known, base, st)
     except (Failed, MemoryError):
@@ -356,16 +375,13 @@ async def _poll(app, account, st):
                 pass
         if place:
             app.tls.release()
-        if borrowed:
-            app.free_slots.append(slot)
 
 
 async def _session(app, account, pop, tls, known, base, st):
     conn = pop.conn
     security = account["security"]
     if security == "tls":
-        conn.start_tls(tls)
-        await outbound.handshake(conn, pop.timeout_ms)
+        await outbound.handshake(conn, pop.timeout_ms)  # (the socket was wrapped by _poll)
     if not await pop.command(None):
         raise Failed("greeting: " + pop.text)
     capa = await pop.capa()
@@ -417,8 +433,14 @@ async def _session(app, account, pop, tls, known, base, st):
         limit = min(limit, account["max_size"])
     now = clock(app)
     skipped = 0
+    yielded = ""
     with open(lst, "rb") as f:
         for n, uidl in _listing(f):
+            if app.sessions:
+                # Clients first: the rest at the next pass, once their sessions have ended
+                # (this pass's code and buffers then make room for them).
+                yielded = "; yielded to clients"
+                break
             digest = _digest(uidl)
             found = _find(known, digest)
             if found is None:
@@ -446,7 +468,7 @@ async def _session(app, account, pop, tls, known, base, st):
     if not await pop.command("QUIT"):
         raise Failed("QUIT: " + pop.text)
     _remove(lst)
-    return "ok: {} listed, {} new, {} left on the provider, {} forgotten".format(listed, fresh, skipped, gone)
+    return "ok: {} listed, {} new, {} left on the provider, {} forgotten{}".format(listed, fresh, skipped, gone, yielded)
 
 
 async def _fetch(app, account, pop, n, limit):
