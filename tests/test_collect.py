@@ -617,3 +617,128 @@ def test_a_poll_beside_four_clients(make_board, certs, provider):
     after = board.request("info")
     print(f"\nheap_free idle {idle['heap_free']} (largest block {idle['heap_max_block']}), "
           f"after {after['heap_free']} (largest block {after['heap_max_block']})")
+
+
+def test_the_host_commands(tmp_path, certs, provider):
+    """pocketpost collect add/list/now/del against pocketpost sim, with Dovecot as the provider."""
+    import json
+
+    from sim_process import SimProcess, stop_quietly
+
+    provider.put(MESSAGES[0])
+    sim = SimProcess(tmp_path / "sim", "--demo-user", "alice:wonderland").start()
+    try:
+        cli = sim.cli
+        assert cli("relay", "ca", "install", str(certs["good"][0])).exit_code == 0
+        assert cli("collect", "list").stdout == "no collector accounts\n"
+        result = cli("collect", "add", "alice", "--host", "localhost", "--port", str(provider.pop3s_port),
+                     "--login", LOGIN, "--delete-after", "7", "--password-stdin", input=PASSWORD + "\n")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        aid = re.match(r"collector account (\w{8}) added: alice@localhost:\d+ \(tls\) for alice, every 30 minutes", result.stdout).group(1)
+        polled = json.loads(cli("collect", "now", aid, "--json").stdout)
+        assert [a["id"] for a in polled] == [aid] and polled[0]["result"].startswith("ok: 1 listed, ")
+        assert polled[0]["fetched_total"] == 1 and polled[0]["password"] == "********"
+        table = cli("collect", "list").stdout
+        assert aid in table and "keep 7d" in table and "ok: 1 listed" in table
+        info = json.loads(cli("info", "--json").stdout)
+        assert info["collect"][0]["id"] == aid
+        bad = cli("collect", "add", "nobody", "--host", "localhost", "--login", "x", "--password-stdin", input="pw\n")
+        assert bad.exit_code == 4 and "no user nobody" in bad.stderr
+        assert cli("collect", "del", aid).stdout == f"collector account {aid} deleted\n"
+        assert cli("collect", "list").stdout == "no collector accounts\n"
+        logs = cli("logs", "-n", "200").stdout
+        assert "collect: " in logs and PASSWORD not in logs + table + json.dumps(polled) + json.dumps(info)
+        client = sim.pop3_login("alice", "wonderland")
+        assert len(client.list()[1]) == 1
+        client.quit()
+    finally:
+        stop_quietly(sim)
+
+
+INVENTORY = """\
+defaults:
+  users:
+    - {{name: alice, password: {{env: ALICE_PASSWORD}}}}
+  collect:
+    - user: alice
+      host: localhost
+      port: {port}
+      login: alice
+      password: {{env: PROVIDER_PASSWORD}}
+      keep: false
+      interval: {interval}
+  relay:
+    ca: ca.pem
+boards:
+  mail:
+    board: unix
+    sim: sim
+"""
+
+
+def test_inventory_apply_and_ansible_manage_collector_accounts(tmp_path, certs, provider, monkeypatch):
+    """`collect:` in an inventory: added with the password from the environment (never in the
+    file, the output or --diff), idempotent, changed when a setting differs, deleted with
+    state: absent; the same through the Ansible module; the applied account fetches mail."""
+    import json
+
+    from sim_process import SimProcess, run_cli, stop_quietly
+    from test_ansible import ansible
+
+    monkeypatch.setenv("ALICE_PASSWORD", "wonderland")
+    monkeypatch.setenv("PROVIDER_PASSWORD", PASSWORD)
+    (tmp_path / "ca.pem").write_bytes(certs["good"][2])
+    inventory_path = tmp_path / "inv.yml"
+    inventory_path.write_text(INVENTORY.format(port=provider.pop3s_port, interval=30))
+    provider.put(MESSAGES[1])
+    sim = SimProcess(tmp_path / "sim").start()
+    try:
+        check = run_cli("apply", str(inventory_path), "--check", "--diff")
+        assert check.exit_code == 0, check.stdout + check.stderr
+        assert "collect alice alice@localhost" in check.stdout and "would be added" in check.stdout
+        assert "password: ********" in check.stdout and PASSWORD not in check.stdout + check.stderr
+        assert json.loads(sim.cli("collect", "list", "--json").stdout) == []
+        first = run_cli("apply", str(inventory_path), "--diff")
+        assert first.exit_code == 0, first.stdout + first.stderr
+        assert PASSWORD not in first.stdout + first.stderr
+        # The account added at once polls (the CA is installed before it): the message arrives.
+        assert wait_until(lambda: provider.remaining() == 0, 30), sim.lines[-20:]
+        client = sim.pop3_login("alice", "wonderland")
+        assert split_trace(b"\r\n".join(client.retr(1)[1]) + b"\r\n") == crlf(MESSAGES[1])
+        client.quit()
+        again = run_cli("apply", str(inventory_path))
+        assert again.exit_code == 0 and "changed=0" in again.stdout, again.stdout
+        # A setting changed in the inventory: the account is changed (not added twice).
+        inventory_path.write_text(INVENTORY.format(port=provider.pop3s_port, interval=60))
+        changed = run_cli("apply", str(inventory_path), "--diff")
+        assert "would be" not in changed.stdout and "changed: interval (password set again)" in changed.stdout
+        accounts = json.loads(sim.cli("collect", "list", "--json").stdout)
+        assert [(a["interval"], a["keep"], a["password"]) for a in accounts] == [(60, False, "********")]
+        # Clear text is refused, naming its line.
+        inventory_path.write_text(INVENTORY.format(port=provider.pop3s_port, interval=60).replace(
+            "{env: PROVIDER_PASSWORD}", "hunter2"))
+        refused = run_cli("apply", str(inventory_path))
+        assert refused.exit_code == 2 and "inv.yml:9: defaults.collect[0].password: a collector account's password is a secret" in refused.stderr, refused.stderr
+        # The Ansible module: absent deletes it; the password is no_log.
+        (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    mail:\n      ansible_connection: local\n")
+        (tmp_path / "play.yml").write_text(f"""\
+- hosts: all
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+  tasks:
+    - pocketpost.appliance.board:
+        sim: {tmp_path / "sim"}
+        collect:
+          - {{user: alice, host: localhost, login: alice, password: "{PASSWORD}", port: {provider.pop3s_port}, keep: false, interval: 60}}
+          - {{user: alice, host: localhost, login: other, state: absent}}
+""")
+        played = ansible("ansible-playbook", "-i", "hosts.yml", "play.yml", "--diff", cwd=tmp_path, state=tmp_path)
+        assert played.returncode == 0 and "changed=0" in played.stdout, played.stdout + played.stderr
+        (tmp_path / "play.yml").write_text((tmp_path / "play.yml").read_text().replace("interval: 60}", "interval: 60, state: absent}"))
+        played = ansible("ansible-playbook", "-i", "hosts.yml", "play.yml", "--diff", cwd=tmp_path, state=tmp_path)
+        assert played.returncode == 0 and "changed=1" in played.stdout, played.stdout + played.stderr
+        assert PASSWORD not in played.stdout + played.stderr
+        assert json.loads(sim.cli("collect", "list", "--json").stdout) == []
+    finally:
+        stop_quietly(sim)

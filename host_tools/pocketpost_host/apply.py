@@ -15,6 +15,11 @@ What can be compared and what cannot (the board never reveals a secret):
 - the relay's password (the smarthost's) is handled like the Wi-Fi password, and its CA
   certificates are compared by their SHA-256 fingerprints, in order, with what `relay.ca.show`
   reports, and installed (all of them, replacing the board's) only when they differ;
+- collector accounts are compared by user, host and login with what `collect.list` reports, and
+  their settings (port, security, interval, keep, delete_after, max_size) one by one; an account
+  is added (or changed: `collect.add` again) with its password from the inventory, and deleted
+  with `state: absent`; the password reads `********` and is sent again only when the account is
+  created or changed, or with `update_password: always`;
 - the TLS certificate is compared by its SHA-256 fingerprint with what `tls.show` reports
   (NOTFOUND: none installed) and installed only when it differs. The key never leaves the board,
   but it need not be compared: the inventory's key is checked to belong to its certificate before
@@ -195,6 +200,49 @@ class _Run:
                 message += " (the board had no room for the TLS context now: the relay makes it when it needs it)"
         self.add(RELAY_CA, CHANGED, message, before, [line for c in wanted.shown for line in _certificate_lines(c)])
 
+    # ---- collector accounts
+
+    def collect(self):
+        wanted = self.spec.collect
+        if not wanted:
+            return
+        try:
+            listed = self.board.request("collect.list")["accounts"]
+        except BoardError as e:
+            self.add("collect", FAILED, str(e))
+            return
+        except (BoardTimeout, PortError) as e:
+            self.add("collect", FAILED, str(e))
+            raise _Lost() from None
+        on_board = {(a["user"], a["host"], a["login"]): a for a in listed}
+        for key, account in wanted.items():
+            item = f"collect {account.user} {account.login}@{account.host}"
+            have = on_board.get(key)
+            if account.state == "absent":
+                if have is None:
+                    self.add(item, OK, "absent")
+                elif self.check or self.call(item, lambda a=have: self.board.request("collect.del", {"id": a["id"]})):
+                    self.add(item, CHANGED, self.done("deleted"), _collect_lines(have), ["absent"])
+                continue
+            settings = _collect_settings(account)
+            after = _collect_lines(settings)
+            if have is None:
+                message = self.done("added")
+                before = ["absent"]
+            else:
+                different = [k for k, v in settings.items() if have.get(k) != v]
+                if different:
+                    message = self.done("changed") + ": " + ", ".join(different) + " (password set again)"
+                elif account.update_password == "always":
+                    message = self.done("password set again (update_password: always)")
+                else:
+                    self.add(item, OK, "password set (the board does not reveal it: not compared)")
+                    continue
+                before = _collect_lines(have)
+            args = dict(settings, user=account.user, host=account.host, login=account.login, password=account.password)
+            if self.check or self.call(item, lambda a=args: self.board.request("collect.add", a)):
+                self.add(item, CHANGED, message, before, after)
+
     # ---- the TLS certificate
 
     def certificate(self, info):
@@ -311,6 +359,23 @@ class _Run:
         self.add("network", OK, "; ".join(answers))
 
 
+def _collect_settings(account):
+    """The settings of an inventory's collector account as collect.list shows them."""
+    return {
+        "port": account.port or (995 if account.security == "tls" else 110),
+        "security": account.security,
+        "interval": account.interval,
+        "keep": account.keep,
+        "delete_days": account.delete_after,
+        "max_size": account.max_size,
+    }
+
+
+def _collect_lines(account):
+    keys = ("port", "security", "interval", "keep", "delete_days", "max_size")
+    return [f"{k}: {show(account.get(k))}" for k in keys] + [f"password: {MASK}"]
+
+
 def _certificate_summary(shown):
     return f"{shown.get('subject')}, valid until {shown.get('not_after')}"
 
@@ -383,6 +448,7 @@ def apply_board(spec, check=False, timeout=DEFAULT_TIMEOUT, opener=Board.open) -
                 run.relay_ca()
                 run.certificate(info)
                 run.users(present)
+                run.collect()
                 run.network(info)
             except _Lost:
                 pass

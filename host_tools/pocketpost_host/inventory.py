@@ -55,6 +55,11 @@ RELAY_CONFIG = {
     "timeout": "relay_timeout",
 }
 RELAY_KEYS = ("password", "update_password", "ca") + tuple(RELAY_CONFIG)
+# `collect:` lists collector accounts (the board polls each user's provider mailbox): one is
+# known by its user, host and login; its password is a secret.
+COLLECT_KEYS = ("user", "host", "login", "password", "update_password", "state", "port", "security",
+                "interval", "keep", "delete_after", "max_size")
+COLLECT_SECURITY = ("tls", "stls", "plain")
 # When a password already on the board is set again (as Ansible's user module).
 UPDATE_PASSWORD = ("on_create", "always")
 USER_STATES = ("present", "absent")
@@ -63,7 +68,7 @@ SIM_BOARD = "unix"
 
 STATE_KEYS = (
     "hostname", "domains", "postmaster", "listen", "limits", "wifi", "users", "users_exclusive",
-    "purge", "tls", "relay",
+    "purge", "tls", "relay", "collect",
 )
 BOARD_KEYS = ("board", "port", "sim", "host", "groups", "timeout") + STATE_KEYS
 TOP_KEYS = ("defaults", "groups", "boards")
@@ -79,6 +84,10 @@ CLEAR_PASSWORD = (
 CLEAR_RELAY_PASSWORD = (
     "the smarthost's password is a secret, never in an inventory itself: give {env: VARIABLE} "
     "or {file: PATH}"
+)
+CLEAR_COLLECT_PASSWORD = (
+    "a collector account's password is a secret, never in an inventory itself: give "
+    "{env: VARIABLE} or {file: PATH}"
 )
 CLEAR_KEY = (
     "a TLS key is a secret, never in an inventory itself: give {file: PATH} (a PEM or DER file, "
@@ -280,6 +289,29 @@ class RelayCa:
 
 
 @dataclass(frozen=True)
+class CollectSpec:
+    """A collector account as the inventory wants it (`collect:`); `password` a Secret before
+    resolve(), text after. port None: the security's default (995 with tls, else 110)."""
+
+    user: str
+    host: str
+    login: str
+    password: object = field(default=None, repr=False)  # never in a repr or traceback
+    update_password: str = "on_create"
+    state: str = "present"
+    port: int | None = None
+    security: str = "tls"
+    interval: int = 30
+    keep: bool = True
+    delete_after: int = 0
+    max_size: int = 0
+
+    @property
+    def key(self):
+        return (self.user, self.host, self.login)
+
+
+@dataclass(frozen=True)
 class BoardSpec:
     """One board and the state it should be in."""
 
@@ -302,6 +334,7 @@ class BoardSpec:
     relay_password: object = field(default=None, repr=False)
     relay_update_password: str = "on_create"
     relay_ca: object = None  # None: not managed; a RelayCa
+    collect: dict = field(default_factory=dict)  # (user, host, login) -> CollectSpec
 
 
 # ---- checks of single values
@@ -538,7 +571,80 @@ def parse_state(where, mapping, allow_clear=False):
                     state["tls"] = TlsFiles(cert, key)
     if "relay" in mapping:
         _parse_relay(where.at("relay", mapping), mapping["relay"], state, set_config, allow_clear)
+    if "collect" in mapping:
+        accounts = _parse_collect(where.at("collect", mapping), mapping["collect"], allow_clear)
+        if accounts is not None:
+            state["collect"] = accounts
     return state
+
+
+def _int_range(lo, hi):
+    def check(value):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise _Bad(f"must be an integer {lo}..{hi}, not {_kind(value) if not isinstance(value, int) else value}")
+        return value
+
+    return check
+
+
+def _collect_text(value, spaces=False):
+    _text(value)
+    if not 0 < len(value) <= 255 or any(ord(c) < (32 if spaces else 33) or ord(c) == 127 for c in value):
+        raise _Bad("must be 1..255 characters, no control characters" + ("" if spaces else " or spaces"))
+    return value
+
+
+def _collect_host(value):
+    return config_value("relay_host", value) if value else _collect_text(value)
+
+
+def _parse_collect(where, value, allow_clear):
+    """`collect:`: collector accounts, each {user, host, login, password (a secret), ...}."""
+    if not isinstance(value, list):
+        where.error(f"must be a list of collector accounts, not {_kind(value)}")
+        return None
+    accounts = {}
+    for i, entry in enumerate(value):
+        at = where.at(i, value)
+        entry = _mapping(at, entry, COLLECT_KEYS, ", ".join(COLLECT_KEYS))
+        if entry is None:
+            continue
+        missing = [k for k in ("user", "host", "login") if k not in entry]
+        if missing:
+            at.error("a collector account needs " + ", ".join(missing))
+            continue
+        user = _check(at.at("user", entry), _user_name, entry["user"])
+        host = _check(at.at("host", entry), _collect_host, entry["host"])
+        login = _check(at.at("login", entry), _collect_text, entry["login"])
+        if None in (user, host, login):
+            continue
+        fields = {}
+        for key, check in (
+            ("state", lambda v: _choice(v, USER_STATES)),
+            ("update_password", lambda v: _choice(v, UPDATE_PASSWORD)),
+            ("port", _int_range(1, 65535)),
+            ("security", lambda v: _choice(v, COLLECT_SECURITY)),
+            ("interval", _int_range(5, 1440)),
+            ("keep", _bool),
+            ("delete_after", _int_range(0, 3650)),
+            ("max_size", _int_range(0, 2147483647)),
+        ):
+            if key in entry:
+                fields[key] = _check(at.at(key, entry), check, entry[key])
+        if "password" in entry:
+            pw = at.at("password", entry)
+            if isinstance(entry["password"], str) and not allow_clear:
+                pw.error(CLEAR_COLLECT_PASSWORD)
+            else:
+                fields["password"] = _secret(pw, entry["password"], allow_clear)
+        account = CollectSpec(user, host, login, **{k: v for k, v in fields.items() if v is not None})
+        if account.key in accounts:
+            at.error(f"collector account {login}@{host} of {user} is listed twice")
+            continue
+        if account.state == "present" and "password" not in entry:
+            at.error("a collector account needs password: {env: VARIABLE} or {file: PATH}")
+        accounts[account.key] = account
+    return accounts
 
 
 def _parse_relay(at, value, state, set_config, allow_clear):
@@ -605,10 +711,10 @@ def _key_ref(where, value, allow_clear):
 def merge_states(states):
     """The state of a board from its parts, most general first: mappings merge key by key,
     users by name (a later entry replaces an earlier one whole), everything else is replaced."""
-    merged = {"config": {}, "users": {}}
+    merged = {"config": {}, "users": {}, "collect": {}}
     for state in states:
         for key, value in state.items():
-            if key in ("config", "users"):
+            if key in ("config", "users", "collect"):
                 merged[key].update(value)
             else:
                 merged[key] = value
@@ -634,6 +740,7 @@ def _board_spec(name, merged, **fields):
         relay_password=merged.get("relay_password"),
         relay_update_password=merged.get("relay_update_password", "on_create"),
         relay_ca=merged.get("relay_ca"),
+        collect=merged.get("collect", {}),
         **fields,
     )
 
@@ -881,9 +988,11 @@ def resolve(spec: BoardSpec, base_dir=".", environ=None) -> BoardSpec:
     relay_ca = spec.relay_ca
     if isinstance(relay_ca, RelayCa) and relay_ca.files:
         relay_ca = _read_relay_ca(relay_ca, base_dir, errors)
+    collect = {key: replace(account, password=get(account.password, lambda text: _collect_text(text.rstrip("\r\n"), True)))
+               for key, account in spec.collect.items()}
     resolved = replace(
         spec, users=users, wifi_password=get(spec.wifi_password, wifi_check), tls=tls,
-        relay_password=relay_password, relay_ca=relay_ca,
+        relay_password=relay_password, relay_ca=relay_ca, collect=collect,
     )
     if errors:
         raise InventoryError(errors)

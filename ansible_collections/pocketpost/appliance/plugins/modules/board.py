@@ -227,6 +227,65 @@ options:
             does, replacing the board's, only when their SHA-256 fingerprints differ.
         type: list
         elements: path
+  collect:
+    description:
+      - Collector accounts, each a user's mailbox at an outside provider that the board polls over
+        POP3S (C(pocketpost collect add)). One is known by its user, host and login; accounts on the
+        board that are not listed are left alone.
+      - The password is set when the account is added or its settings change, and on every run
+        with O(collect[].update_password=always); the board never reveals it.
+    type: list
+    elements: dict
+    suboptions:
+      user:
+        description: The local user whose mailbox the mail goes to.
+        type: str
+        required: true
+      host:
+        description: The provider's POP3 server, e.g. C(pop.gmail.com).
+        type: str
+        required: true
+      login:
+        description: The login at the provider.
+        type: str
+        required: true
+      password:
+        description: The password at the provider (an app password for Gmail or Outlook.com).
+        type: str
+      update_password:
+        description: V(on_create) sets the password only when the account is added or changed; V(always) on every run.
+        type: str
+        choices: [on_create, always]
+        default: on_create
+      state:
+        description: Whether the account should exist.
+        type: str
+        choices: [present, absent]
+        default: present
+      port:
+        description: The provider's port (default 995 with V(tls), 110 otherwise).
+        type: int
+      security:
+        description: V(tls) (POP3S, implicit TLS), V(stls) (STLS on port 110) or V(plain) (no TLS, a LAN server only).
+        type: str
+        choices: [tls, stls, plain]
+        default: tls
+      interval:
+        description: Minutes between polls (5 to 1440).
+        type: int
+        default: 30
+      keep:
+        description: Leave the messages on the provider.
+        type: bool
+        default: true
+      delete_after:
+        description: With O(collect[].keep=true), delete them from the provider this many days after the first fetch (0 never).
+        type: int
+        default: 0
+      max_size:
+        description: Leave messages larger than this many octets on the provider (0 no limit).
+        type: int
+        default: 0
   users:
     description: Mail users. Users on the board that are not listed are left alone unless O(users_exclusive).
     type: list
@@ -428,6 +487,24 @@ def argument_spec():
         ),
         users_exclusive=dict(type="bool", default=False),
         purge=dict(type="bool", default=False),
+        collect=dict(
+            type="list",
+            elements="dict",
+            options=dict(
+                user=dict(type="str", required=True),
+                host=dict(type="str", required=True),
+                login=dict(type="str", required=True),
+                password=dict(type="str", no_log=True),
+                update_password=dict(type="str", choices=list(UPDATE_PASSWORD), default="on_create", no_log=False),
+                state=dict(type="str", choices=list(USER_STATES), default="present"),
+                port=dict(type="int"),
+                security=dict(type="str", choices=["tls", "stls", "plain"], default="tls"),
+                interval=dict(type="int", default=30),
+                keep=dict(type="bool", default=True),
+                delete_after=dict(type="int", default=0),
+                max_size=dict(type="int", default=0),
+            ),
+        ),
     )
 
 
