@@ -83,6 +83,8 @@ def _handler(command):
     area = _ROUTES.get(command)
     if area is None and command[:8] == "collect.":
         area = "collect"  # collect.list, .add, .del, .now, .clock: no entries (heap) of their own
+    if area is None and command == "relay.clock":
+        area = "queue"  # the emulated board's test hook (requests/queue.py)
     if area is None:
         return None
     module = __import__("pocketpost.requests." + area, None, None, (area,))

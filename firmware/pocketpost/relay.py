@@ -23,6 +23,8 @@ _FIRST_RETRY = const(300)
 _MAX_RETRY = const(4000)
 # Milliseconds until a message whose try ran short of the board's memory is tried again.
 _SHORT_WAIT_MS = const(2000)
+# Milliseconds between looks at the clock while it is not set (a board waiting for NTP).
+_CLOCK_WAIT_MS = const(5000)
 
 
 def retry_delay(tries):
@@ -57,6 +59,16 @@ async def _pass(app):
             unload("pocketpost.enqueue")
         app.relay_recovered = True
     config = app.config
+    if config["relay_host"] and config["relay_security"] != "plain" and not _clock_set(app):
+        # Certificates cannot be checked (nor the schedule kept) before the clock is set: the
+        # queue waits, no try counted, and looks again in a few seconds.
+        if not getattr(app, "relay_clock_waits", False):
+            app.relay_clock_waits = True
+            app.log.warn("relay", "waiting for the clock to be set (NTP): certificates cannot be checked before")
+        return _CLOCK_WAIT_MS
+    if getattr(app, "relay_clock_waits", False):
+        app.relay_clock_waits = False
+        app.log.info("relay", "the clock is set: the queue goes on")
     scale = config["relay_time_scale"]
     wait = None
     client = None
@@ -147,6 +159,10 @@ def _finish(app, env):
     if more > 0:
         named += " and {} more ({} sent in all, {} bounced)".format(more, sent, len(env.rcpts) - sent)
     app.log.info("relay", "{} done: {}".format(env.id, named))
+
+
+def _clock_set(app):
+    return time.gmtime()[0] >= 2024 and not getattr(app, "relay_clock_unset", False)
 
 
 def _context(app):

@@ -156,6 +156,17 @@ def relay_ca_commit(app, args):
     return {"certificates": shown, "applies": applies}
 
 
+def relay_clock(app, args):
+    # Test hook (emulated board only): {"unset": true} makes the relay see the board's clock as
+    # not set (a board waiting for NTP), {"unset": false} as set again.
+    if not app.board.debug_requests:
+        raise RequestError("UNKNOWN", "unknown command")
+    app.relay_clock_unset = arg(args, "unset", bool)
+    if not app.relay_clock_unset:
+        app.relay_kick()
+    return {"unset": app.relay_clock_unset}
+
+
 def relay_ca_show(app, args):
     from .. import x509
 
