@@ -71,8 +71,17 @@ def relay_board(make_board, certs, port, security="starttls", ca="good", **setti
 
 
 def send(board, rcpts, message=MESSAGE, sender="alice@pocketpost.local"):
-    with smtplib.SMTP("127.0.0.1", board.smtp_port, timeout=20) as s:
-        return s.sendmail(sender, rcpts, message)
+    """sendmail; sent again (3 tries, as a mail client would) after the board's temporary
+    "451 4.3.0 Not enough memory" (a pass of the relay may hold the heap: these tests are about
+    the relay, tests/test_memory.py about shortages)."""
+    for attempt in range(3):
+        try:
+            with smtplib.SMTP("127.0.0.1", board.smtp_port, timeout=20) as s:
+                return s.sendmail(sender, rcpts, message)
+        except smtplib.SMTPDataError as e:
+            if e.smtp_code != 451 or b"Not enough memory" not in e.smtp_error or attempt == 2:
+                raise
+            time.sleep(0.5)
 
 
 def test_relay_over_starttls_arrives_byte_exact_with_masqueraded_sender(make_board, certs):
@@ -100,7 +109,12 @@ def fetch(board, user="alice", password="wonderland"):
     temporary error (a relay pass holds the heap)."""
     import poplib
 
-    p = board.pop3()
+    try:
+        p = board.pop3()
+    except poplib.error_proto as e:  # the greeting: every client place taken (the relay borrows one)
+        if b"[SYS/TEMP]" not in e.args[0]:
+            raise
+        return []
     try:
         p.user(user)
         p.pass_(password)
@@ -219,7 +233,8 @@ def test_an_undeliverable_bounce_goes_to_the_postmaster(make_board, certs):
         h.rcpt_replies["bob@remote.example"] = ["550 5.1.1 gone too"]
         board = relay_board(make_board, certs, port)
         assert send(board, ["nobody@example.org"], sender="bob@remote.example") == {}
-        mailbox = wait_until(lambda: fetch(board, "postmaster", "postpass"))
+        mailbox = wait_until(lambda: fetch(board, "postmaster", "postpass"), timeout=30)  # two passes, two bounces
+        assert mailbox, "\n".join(board.lines[-40:])
         message, recipients = dsn(mailbox[0])
         assert recipients[0]["Final-Recipient"] == "rfc822; bob@remote.example"
         assert not h.messages
@@ -456,7 +471,7 @@ def test_relay_rate_spaces_the_messages(make_board, certs):
         assert sorted(m[1][0] for m in h.messages) == ["r0@example.org", "r1@example.org", "r2@example.org"]
         # The minute began before the first message reached the smarthost: allow for its sending.
         assert h.times[2] - h.times[0] >= 4.5, h.times
-        assert not any("deferred" in line for line in board.lines)
+        assert not [line for line in board.lines if "deferred" in line and "not enough memory" not in line]  # (the board's own shortage: tried again, no try counted)
         assert wait_until(lambda: board.request("queue.list")["messages"] == [])
 
 
@@ -514,7 +529,9 @@ def test_more_than_100_remote_recipients_go_in_transactions_of_100(make_board, c
         assert sorted(a for m in h.messages for a in m[1]) == rcpts  # each once
         assert all(m[2].endswith(MESSAGE) for m in h.messages)
         assert wait_until(lambda: board.request("queue.list")["messages"] == [])
-        assert not any("deferred" in line for line in board.lines)
+        # Nothing deferred by the smarthost (a pass that met the board's own shortage is tried
+        # again 2 s later, no try counted).
+        assert not [line for line in board.lines if "deferred" in line and "not enough memory" not in line]
 
 
 @pytest.mark.parametrize("security", ["starttls", "tls"])

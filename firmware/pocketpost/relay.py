@@ -14,7 +14,7 @@ import time
 
 from micropython import const
 
-from . import outbox, unload
+from . import heap, outbox, unload
 
 unload(outbox.__name__)  # kept by this module only: unloaded with it
 
@@ -41,6 +41,7 @@ async def run(app):
     try:
         return await _pass(app)
     finally:
+        heap.hold_off(False)  # the reserve may be taken again (heap.restore)
         unload("pocketpost.smtpout")  # however the pass ended (a shortage, the card)
         unload(outbox.__name__)  # (put back for smtpout, which a shortage may have cut short)
 
@@ -121,6 +122,7 @@ async def _pass(app):
             await client.send(app, env, context)
         except MemoryError:
             app.relieve_memory()
+            heap.hold_off(True)  # the reserve given up stays given up for this pass's next try
             env.error = "not enough memory"
             short = True
         gc.collect()
