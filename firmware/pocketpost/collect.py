@@ -304,6 +304,14 @@ async def poll(app, account, st):
                 continue
         except Failed as e:
             result = e.args[0]
+        except asyncio.CancelledError:
+            # Stopped for a client (collecting.py): nothing half-done is kept (the message in
+            # transfer is discarded, deletions not yet followed by QUIT are not made), and the
+            # account is due again at the next pass.
+            app.log.info("collect", "{} {}: {} fetched; stopped for a client, the rest at the next pass".format(
+                account["id"], account["user"], st[2]))
+            st[1] = "stopped for a client"
+            raise
         break
     if result.startswith("the clock"):
         delay = _SOON

@@ -28,7 +28,10 @@ class Collector:
 
     async def _run(self):
         # Each pass waits for the client sessions to end (a minute at most) and for the relay's
-        # pass (one outbound connection at a time).
+        # pass (one outbound connection at a time). A pass that began with no session is stopped
+        # as soon as a client connects (its code, buffers and TLS session then leave the heap to
+        # the client; the rest comes at the next pass); one that had to begin beside sessions
+        # (after a minute of them) yields only between messages, so a busy LAN cannot starve it.
         app = self.app
         wait = 0
         try:
@@ -36,8 +39,10 @@ class Collector:
                 while wait and not self.force:
                     await asyncio.sleep_ms(min(wait, 1000))
                     wait -= min(wait, 1000)
+                quiet = False
                 for _ in range(60):
                     if not app.sessions:
+                        quiet = True
                         break
                     await asyncio.sleep(1)
                 for _ in range(3600):
@@ -56,17 +61,28 @@ class Collector:
                         unload("pocketpost.outbound")
                     from . import collect
 
-                    wait = await collect.run(app, self)
+                    task = asyncio.create_task(collect.run(app, self))
+                    while quiet and not task.done():
+                        if app.sessions:
+                            task.cancel()
+                            break
+                        await asyncio.sleep_ms(10)
+                    wait = await task
+                except asyncio.CancelledError:
+                    wait = 1000  # the pass stopped for a client: the rest once sessions end
                 except MemoryError:
+                    task = collect = None
+                    unload("pocketpost.collect")
                     app.relieve_memory()
                     app.log.warn("collect", "not enough memory for a pass over the accounts now")
                     wait = 5000
+                    await asyncio.sleep_ms(1000)  # (even with a poll asked for)
                 except Exception as e:  # the card or the flash failed: tried again in a minute
                     app.log.exception("collect", "pass failed", e)
                     wait = 60000
                 finally:
                     self.busy = False
-                    collect = None
+                    task = collect = None  # (the finished task holds the module's code)
                     unload("pocketpost.collect")
                     gc.collect()
         finally:
