@@ -287,7 +287,6 @@ async def poll(app, account, st):
     """Polls one account and logs one line; returns the seconds until its next poll."""
     st[0] = clock(app)
     st[2] = st[6] = 0
-    st[5] += 1
     delay = account["interval"] * 60
     ok = False
     for again in (True, False):
@@ -318,6 +317,7 @@ async def poll(app, account, st):
     elif result.endswith("yielded to clients"):
         delay = 1  # (the pass waits for the sessions to end)
     st[1] = result = result.replace("\n", " ")
+    st[5] += 1  # (collect.now's host waits for this count: the poll's result is in)
     line = "{} {}@{}:{} for {}: {} fetched, {} deleted; {}".format(
         account["id"], account["login"], account["host"], account["port"], account["user"], st[2], st[6], result)
     if ok:
