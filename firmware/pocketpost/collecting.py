@@ -62,8 +62,9 @@ class Collector:
                     from . import collect
 
                     task = asyncio.create_task(collect.run(app, self))
+                    slots = len(app.free_slots)
                     while quiet and not task.done():
-                        if app.sessions:
+                        if app.sessions or len(app.free_slots) < slots:  # a client is coming
                             task.cancel()
                             break
                         await asyncio.sleep_ms(10)
