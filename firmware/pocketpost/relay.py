@@ -25,6 +25,8 @@ _MAX_RETRY = const(4000)
 _SHORT_WAIT_MS = const(2000)
 # Milliseconds between looks at the clock while it is not set (a board waiting for NTP).
 _CLOCK_WAIT_MS = const(5000)
+# Passes in a row that give way to client sessions before loading the SMTP client.
+_GIVE_WAY = const(3)
 
 
 def retry_delay(tries):
@@ -98,6 +100,14 @@ async def _pass(app):
             wait = _sooner(wait, window[0] + 60 * scale - now)
             continue
         if client is None:
+            # The SMTP client's code (~7 KB) is loaded only while no client session is open: a
+            # session that came after the pass began goes first (the pass comes back in a
+            # second, after they end; up to _GIVE_WAY times in a row: under endless sessions
+            # it goes on).
+            if app.sessions and getattr(app, "relay_gave_way", 0) < _GIVE_WAY:
+                app.relay_gave_way = getattr(app, "relay_gave_way", 0) + 1
+                return 1000
+            app.relay_gave_way = 0
             # The TLS context first, while the heap has a block for it (~3 KB in one piece),
             # then the client's code; both serve the whole pass.
             if config["relay_host"] and config["relay_security"] != "plain":
