@@ -187,7 +187,7 @@ def test_messages_arrive_byte_exact_over_verified_pop3s_once(make_board, certs, 
     assert added["password"] == "********" and added["keep"] is True and added["interval"] == 30
     aid = added["id"]
     shown = account(board, aid)  # polled when added
-    assert shown["result"].startswith("ok: 3 listed, 3 new"), shown
+    assert re.match(r"ok: 3 listed, [1-3] new", shown["result"]), shown  # (a poll that ran short is made again at once: fewer new then)
     assert shown["fetched"] == 3
     got = mailbox(board)
     assert sorted(split_trace(m) for m in got) == sorted(crlf(m) for m in MESSAGES)
@@ -301,7 +301,7 @@ def test_keep_off_deletes_on_the_provider_only_after_the_message_is_stored(make_
     board = collector_board(make_board, certs)
     aid = add_account(board, provider.pop3s_port, keep=False)["id"]
     shown = wait_until(lambda: polls(board, aid)) and account(board, aid)
-    assert shown["result"].startswith("ok: 3 listed, 3 new"), shown
+    assert re.match(r"ok: 3 listed, [1-3] new", shown["result"]), shown
     assert shown["fetched"] == 3 and shown["deleted"] == 3
     assert provider.remaining() == 0
     assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES)
@@ -320,8 +320,10 @@ def test_keep_off_deletes_on_the_provider_only_after_the_message_is_stored(make_
     with FakePop3(fresh, context=context, on_dele=on_dele) as fake:
         fake_id = add_account(board, fake.port, keep=False, login="other")["id"]
         assert wait_until(lambda: polls(board, fake_id)), "\n".join(board.lines[-20:])
-        assert account(board, fake_id)["result"].startswith("ok: 3 listed, 3 new")
-        assert seen == [(1, 4), (2, 5), (3, 6)]
+        assert re.match(r"ok: 3 listed, [1-3] new", account(board, fake_id)["result"])
+        # At each DELE n, message n was already in the mailbox (3 before it), whatever retries.
+        assert seen and all(count >= 3 + n for n, count in seen), seen
+        assert sorted({n for n, _ in seen}) == [1, 2, 3]
         assert fake.messages == []
     assert [split_trace(m) for m in mailbox(board)[3:]] == [m for _, m in fresh]
 
@@ -355,7 +357,7 @@ def test_stls_on_the_plain_port(make_board, certs, provider):
     aid = add_account(board, provider.pop3_port, security="stls")["id"]
     assert wait_until(lambda: polls(board, aid))
     shown = account(board, aid)
-    assert shown["result"].startswith("ok: 1 listed, 1 new"), shown
+    assert shown["result"].startswith("ok: 1 listed, 1 new"), shown  # (one message: no partial retry)
     assert [split_trace(m) for m in mailbox(board)] == [crlf(MESSAGES[1])]
 
 
@@ -437,7 +439,7 @@ def test_size_limit_leaves_larger_messages_on_the_provider(make_board, certs, pr
     aid = add_account(board, provider.pop3s_port, keep=False, max_size=1000)["id"]
     assert wait_until(lambda: polls(board, aid))
     shown = account(board, aid)
-    assert shown["result"] == "ok: 3 listed, 3 new, 1 left on the provider, 0 forgotten", shown
+    assert re.match(r"ok: 3 listed, [1-3] new, 1 left on the provider, 0 forgotten", shown["result"]), shown
     assert provider.remaining() == 1
     assert board.log_has(f"WARN collect: {aid}: message 3 of {len(crlf(MESSAGES[2]))} octets is over the limit of 1000: left on the provider")
     assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES[:2])
