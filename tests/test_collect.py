@@ -339,13 +339,13 @@ def test_delete_after_n_days_counts_from_the_first_fetch(make_board, certs, prov
     provider.put(MESSAGES[2])
     shown = poll_now(board, aid)
     assert (shown["fetched"], shown["deleted"], provider.remaining()) == (1, 0, 3)
-    board.request("collect.clock", advance_s=86400 + 60)  # two days after the first two
+    board.request("collect.clock", advance_s=86400 + 3600)  # two days after the first two (kept by the hour)
     shown = poll_now(board, aid)
     assert (shown["fetched"], shown["deleted"], provider.remaining()) == (0, 2, 1)
     # The next poll forgets their UIDLs (the provider no longer lists them), keeps the third.
     shown = poll_now(board, aid)
     assert shown["result"] == "ok: 1 listed, 0 new, 0 left on the provider, 2 forgotten", shown
-    board.request("collect.clock", advance_s=86400)
+    board.request("collect.clock", advance_s=86400 + 3600)
     shown = poll_now(board, aid)
     assert (shown["fetched"], shown["deleted"], provider.remaining()) == (0, 1, 0)
     assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES)

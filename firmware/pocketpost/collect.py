@@ -14,9 +14,9 @@
 # the UIDL recorded -> only then DELE, when deleting is due. A cut between the first two fetches
 # that message once more; nothing is lost. UIDLs the provider no longer lists are dropped.
 #
-# Memory: the module's code (~12 KB of a 64-bit heap) for the pass; the UIDLs known, 12 octets
-# each (8 of their SHA-256, 31 bits of their first fetch's time and a mark: still listed), in
-# blocks of 96 octets (small blocks, which a fragmented heap still has); the provider's listing
+# Memory: the module's code (~10 KB of a 64-bit heap) for the pass; the UIDLs fetched by earlier
+# polls that the provider may still list, 9 octets each (see _ENTRY), in blocks of 216 octets
+# (small blocks, which a fragmented heap still has); the provider's listing
 # goes to the card (<ID>.LST) and is read back a line at a time. Every string here is interned
 # for good when the module is first loaded: messages are kept short.
 import asyncio
@@ -44,8 +44,12 @@ _MAX_LINE = const(512)  # longest reply line read from the provider
 # 70 characters, RFC 1939 §7).
 _MAX_ENTRY = const(100)
 _MAX_LISTING = const(200000)  # lines of a UIDL listing
-_ENTRY = const(12)
-_PER_BLOCK = const(8)
+# The UIDLs known: 9 octets each, 6 of their SHA-256 (two different UIDLs share them with a
+# chance of one in 2**48), 23 bits of the hour of their first fetch and a mark (still listed).
+_ENTRY = const(9)
+_DIGEST = const(6)
+_PER_BLOCK = const(24)  # 216 octets a block: small enough for a fragmented heap
+_HOUR = const(3600)
 _DAY = const(86400)
 # Seconds (of the collector's schedule) until an account whose poll met an unset clock, or ran
 # short of the board's memory, is polled again.
@@ -61,41 +65,59 @@ def clock(app):
 
 
 def _digest(uidl):
-    return hashlib.sha256(uidl).digest()[:8]
+    return hashlib.sha256(uidl).digest()[:_DIGEST]
 
 
-# ---- the UIDLs known: [count, block, block, ...]
+# ---- the UIDLs known: [count, first node, last node], a node [block, next node]: a chain, not a
+# list, which would need one block of 8 octets a block of entries (and grow by reallocation).
+
+
+def _blocks(known):
+    node = known[1]
+    while node is not None:
+        yield node[0]
+        node = node[1]
 
 
 def _add(known, digest, stamp, listed):
     i = known[0] % _PER_BLOCK
     if not i:
-        known.append(bytearray(_PER_BLOCK * _ENTRY))
-    block = known[-1]
+        node = [bytearray(_PER_BLOCK * _ENTRY), None]
+        if known[2] is None:
+            known[1] = node
+        else:
+            known[2][1] = node
+        known[2] = node
+    block = known[2][0]
     off = i * _ENTRY
-    block[off : off + 8] = digest
-    for k in range(4):
-        block[off + 8 + k] = (stamp >> (8 * k)) & 0xFF
-    if listed:
-        block[off + 11] |= 0x80
+    block[off : off + _DIGEST] = digest
+    hour = stamp // _HOUR
+    block[off + _DIGEST] = hour & 0xFF
+    block[off + _DIGEST + 1] = (hour >> 8) & 0xFF
+    block[off + _DIGEST + 2] = ((hour >> 16) & 0x7F) | (0x80 if listed else 0)
     known[0] += 1
 
 
 def _find(known, digest):
     """(block, offset) of the entry with `digest`, or None."""
-    used = known[0]
-    for b in range(1, len(known)):
-        block = known[b]
+    left = known[0]
+    for block in _blocks(known):
         at = block.find(digest)
         while at >= 0:
-            if at % _ENTRY == 0 and (b - 1) * _PER_BLOCK + at // _ENTRY < used:
+            if at % _ENTRY == 0 and at // _ENTRY < left:
                 return block, at
             at = block.find(digest, at + 1)
+        left -= _PER_BLOCK
     return None
 
 
-def _listed(known, i):
-    return known[1 + i // _PER_BLOCK][(i % _PER_BLOCK) * _ENTRY + 11] & 0x80
+def _marks(known):
+    # Whether each entry is marked listed, in order.
+    left = known[0]
+    for block in _blocks(known):
+        for off in range(_ENTRY - 1, min(left, _PER_BLOCK) * _ENTRY, _ENTRY):
+            yield block[off] & 0x80
+        left -= _PER_BLOCK
 
 
 # ---- the state file
@@ -149,11 +171,10 @@ def _rewrite(uid, new, known, extra):
         out.write(_FORMAT)
         if path_exists(uid):
             with open(uid, "rb") as f:
-                i = 0
+                marks = None if known is None else _marks(known)
                 for line, _, _ in _entries(f):
-                    if known is None or _listed(known, i):
+                    if marks is None or next(marks):
                         out.write(line)
-                    i += 1
         if extra:
             out.write(extra)
         out.write(_END)
@@ -339,7 +360,7 @@ async def _poll(app, account, st):
         os.mkdir(store.root + "/collect")
     except OSError:
         pass
-    known = [0]
+    known = [0, None, None]
     if settle(base + ".UID", base + ".NEW"):
         with open(base + ".UID", "rb") as f:
             for _, stamp, uidl in _entries(f):
@@ -430,8 +451,8 @@ async def _session(app, account, pop, tls, known, base, st):
             if found is None:
                 fresh += 1
             else:
-                found[0][found[1] + 11] |= 0x80
-    gone = sum(1 for i in range(known[0]) if not _listed(known, i))
+                found[0][found[1] + _ENTRY - 1] |= 0x80
+    gone = sum(1 for listed in _marks(known) if not listed)
     if gone:
         _rewrite(uid, new, known, None)
     keep = account["keep"]
@@ -462,12 +483,14 @@ async def _session(app, account, pop, tls, known, base, st):
                 except MemoryError:  # once more with the heap relieved: else it comes again
                     app.relieve_memory()
                     _rewrite(uid, new, None, entry)
-                _add(known, digest, stamp, True)
+                # (Not added to `known`: RFC 1939 §7 makes a maildrop's UIDLs unique, and the
+                # heap then holds only the entries of messages fetched before this poll.)
                 st[2] += 1
                 st[3] += 1
             else:
                 block, off = found
-                stamp = block[off + 8] | block[off + 9] << 8 | block[off + 10] << 16 | (block[off + 11] & 0x7F) << 24
+                hour = block[off + _DIGEST] | block[off + _DIGEST + 1] << 8 | (block[off + _DIGEST + 2] & 0x7F) << 16
+                stamp = (hour + 1) * _HOUR  # (the end of that hour: due never early, at most an hour late)
             if not keep or (days and now - stamp >= days * _DAY):
                 # Only now: it is stored and recorded.
                 if not await pop.command("DELE {}".format(n)):
