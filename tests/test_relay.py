@@ -124,7 +124,12 @@ def fetch(board, user="alice", password="wonderland"):
             raise
         p.close()
         return []
-    p.quit()
+    try:
+        p.quit()
+    except poplib.error_proto as e:  # a temporary error at QUIT: nothing was to be deleted
+        if b"[SYS/TEMP]" not in e.args[0]:
+            raise
+        p.close()
     return out
 
 
@@ -234,7 +239,7 @@ def test_an_undeliverable_bounce_goes_to_the_postmaster(make_board, certs):
         board = relay_board(make_board, certs, port)
         assert send(board, ["nobody@example.org"], sender="bob@remote.example") == {}
         mailbox = wait_until(lambda: fetch(board, "postmaster", "postpass"), timeout=30)  # two passes, two bounces
-        assert mailbox, "\n".join(board.lines[-40:])
+        assert mailbox, "\n".join(line for line in board.lines if "pop3:" not in line)
         message, recipients = dsn(mailbox[0])
         assert recipients[0]["Final-Recipient"] == "rfc822; bob@remote.example"
         assert not h.messages

@@ -201,11 +201,17 @@ class App:
                         break
                     await asyncio.sleep(1)
                 try:
+                    if getattr(self, "relay_short", False):
+                        # The last pass ran short: this one starts with the reserve given up (the
+                        # idle beat has taken it back meanwhile) and the heap collected.
+                        self.relay_short = False
+                        self.relieve_memory()
                     from . import relay
 
                     wait = await relay.run(self)
                 except MemoryError:
                     self.relieve_memory()
+                    self.relay_short = True
                     self.log.warn("relay", "not enough memory for a pass through the queue now")
                     wait = 5000
                 except Exception as e:  # the card failed: tried again in a minute

@@ -49,20 +49,12 @@ def largest_block():
 # open (restore): under load it is left to the sessions.
 RESERVE = const(2048)
 _reserve = None
-# Set by a relay pass that ran short and gave the reserve up: not taken again until the pass
-# ends (its next try, 2 s later, needs that heap; the idle beat would take it back first).
-_held_off = False
-
-
-def hold_off(on):
-    global _held_off
-    _held_off = on
 
 
 def restore():
     """Takes the reserve again if it was given up and the heap has a block for it."""
     global _reserve
-    if _reserve is None and not _held_off:
+    if _reserve is None:
         try:
             _reserve = bytearray(RESERVE)
         except MemoryError:

@@ -14,7 +14,7 @@ import time
 
 from micropython import const
 
-from . import heap, outbox, unload
+from . import outbox, unload
 
 unload(outbox.__name__)  # kept by this module only: unloaded with it
 
@@ -43,7 +43,6 @@ async def run(app):
     try:
         return await _pass(app)
     finally:
-        heap.hold_off(False)  # the reserve may be taken again (heap.restore)
         unload("pocketpost.smtpout")  # however the pass ended (a shortage, the card)
         unload(outbox.__name__)  # (put back for smtpout, which a shortage may have cut short)
 
@@ -117,6 +116,7 @@ async def _pass(app):
                     # No block for it now (a session's garbage, fragments): tried again in a
                     # second, no message's try counted.
                     app.relieve_memory()
+                    app.relay_short = True  # the next pass starts relieved (App._relay)
                     app.log.warn("relay", "no memory for a TLS context now: the queue waits")
                     return 1000
         window[1] += 1
@@ -132,7 +132,7 @@ async def _pass(app):
             await client.send(app, env, context)
         except MemoryError:
             app.relieve_memory()
-            heap.hold_off(True)  # the reserve given up stays given up for this pass's next try
+            app.relay_short = True  # the next pass starts relieved (App._relay)
             env.error = "not enough memory"
             short = True
         gc.collect()
