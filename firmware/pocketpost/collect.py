@@ -11,17 +11,21 @@
 # and closed, the old one removed, the new one renamed (FAT renames onto a name by removing it
 # first, so a complete .NEW without its .UID is the newest: settle). Per message: RETR streamed
 # to the card through the store's Incoming (durable and indexed as SMTP's deliveries are) ->
-# the UIDL recorded -> only then DELE, when deleting is due. A cut between the first two fetches
-# that message once more; nothing is lost. UIDLs the provider no longer lists are dropped.
+# its UIDL appended to the journal <ID>.JNL and synced -> only then DELE, when deleting is due.
+# The journal is folded into the state (one rewrite) when the pass ends, or at the next one
+# after a power cut; a journal line cut short counts for nothing. A cut between the first two
+# steps fetches that message once more; nothing is lost. UIDLs the provider no longer lists are
+# dropped.
 #
-# Memory: the module's code (~10 KB of a 64-bit heap) for the pass; the UIDLs fetched by earlier
-# polls that the provider may still list, 9 octets each (see _ENTRY), in blocks of 216 octets
-# (small blocks, which a fragmented heap still has); the provider's listing
+# Memory: the module's code (~10 KB of a 64-bit heap) for the pass, and one bit per UIDL the
+# state holds (in 128-octet blocks: 1.25 KB for 10,000 messages kept on the provider). The
+# state is read from the card, never held: a provider lists its messages in the same order from
+# one poll to the next, so each one's UIDL is looked for from where the last one was found
+# (usually the next line; a new message costs one reading of the state). The provider's listing
 # goes to the card (<ID>.LST) and is read back a line at a time. Every string here is interned
 # for good when the module is first loaded: messages are kept short.
 import asyncio
 import gc
-import hashlib
 import json
 import os
 import time
@@ -44,12 +48,10 @@ _MAX_LINE = const(512)  # longest reply line read from the provider
 # 70 characters, RFC 1939 §7).
 _MAX_ENTRY = const(100)
 _MAX_LISTING = const(200000)  # lines of a UIDL listing
-# The UIDLs known: 9 octets each, 6 of their SHA-256 (two different UIDLs share them with a
-# chance of one in 2**48), 23 bits of the hour of their first fetch and a mark (still listed).
-_ENTRY = const(9)
-_DIGEST = const(6)
-_PER_BLOCK = const(24)  # 216 octets a block: small enough for a fragmented heap
-_HOUR = const(3600)
+# The marks of the state's entries (still listed by the provider): one bit each, in blocks.
+_MARK_BLOCK = const(128)
+_MARK_SHIFT = const(10)  # 1,024 entries a block
+_MARK_MASK = const(1023)
 _DAY = const(86400)
 # Seconds (of the collector's schedule) until an account whose poll met an unset clock, or ran
 # short of the board's memory, is polled again.
@@ -64,60 +66,52 @@ def clock(app):
     return int(time.time()) + getattr(app, "clock_offset", 0)
 
 
-def _digest(uidl):
-    return hashlib.sha256(uidl).digest()[:_DIGEST]
+class _Known:
+    """The UIDLs of the state file, looked up on the card: `find` reads on from where the last
+    UIDL was found, round to it again at most (so a provider's listing in the order of the
+    state costs one line a message), and marks what it finds (one bit an entry)."""
 
+    def __init__(self, path):
+        self.count = 0
+        self.file = None
+        try:
+            self.file = open(path, "rb")
+        except OSError:
+            pass
+        if self.file is not None:
+            for _ in _entries(self.file):
+                self.count += 1
+            self.file.seek(0)
+            self.file.readline(_MAX_ENTRY)
+            self.start = self.file.tell()
+        self.at = 0  # the entry the file is positioned at
+        self.marks = [bytearray(_MARK_BLOCK) for _ in range((self.count + _MARK_MASK) >> _MARK_SHIFT)]
 
-# ---- the UIDLs known: [count, first node, last node], a node [block, next node]: a chain, not a
-# list, which would need one block of 8 octets a block of entries (and grow by reallocation).
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
+    def find(self, uidl):
+        """When the UIDL was first fetched (seconds), or None for a message not fetched yet."""
+        f = self.file
+        for _ in range(self.count):
+            if self.at == self.count:
+                f.seek(self.start)
+                self.at = 0
+            line = f.readline(_MAX_ENTRY)
+            i = self.at
+            self.at += 1
+            stamp, _, known = line[:-1].partition(b" ")
+            if known == uidl:
+                self.marks[i >> _MARK_SHIFT][(i & _MARK_MASK) >> 3] |= 1 << (i & 7)
+                return int(stamp)
+        return None
 
-def _blocks(known):
-    node = known[1]
-    while node is not None:
-        yield node[0]
-        node = node[1]
-
-
-def _add(known, digest, stamp, listed):
-    i = known[0] % _PER_BLOCK
-    if not i:
-        node = [bytearray(_PER_BLOCK * _ENTRY), None]
-        if known[2] is None:
-            known[1] = node
-        else:
-            known[2][1] = node
-        known[2] = node
-    block = known[2][0]
-    off = i * _ENTRY
-    block[off : off + _DIGEST] = digest
-    hour = stamp // _HOUR
-    block[off + _DIGEST] = hour & 0xFF
-    block[off + _DIGEST + 1] = (hour >> 8) & 0xFF
-    block[off + _DIGEST + 2] = ((hour >> 16) & 0x7F) | (0x80 if listed else 0)
-    known[0] += 1
-
-
-def _find(known, digest):
-    """(block, offset) of the entry with `digest`, or None."""
-    left = known[0]
-    for block in _blocks(known):
-        at = block.find(digest)
-        while at >= 0:
-            if at % _ENTRY == 0 and at // _ENTRY < left:
-                return block, at
-            at = block.find(digest, at + 1)
-        left -= _PER_BLOCK
-    return None
-
-
-def _marks(known):
-    # Whether each entry is marked listed, in order.
-    left = known[0]
-    for block in _blocks(known):
-        for off in range(_ENTRY - 1, min(left, _PER_BLOCK) * _ENTRY, _ENTRY):
-            yield block[off] & 0x80
-        left -= _PER_BLOCK
+    def listed(self):
+        # Whether each entry was found, in order.
+        for i in range(self.count):
+            yield self.marks[i >> _MARK_SHIFT][(i & _MARK_MASK) >> 3] & (1 << (i & 7))
 
 
 # ---- the state file
@@ -142,15 +136,17 @@ def _remove(path):
         pass
 
 
-def settle(uid, new):
-    """Puts the newest complete state in place after a power cut; True when there is one."""
+def settle(uid, new, journal):
+    """Puts the newest complete state in place after a power cut, with what the journal of a
+    pass cut short recorded folded in."""
     if _complete(new):
         _remove(uid)
         os.rename(new, uid)
         sync()
     else:
         _remove(new)
-    return _complete(uid)
+    if path_exists(journal):
+        _rewrite(uid, new, None, journal)
 
 
 def _entries(f):
@@ -164,23 +160,34 @@ def _entries(f):
         yield line, int(stamp), uidl
 
 
-def _rewrite(uid, new, known, extra):
-    """The state anew: the old one's entries (only those `known` marks listed, when given),
-    then `extra`; written beside it and put in its place (see the module comment)."""
+def _rewrite(uid, new, listed, journal):
+    """The state anew: the old one's entries (only those `listed` yields true for, when given),
+    then the complete lines of the journal; written beside it and put in its place (see the
+    module comment). The journal goes last: cut before, it is folded in again at the next
+    pass, and an entry twice in the state is found once and forgotten at the next rewrite."""
     with open(new, "wb") as out:
         out.write(_FORMAT)
-        if path_exists(uid):
+        if _complete(uid):
             with open(uid, "rb") as f:
-                marks = None if known is None else _marks(known)
                 for line, _, _ in _entries(f):
-                    if marks is None or next(marks):
+                    if listed is None or next(listed):
                         out.write(line)
-        if extra:
-            out.write(extra)
+        try:
+            f = open(journal, "rb")
+        except OSError:
+            f = None
+        if f is not None:
+            with f:
+                while True:
+                    line = f.readline(_MAX_ENTRY)
+                    if line[-1:] != b"\n":
+                        break  # the end, or a line cut short by a power cut: not recorded
+                    out.write(line)
         out.write(_END)
     _remove(uid)
     os.rename(new, uid)
     sync()
+    _remove(journal)
 
 
 def _listing(f):
@@ -310,17 +317,19 @@ async def poll(app, account, st):
     st[2] = st[6] = 0
     delay = account["interval"] * 60
     ok = False
-    for again in (True, False):
+    for again in (2, 1, 0):
         try:
             result = await _poll(app, account, st)
             ok = True
         except MemoryError:
-            # The reserve given up (heap.py) and the poll made again at once: what it did is
-            # recorded, what it did not is done now; a second shortage waits a little.
+            # The reserve given up (heap.py) and the poll made again after a moment (what a
+            # session or console request held meanwhile is then freed): what it did is
+            # recorded, what it did not is done now; a third shortage waits a little longer.
             app.relieve_memory()
             result = "not enough memory now (polled again soon)"
             delay = _SHORT
             if again:
+                await asyncio.sleep_ms(500)
                 continue
         except Failed as e:
             result = e.args[0]
@@ -360,11 +369,7 @@ async def _poll(app, account, st):
         os.mkdir(store.root + "/collect")
     except OSError:
         pass
-    known = [0, None, None]
-    if settle(base + ".UID", base + ".NEW"):
-        with open(base + ".UID", "rb") as f:
-            for _, stamp, uidl in _entries(f):
-                _add(known, _digest(uidl), stamp, False)
+    settle(base + ".UID", base + ".NEW", base + ".JNL")
     host = account["host"]
     port = account["port"]
     tls = None
@@ -377,19 +382,27 @@ async def _poll(app, account, st):
     place = False
     conn = None
     pop = None
+    collector = app.collector
+    slot = None
     try:
         if tls is not None:
             place = await outbound.tls_place(app)
         streams = await asyncio.wait_for_ms(asyncio.open_connection(host, port), timeout)
         # Implicit TLS: the socket is wrapped first, while the heap has a block for it.
         wrapped = tls.wrap(streams[0].s) if account["security"] == "tls" else None
-        conn = Connection(streams[0], _Slot())
+        # The buffers: with no client connected, a client place's, made at boot (a pass that
+        # began so stops when a client comes, and gives it back: collecting.py); beside
+        # clients, buffers of its own.
+        if app.free_slots and not app.sessions:
+            slot = app.free_slots.pop()
+            collector.borrowed = 1
+        conn = Connection(streams[0], slot or _Slot())
         if wrapped is not None:
             conn.sock = streams[0].s = wrapped
             conn.handshaking = True
         streams = wrapped = None
         pop = _Pop(conn, timeout)
-        return await _session(app, account, pop, tls, known, base, st)
+        return await _session(app, account, pop, tls, base, st)
     except (Failed, MemoryError):
         raise
     except Exception as e:  # the connection, TLS (a certificate not verified), the card
@@ -404,9 +417,12 @@ async def _poll(app, account, st):
                 pass
         if place:
             app.tls.release()
+        if slot is not None:
+            app.free_slots.append(slot)
+            collector.borrowed = 0
 
 
-async def _session(app, account, pop, tls, known, base, st):
+async def _session(app, account, pop, tls, base, st):
     conn = pop.conn
     security = account["security"]
     if security == "tls":
@@ -432,7 +448,7 @@ async def _session(app, account, pop, tls, known, base, st):
         text = pop.text
         await pop.quit()
         raise Failed("{} ({})".format(NO_UIDL, text))
-    uid, new, lst = base + ".UID", base + ".NEW", base + ".LST"
+    uid, new, lst, journal = base + ".UID", base + ".NEW", base + ".LST", base + ".JNL"
     with open(lst, "wb") as f:
 
         def each(line):
@@ -442,64 +458,53 @@ async def _session(app, account, pop, tls, known, base, st):
             f.write(b"\n")
 
         await pop.body(each, _MAX_LISTING)
-    # The provider's messages already known are marked; the others are new.
-    listed = fresh = 0
-    with open(lst, "rb") as f:
-        for n, uidl in _listing(f):
-            listed += 1
-            found = _find(known, _digest(uidl))
-            if found is None:
-                fresh += 1
-            else:
-                found[0][found[1] + _ENTRY - 1] |= 0x80
-    gone = sum(1 for listed in _marks(known) if not listed)
-    if gone:
-        _rewrite(uid, new, known, None)
     keep = account["keep"]
     days = account["delete_days"]
     limit = app.config["max_message_size"]
     if account["max_size"]:
         limit = min(limit, account["max_size"])
     now = clock(app)
-    skipped = 0
-    yielded = ""
-    with open(lst, "rb") as f:
-        for n, uidl in _listing(f):
-            if app.sessions:
-                # Clients first: the rest at the next pass, once their sessions have ended
-                # (this pass's code and buffers then make room for them).
-                yielded = "; yielded to clients"
-                break
-            digest = _digest(uidl)
-            found = _find(known, digest)
-            if found is None:
-                if not await _fetch(app, account, pop, n, limit):
-                    skipped += 1
-                    continue
-                stamp = clock(app)
-                entry = b"%d %s\n" % (stamp, uidl)
-                try:
-                    _rewrite(uid, new, None, entry)  # after the message is on the card
-                except MemoryError:  # once more with the heap relieved: else it comes again
-                    app.relieve_memory()
-                    _rewrite(uid, new, None, entry)
-                # (Not added to `known`: RFC 1939 §7 makes a maildrop's UIDLs unique, and the
-                # heap then holds only the entries of messages fetched before this poll.)
-                st[2] += 1
-                st[3] += 1
-            else:
-                block, off = found
-                hour = block[off + _DIGEST] | block[off + _DIGEST + 1] << 8 | (block[off + _DIGEST + 2] & 0x7F) << 16
-                stamp = (hour + 1) * _HOUR  # (the end of that hour: due never early, at most an hour late)
-            if not keep or (days and now - stamp >= days * _DAY):
-                # Only now: it is stored and recorded.
-                if not await pop.command("DELE {}".format(n)):
-                    raise Failed("DELE {}: {}".format(n, pop.text))
-                st[6] += 1
-    if not await pop.command("QUIT"):
-        raise Failed("QUIT: " + pop.text)
+    listed = fresh = skipped = 0
+    complete = True
+    known = _Known(uid)
+    try:
+        with open(lst, "rb") as f, open(journal, "ab") as fetched:
+            for n, uidl in _listing(f):
+                if app.sessions:
+                    # Clients first: the rest at the next pass, once their sessions have ended
+                    # (this pass's code and buffers then make room for them).
+                    complete = False
+                    break
+                listed += 1
+                stamp = known.find(uidl)
+                if stamp is None:
+                    fresh += 1
+                    if not await _fetch(app, account, pop, n, limit):
+                        skipped += 1
+                        continue
+                    stamp = clock(app)
+                    # Recorded after the message is on the card, before any DELE.
+                    fetched.write(b"%d %s\n" % (stamp, uidl))
+                    fetched.flush()
+                    sync()
+                    st[2] += 1
+                    st[3] += 1
+                if not keep or (days and now - stamp >= days * _DAY):
+                    # Only now: it is stored and recorded.
+                    if not await pop.command("DELE {}".format(n)):
+                        raise Failed("DELE {}: {}".format(n, pop.text))
+                    st[6] += 1
+        if not await pop.command("QUIT"):
+            raise Failed("QUIT: " + pop.text)
+        # The UIDLs the provider no longer lists are forgotten once it has listed them all.
+        gone = sum(1 for found in known.listed() if not found) if complete else 0
+        known.close()
+        _rewrite(uid, new, known.listed() if complete else None, journal)
+    finally:
+        known.close()
     _remove(lst)
-    return "ok: {} listed, {} new, {} left on the provider, {} forgotten{}".format(listed, fresh, skipped, gone, yielded)
+    return "ok: {} listed, {} new, {} left on the provider, {} forgotten{}".format(
+        listed, fresh, skipped, gone, "" if complete else "; yielded to clients")
 
 
 async def _fetch(app, account, pop, n, limit):

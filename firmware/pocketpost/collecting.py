@@ -8,6 +8,7 @@ import os
 import sys
 
 from . import unload
+from .heap import OCCASIONAL
 
 
 class Collector:
@@ -19,6 +20,7 @@ class Collector:
         self.status = {}
         self.force = None  # polls asked for now: a set of IDs, or True for all
         self.busy = False  # a pass holds the outbound connection (the relay waits for it)
+        self.borrowed = 0  # client places the pass has borrowed (collect.py)
 
     def kick(self, force=None):
         if force is not None:
@@ -49,6 +51,12 @@ class Collector:
                     if "pocketpost.relay" not in sys.modules:
                         break
                     await asyncio.sleep(1)
+                # A console request (collect.now's own, say) or an AUTH exchange has its code in
+                # the heap: the pass waits for it to go (5 s at most).
+                for _ in range(50):
+                    if not any(name in sys.modules for name in OCCASIONAL):
+                        break
+                    await asyncio.sleep_ms(100)
                 self.busy = True
                 try:
                     if getattr(app, "relay_context", None) is None:
@@ -64,7 +72,7 @@ class Collector:
                     task = asyncio.create_task(collect.run(app, self))
                     slots = len(app.free_slots)
                     while quiet and not task.done():
-                        if app.sessions or len(app.free_slots) < slots:  # a client is coming
+                        if app.sessions or len(app.free_slots) + self.borrowed < slots:  # a client is coming
                             task.cancel()
                             break
                         await asyncio.sleep_ms(10)

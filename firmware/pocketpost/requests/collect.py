@@ -149,7 +149,7 @@ def collect_del(app, args):
     os.remove("{}/{}.json".format(_folder(app), aid))
     if app.storage_ready():
         base = "{}/collect/{}".format(app.store.root, aid)
-        for suffix in (".UID", ".NEW", ".LST"):
+        for suffix in (".UID", ".NEW", ".LST", ".JNL"):
             try:
                 os.remove(base + suffix)
             except OSError:
