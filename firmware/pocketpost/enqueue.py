@@ -12,7 +12,7 @@ from .mailbox import path_exists, sync
 _ENOSPC = const(28)
 # The queue's repair at start-up (recover): names acted on after each scan of the folder, and
 # scans at most (each one that finds something fixes at least one entry for good).
-_TODO = const(8)
+_REPAIRS_PER_SCAN = const(8)
 _MAX_SCANS = const(64)
 # Recipients of other domains in one message (RFC 5321 §4.5.3.1.8: a client splits a longer
 # list into several transactions when it hears 452 4.5.3). As outbox.MAX_RECIPIENTS, which RCPT
@@ -207,7 +207,7 @@ def usage(store):
 def recover(store, log):
     """At start-up: finishes or undoes what a power cut left half done (see outbox.py). Reads
     the folder entry by entry, never as a list (it grows with the queue): each scan notes at most
-    _TODO names to act on, and acts after it (a folder is not changed while it is read); scans
+    _REPAIRS_PER_SCAN names to act on, and acts after it (a folder is not changed while it is read); scans
     go on until one finds nothing to do."""
     outbox = _outbox()
     path = outbox.folder(store)
@@ -216,7 +216,7 @@ def recover(store, log):
     except OSError:
         pass
     for _ in range(_MAX_SCANS):
-        todo = []
+        repairs = []
         for entry in os.ilistdir(path):
             name = entry[0]
             base = path + "/" + name[:-4]
@@ -224,12 +224,12 @@ def recover(store, log):
             if (kind in (".NEW", ".TMP")
                     or (kind == ".MSG" and not any(path_exists(base + k) for k in (".ENV", ".NEW", ".BAD")))
                     or (kind == ".ENV" and outbox.read(store, name[:-4]) is None)):
-                todo.append(name)
-                if len(todo) >= _TODO:
+                repairs.append(name)
+                if len(repairs) >= _REPAIRS_PER_SCAN:
                     break
-        if not todo:
+        if not repairs:
             break
-        for name in todo:
+        for name in repairs:
             base = path + "/" + name[:-4]
             kind = name[-4:]
             if kind == ".NEW":
