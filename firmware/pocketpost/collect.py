@@ -409,14 +409,7 @@ async def _poll(app, account, st):
         text = "timed out" if isinstance(e, asyncio.TimeoutError) else "{}: {}".format(type(e).__name__, str(e).strip())
         raise Failed("{}:{}: {}{}".format(host, port, text, "" if pop is not None and pop.login_sent else _NO_LOGIN))
     finally:
-        if conn is not None:
-            try:
-                conn.stream.close()
-                await conn.close()
-            except Exception:
-                pass
-        if place:
-            app.tls.release()
+        await outbound.end(app, conn, place)
         if slot is not None:
             app.free_slots.append(slot)
             collector.borrowed = 0

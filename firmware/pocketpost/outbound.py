@@ -63,6 +63,19 @@ async def tls_place(app):
     raise Failed("every TLS place is taken by client sessions")
 
 
+async def end(app, conn, place):
+    """Ends an outbound connection however its session went: the socket closed (an error then
+    is ignored: it may be broken already) and the TLS place given back."""
+    if conn is not None:
+        try:
+            conn.stream.close()
+            await conn.close()
+        except Exception:
+            pass
+    if place:
+        app.tls.release()
+
+
 async def handshake(conn, timeout_ms):
     """Implicit TLS: the server speaks first, and waiting for the socket to be readable does
     not start a client's handshake on this ssl module; trying to read every 10 ms does (the

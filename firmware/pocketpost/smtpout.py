@@ -13,7 +13,7 @@ from . import outbox, unload
 from .netio import Connection, Slot
 from .outbound import ClientTls as _ClientTls
 from .outbound import Failed as Deferred
-from .outbound import handshake, tls_place
+from .outbound import end, handshake, tls_place
 from .transparency import send_file
 
 unload(outbox.__name__)  # kept by this module only: unloaded with it
@@ -117,14 +117,7 @@ async def send(app, env, context):
     except Exception as e:  # the connection failed, or TLS did (a certificate not verified)
         env.error = "{}:{}: {}: {}".format(config["relay_host"], config["relay_port"], type(e).__name__, str(e).strip())
     finally:
-        if conn is not None:
-            try:
-                conn.stream.close()
-                await conn.close()
-            except Exception:
-                pass
-        if place:
-            app.tls.release()
+        await end(app, conn, place)
         if borrowed:
             app.free_slots.append(slot)
     env.error = env.error.replace("\n", " ")
