@@ -54,12 +54,12 @@ def _probe_writeblocks(self, block, buf, offset=0):
     _writeblocks(self, block, buf, offset)
 
 
-def _arm(*args):  # (args) or (app, args), as the console calls its handlers
-    _probe[1] = _probe[0] + args[-1]["after"]
+def _arm(args):
+    _probe[1] = _probe[0] + args["after"]
     return {"writes": _probe[0], "stop_before": _probe[1]}
 
 
-def _writes(*args):
+def _writes(args):
     return {"writes": _probe[0]}
 
 
@@ -76,22 +76,26 @@ def _probe_console_init(self, *args):
     _console_init(self, *args)
 
 
-_handler = console._handler
+_request = console.Console._request
+_PROBE_REQUESTS = {b"probe.arm": _arm, b"probe.writes": _writes}
 
 
-def _probe_handler(command):
-    # The console looks up (and loads) a request's handler for each request: the probe's two
-    # requests are answered here, the others as usual.
-    if command == "probe.arm":
-        return _arm
-    if command == "probe.writes":
-        return _writes
-    return _handler(command)
+def _probe_request(self, line):
+    # The probe's two requests ("PP> ID probe.arm {...}") are answered here, the others by the
+    # console as usual.
+    parts = line.split(b" ", 3)
+    probe = _PROBE_REQUESTS.get(parts[2]) if len(parts) > 2 else None
+    if probe is None:
+        return _request(self, line)
+    import json
+
+    result = probe(json.loads(parts[3]) if len(parts) > 3 else {})
+    self.out.write("PP< " + parts[1].decode() + " ok " + json.dumps(result) + "\n")
 
 
 unix.FileBlockDevice.writeblocks = _probe_writeblocks
 console.Console.__init__ = _probe_console_init
-console._handler = _probe_handler
+console.Console._request = _probe_request
 
 _arm_file = sys.argv[sys.argv.index("--data") + 1] + "/probe-arm"
 try:
@@ -104,9 +108,13 @@ except OSError:
     pass
 
 from pocketpost.board import open_board
-from pocketpost.boot import main
+from pocketpost.boot import start
 
-main(open_board())
+app = start(open_board())
+start = None
+from pocketpost.app import run_until_stopped
+
+run_until_stopped(app)
 '''
 
 PROBE_LINE = "PROBE stopped before SD write"

@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import os
+import sys
 
 from . import heap, unload
 from .console import Console
@@ -296,3 +297,24 @@ class App:
                 break
             await asyncio.sleep_ms(50)
         self.log.info("boot", "stopped")
+
+
+def run_until_stopped(app):
+    """Runs `app` (made by boot.start) until it stops; then reboots the board, or returns after
+    Ctrl-C."""
+    board = app.board
+    try:
+        reboot = asyncio.run(app.run())
+    except KeyboardInterrupt:
+        app.log.info("boot", "interrupted (Ctrl-C)")
+        board.unmount()
+        return
+    except Exception as e:
+        sys.print_exception(e)
+        app.log.exception("boot", "crashed", e)
+        board.unmount()
+        board.reset("crash")
+        return
+    board.unmount()
+    if reboot:
+        board.reset("reboot")

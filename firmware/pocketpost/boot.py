@@ -4,7 +4,6 @@
 # fragments too small for a 1 KB buffer.
 import gc
 import os
-import sys
 
 from . import VERSION
 from .config import Config
@@ -14,8 +13,12 @@ from .log import Log
 from .netio import Slot
 
 
-def main(board):
-    """Runs the appliance on `board` until it stops; then reboots, or returns after Ctrl-C."""
+def start(board):
+    """Makes the appliance for `board`, not yet running (app.run_until_stopped runs it). This
+    module is unloaded before it returns: its code is needed once a boot, and the heap it takes
+    is the servers'."""
+    from . import unload
+
     _intern_names()
     log = Log(board.console_out)
     log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))
@@ -28,28 +31,12 @@ def main(board):
     relay_context = _relay_context(flash, config, log)
     gc.collect()
     restore_reserve()
-
-    import asyncio
-
     from .app import App
 
     app = App(board, log, config, flash, sd, slots, console_buffer, tls)
     app.relay_context = relay_context
-    try:
-        reboot = asyncio.run(app.run())
-    except KeyboardInterrupt:
-        log.info("boot", "interrupted (Ctrl-C)")
-        board.unmount()
-        return
-    except Exception as e:
-        sys.print_exception(e)
-        log.exception("boot", "crashed", e)
-        board.unmount()
-        board.reset("crash")
-        return
-    board.unmount()
-    if reboot:
-        board.reset("reboot")
+    unload(__name__)
+    return app
 
 
 def _intern_names():
@@ -68,6 +55,8 @@ def _intern_names():
             pass
         unload(name)
         gc.collect()
+    unload("pocketpost.requests")  # (the package, loaded with its first module)
+    gc.collect()
 
 
 def _relay_context(flash, config, log):

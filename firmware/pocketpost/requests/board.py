@@ -4,7 +4,7 @@ import micropython
 import os
 
 from .. import VERSION
-from ..console import PROTOCOL, Streamed, arg
+from . import PROTOCOL, Streamed, arg
 
 
 def hello(app, args):

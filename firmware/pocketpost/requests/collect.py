@@ -10,7 +10,7 @@ import json
 import os
 
 from ..config import valid_domain
-from ..console import RequestError, Streamed, arg
+from . import RequestError, Streamed, arg
 
 _SECURITY = ("tls", "stls", "plain")
 MIN_INTERVAL = 5  # minutes between polls, at least (providers ask clients not to poll more often)

@@ -2,7 +2,7 @@
 # loaded with this module and unloaded with it after the request.
 from .. import config_schema
 from ..config_schema import SCHEMA
-from ..console import RequestError, Streamed, arg
+from . import RequestError, Streamed, arg
 
 
 def _shown(config, key):

@@ -1,5 +1,5 @@
 # Console request for the mailboxes: mailbox.stats.
-from ..console import RequestError, Streamed, arg
+from . import RequestError, Streamed, arg
 from ..users import valid_name
 
 

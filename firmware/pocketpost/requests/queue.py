@@ -6,7 +6,7 @@ import hashlib
 import os
 
 from .. import outbox, unload
-from ..console import RequestError, Streamed, arg
+from . import RequestError, Streamed, arg
 
 unload(outbox.__name__)  # kept by this module only: unloaded with it
 

@@ -1,7 +1,7 @@
 # Console request tls.show: the installed certificate, described from its DER (x509.py). Its
 # installation (tls.begin, tls.chunk, tls.commit) is requests/tls_install.py's.
 from .. import unload
-from ..console import RequestError
+from . import RequestError
 
 
 def tls_show(app, args):

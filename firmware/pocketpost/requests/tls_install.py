@@ -9,7 +9,7 @@ import os
 from micropython import const
 
 from .. import unload
-from ..console import RequestError, arg
+from . import RequestError, arg
 from ..mailbox import path_exists
 
 # Longest certificate or key accepted: an RSA 4096 key in DER is ~2.4 KB.

@@ -4,7 +4,7 @@ import json
 import os
 
 from .. import crypto
-from ..console import RequestError, Streamed, arg
+from . import RequestError, Streamed, arg
 from ..users import MAX_APOP_SECRET, valid_name
 
 
