@@ -3,6 +3,7 @@
 # when the sender is a local user, else through the smarthost with the null sender. Mail with
 # the null sender (a bounce itself) is never bounced: its report goes to the postmaster mailbox.
 # Loaded by relay.py for one bounce and unloaded after it.
+import sys
 import time
 
 from micropython import const
@@ -101,6 +102,7 @@ async def send(app, env):
             return
         app.log.info("relay", "{} bounce delivered to mailbox {}".format(env.id, local))
         return
+    sys.modules[outbox.__name__] = outbox  # lent to enqueue.py: not loaded a second time
     from . import enqueue
 
     try:
@@ -111,6 +113,7 @@ async def send(app, env):
         return
     finally:
         unload(enqueue.__name__)
+        unload(outbox.__name__)
     app.log.info("relay", "{} bounce to <{}> queued as {}".format(env.id, sender, qid))
     app.relay_now = True
 
