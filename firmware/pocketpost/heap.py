@@ -1,5 +1,6 @@
 # The heap: how much of it is left in one piece, and what the firmware gives back when it runs
 # short (a MemoryError caught at a session's command or a console request).
+import asyncio
 import gc
 import sys
 
@@ -54,6 +55,28 @@ def largest_block():
 # open (restore): under load it is left to the sessions.
 RESERVE = const(2048)
 _reserve = None
+
+# Pauses (ms) before each new try of a step that ran short of memory (after_relief): beside
+# other sessions a try right after the relief meets the same shortage, as they are still
+# allocating; a moment later most have finished and given their heap back. About a second in all.
+_RETRY_PAUSES_MS = (60, 120, 240, 480)
+
+
+async def after_relief(relieve, step, *args, possible=None):
+    """For a step that ran short of memory and can be tried again (it changed nothing, or goes
+    on where it stopped): `await step(*args)` after `relieve()` and a pause, again while it runs
+    short, up to four times; the last MemoryError is the caller's. `possible()`, when given,
+    says before each try whether one can still be made (else the MemoryError is raised)."""
+    for pause in _RETRY_PAUSES_MS:
+        if possible is not None and not possible():
+            raise MemoryError
+        relieve()
+        await asyncio.sleep_ms(pause)
+        try:
+            return await step(*args)
+        except MemoryError:
+            if pause == _RETRY_PAUSES_MS[-1]:
+                raise
 
 
 def restore():

@@ -9,6 +9,7 @@ import time
 from micropython import const
 
 from . import unload
+from .heap import after_relief
 from .mailbox import RECORD, parse_record, path_exists, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
@@ -147,23 +148,27 @@ class Maildrop:
         """The UPDATE state: removes the messages marked deleted; returns how many. The other
         tasks get turns while files are removed (see Mailbox.delete).
 
-        A deletion that runs short of memory is done again once, after `relieve()` has given
-        heap back: from the start while its journal is not committed (the index is as it was),
-        else by finishing the journal (each of whose steps can be redone: Mailbox.finish_purge).
-        The messages are numbered by the index as it was at login, which only this session
-        changes, so the journal is never made twice from an index already rewritten."""
+        A deletion that runs short of memory is done again, after `relieve()` has given heap
+        back and the other sessions have had a moment (heap.after_relief): from the start
+        while its journal is not committed (the index is as it was), else by finishing the
+        journal (each of whose steps can be redone: Mailbox.finish_purge). The messages are
+        numbered by the index as it was at login, which only this session changes, so the
+        journal is never made twice from an index already rewritten. Short every time: the
+        MemoryError is the caller's."""
         if not self.deleted_count:
             return 0
-        box = self.box
         try:
-            await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
+            await _taking_turns(self.box.delete(self._deleted_seqs(), self.buf))
         except MemoryError:
-            relieve()
-            if path_exists(box.dir + "/purge"):  # committed (or an older deletion's, finished first)
-                await _taking_turns(box.finish_purge(self.buf))
-            if path_exists(box.dir + "/purge.new"):  # not committed: the index is unchanged
-                await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
+            await after_relief(relieve, self._resume_update)
         return self.deleted_count
+
+    async def _resume_update(self):
+        box = self.box
+        if path_exists(box.dir + "/purge"):  # committed (or an older deletion's, finished first)
+            await _taking_turns(box.finish_purge(self.buf))
+        if path_exists(box.dir + "/purge.new"):  # not committed: the index is unchanged
+            await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
 
 
 def _kept_uidls(drop):

@@ -7,6 +7,7 @@ import os
 from micropython import const
 
 from . import VERSION, crypto
+from .heap import after_relief
 from .maildrop import Maildrop
 from .server import Session
 from .transparency import send_file, send_top
@@ -191,7 +192,11 @@ class Pop3Session(Session):
             self.log("login refused (too many failures): {}".format(name))
             conn.put(_ERR_LOCKED_OUT)
             return
-        if not await check(*args):
+        try:
+            right = await check(*args)
+        except MemoryError:  # (the check changes nothing: tried again a moment later)
+            right = await after_relief(app.relieve_memory, check, *args)
+        if not right:
             delay = app.throttle.failed(self.peer)
             self.log("login failed: {} ({})".format(name, how))
             await conn.flush()
@@ -207,7 +212,7 @@ class Pop3Session(Session):
             conn.put(_ERR_IN_USE)
             return
         try:
-            self.drop = self._open_maildrop(name)
+            self.drop = await self._open_maildrop(name)
         except (OSError, ValueError) as e:
             app.store.unlock(name)
             app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
@@ -221,13 +226,16 @@ class Pop3Session(Session):
         self.log("login {} ({}), {} messages".format(name, how, self.drop.count))
         conn.put("+OK Logged in, {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
 
-    def _open_maildrop(self, name):
+    async def _open_maildrop(self, name):
         # A mailbox of thousands of messages needs its deletion marks in one go: when the heap
-        # is short, what can be given back is, and it is tried once more.
+        # is short, what can be given back is, and it is tried again a moment later, while the
+        # other sessions finish what they allocate (heap.after_relief).
         try:
             return Maildrop(self.app.store, name)
         except MemoryError:
-            self.app.relieve_memory()
+            return await after_relief(self.app.relieve_memory, self._maildrop, name)
+
+    async def _maildrop(self, name):
         return Maildrop(self.app.store, name)
 
     # ---- both states

@@ -8,6 +8,7 @@ from micropython import const
 
 from . import unload
 from .config import valid_domain
+from .heap import after_relief
 from .server import Session
 from .transparency import receive_data
 
@@ -347,12 +348,10 @@ class SmtpSession(Session):
             try:
                 await incoming.commit(mailboxes, conn.outbuf)
             except MemoryError:
-                if not incoming.kept:
-                    raise
-                # Short before any mailbox got its copy: the message was received whole, so
-                # it is delivered once more with the heap relieved rather than sent again.
-                app.relieve_memory()
-                await incoming.commit(mailboxes, conn.outbuf)
+                # Short before any mailbox got its copy (incoming.kept): the message was received
+                # whole, so it is delivered again with the heap relieved, a moment later (the
+                # other sessions finish what they allocate), rather than sent again.
+                await after_relief(app.relieve_memory, incoming.commit, mailboxes, conn.outbuf, possible=lambda: incoming.kept)
         except MemoryError:
             # Nothing was delivered that the log does not name (store.commit); the client
             # hears a temporary error and sends the message again.
