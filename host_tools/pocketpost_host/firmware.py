@@ -94,10 +94,13 @@ def compile_tree(src: Path, dest: Path, opt: int = OPT, march: str | None = None
         out = dest / rel.with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
         stamp = out.with_suffix(".src-sha256")
-        digest = hashlib.sha256(py.read_bytes() + f"{opt}{march}".encode()).hexdigest()
+        # The source name tracebacks give is the module's name, which the board interns anyway:
+        # a file name ("pocketpost/relay.py") would be one more name kept in its heap for good.
+        module = ".".join(rel.with_suffix("").parts[:-1] if rel.stem == "__init__" else rel.with_suffix("").parts)
+        digest = hashlib.sha256(py.read_bytes() + f"{opt}{march}{module}".encode()).hexdigest()
         if out.exists() and stamp.exists() and stamp.read_text() == digest:
             continue
-        cmd = mpy_cross_command() + [f"-O{opt}", "-s", str(rel), "-o", str(out)]
+        cmd = mpy_cross_command() + [f"-O{opt}", "-s", module, "-o", str(out)]
         if march:
             cmd.append(f"-march={march}")
         cmd.append(str(py))
