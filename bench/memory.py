@@ -46,13 +46,14 @@ import emulated_board  # noqa: E402
 from wire import Wire, pop3_login, smtp_session  # noqa: E402
 
 KB = 1024
-# Modules in the order boot.py imports them (each after what it imports).
+# Modules that stay after boot, in the order boot.py imports them (each after what it imports;
+# boot.py itself is unloaded once the app is made).
 BOOT_MODULES = [
     "pocketpost", "pocketpost.log", "pocketpost.heap", "pocketpost.crypto", "pocketpost.users",
     "pocketpost.config", "pocketpost.console", "pocketpost.netio", "pocketpost.throttle",
     "pocketpost.server", "pocketpost.transparency", "pocketpost.mailbox", "pocketpost.store",
     "pocketpost.maildrop", "pocketpost.pop3", "pocketpost.smtp", "pocketpost.app",
-    "pocketpost.boot", "pocketpost.board", "pocketpost.board.unix",
+    "pocketpost.board", "pocketpost.board.unix",
 ]
 MODULE_SCRIPT = """
 import gc, micropython, sys
