@@ -1,13 +1,15 @@
 # The settings' schema (every key, its default, its kind of value, when a change takes effect,
 # whether it is a secret) and their validation. Loaded when the stored settings are read at boot
 # and for the console's config requests, and unloaded after (config.py keeps only the values).
-import json
-
 from micropython import const
 
 from .config import valid_domain
 
-# Kinds of value (the table names them: _KINDS, in the order of these numbers).
+# When a change takes effect.
+NOW = "now"
+REBOOT = "reboot"
+
+# Kinds of value.
 KIND_INT = const(0)
 KIND_TEXT = const(1)  # printable text up to `hi` characters
 KIND_DOMAIN = const(2)
@@ -18,104 +20,63 @@ KIND_CHOICE = const(6)  # one of the words in `hi`
 KIND_HOST = const(7)  # a DNS name or an IPv4 address, or "" (none)
 KIND_EMAIL = const(8)  # a mail address local@domain, or "" (none)
 KIND_NETWORKS = const(9)  # 0-16 IPv4 CIDR blocks (a.b.c.d/n), a list or comma-separated text
-_KINDS = ("int", "text", "domain", "domains", "address", "user", "choice", "host", "email", "networks")
 
-# One JSON line per key: [key, default, kind, lo, hi, when a change takes effect ("now" or
-# "reboot"), secret]; a choice's words are its hi. Kept as text (one bytes object) and read a
-# line at a time: made into a dict of tuples at import, the schema took ~8.8 KB of a 64-bit heap
-# while loaded. (require_tls_for_auth "auto": TLS is required for logins once a certificate is
-# installed.)
-_TABLE = (
-    b'["hostname", "pocketpost", "domain", 0, 0, "reboot", false]\n'
-    b'["domains", ["pocketpost.local"], "domains", 0, 0, "now", false]\n'
-    b'["postmaster", "postmaster", "user", 0, 0, "now", false]\n'
-    b'["bind", "0.0.0.0", "address", 0, 0, "reboot", false]\n'
+# Values of require_tls_for_auth: "auto" requires TLS for logins once a certificate is installed.
+TLS_AUTH_CHOICES = ("auto", "yes", "no")
+
+# key: (default, kind, lo, hi, when it takes effect, secret)
+SCHEMA = {
+    "hostname": ("pocketpost", KIND_DOMAIN, 0, 0, REBOOT, False),
+    "domains": (["pocketpost.local"], KIND_DOMAINS, 0, 0, NOW, False),
+    "postmaster": ("postmaster", KIND_USER, 0, 0, NOW, False),
+    "bind": ("0.0.0.0", KIND_ADDRESS, 0, 0, REBOOT, False),
     # Every port can be off (0): a board may serve POP3S and submission only, say.
-    b'["pop3_port", 110, "int", 0, 65535, "reboot", false]\n'
-    b'["smtp_port", 25, "int", 0, 65535, "reboot", false]\n'
+    "pop3_port": (110, KIND_INT, 0, 65535, REBOOT, False),
+    "smtp_port": (25, KIND_INT, 0, 65535, REBOOT, False),
     # The TLS ports (0: off) listen only while a certificate is installed (pocketpost tls install).
-    b'["pop3s_port", 995, "int", 0, 65535, "reboot", false]\n'
-    b'["smtps_port", 465, "int", 0, 65535, "reboot", false]\n'
+    "pop3s_port": (995, KIND_INT, 0, 65535, REBOOT, False),
+    "smtps_port": (465, KIND_INT, 0, 65535, REBOOT, False),
     # Message submission (RFC 6409): STARTTLS, and AUTH before MAIL. 0: off.
-    b'["submission_port", 587, "int", 0, 65535, "reboot", false]\n'
-    b'["require_tls_for_auth", "auto", "choice", 0, ["auto", "yes", "no"], "now", false]\n'
+    "submission_port": (587, KIND_INT, 0, 65535, REBOOT, False),
+    "require_tls_for_auth": ("auto", KIND_CHOICE, 0, TLS_AUTH_CHOICES, NOW, False),
     # TLS sessions at once: each costs ~20-36 KB of the ESP32's IDF heap during the session.
-    b'["tls_max_sessions", 1, "int", 0, 12, "now", false]\n'
-    b'["tls_handshake_timeout", 30, "int", 5, 300, "now", false]\n'
-    b'["max_clients", 4, "int", 1, 12, "reboot", false]\n'  # buffers are allocated at boot
-    b'["max_message_size", 10240000, "int", 1024, 2147483647, "now", false]\n'
-    b'["max_recipients", 100, "int", 100, 1000, "now", false]\n'
-    b'["max_bad_commands", 10, "int", 1, 100, "now", false]\n'
-    b'["pop3_idle_timeout", 600, "int", 10, 86400, "now", false]\n'
-    b'["smtp_timeout", 300, "int", 10, 86400, "now", false]\n'
-    b'["auth_fail_delay_ms", 2000, "int", 0, 60000, "now", false]\n'
-    b'["auth_max_failures", 10, "int", 1, 1000, "now", false]\n'
-    b'["auth_lockout", 300, "int", 1, 86400, "now", false]\n'
-    b'["wifi_ssid", "", "text", 0, 32, "reboot", false]\n'
-    b'["wifi_password", "", "text", 0, 64, "reboot", true]\n'
+    "tls_max_sessions": (1, KIND_INT, 0, 12, NOW, False),
+    "tls_handshake_timeout": (30, KIND_INT, 5, 300, NOW, False),
+    "max_clients": (4, KIND_INT, 1, 12, REBOOT, False),  # buffers are allocated at boot
+    "max_message_size": (10240000, KIND_INT, 1024, 2147483647, NOW, False),
+    "max_recipients": (100, KIND_INT, 100, 1000, NOW, False),
+    "max_bad_commands": (10, KIND_INT, 1, 100, NOW, False),
+    "pop3_idle_timeout": (600, KIND_INT, 10, 86400, NOW, False),
+    "smtp_timeout": (300, KIND_INT, 10, 86400, NOW, False),
+    "auth_fail_delay_ms": (2000, KIND_INT, 0, 60000, NOW, False),
+    "auth_max_failures": (10, KIND_INT, 1, 1000, NOW, False),
+    "auth_lockout": (300, KIND_INT, 1, 86400, NOW, False),
+    "wifi_ssid": ("", KIND_TEXT, 0, 32, REBOOT, False),
+    "wifi_password": ("", KIND_TEXT, 0, 64, REBOOT, True),
     # Relaying to other domains through a smarthost (relay.py; off while relay_host is "").
-    b'["relay_host", "", "host", 0, 0, "now", false]\n'
-    b'["relay_port", 587, "int", 1, 65535, "now", false]\n'
-    b'["relay_security", "starttls", "choice", 0, ["starttls", "tls", "plain"], "now", false]\n'
-    b'["relay_user", "", "text", 0, 255, "now", false]\n'
-    b'["relay_password", "", "text", 0, 255, "now", true]\n'
-    b'["relay_sender", "", "email", 0, 0, "now", false]\n'  # envelope sender of relayed mail
-    b'["relay_networks", [], "networks", 0, 0, "now", false]\n'  # may relay without AUTH
-    b'["relay_queue_messages", 100, "int", 1, 10000, "now", false]\n'
-    b'["relay_queue_octets", 52428800, "int", 65536, 2147483647, "now", false]\n'
-    b'["relay_rate", 30, "int", 1, 10000, "now", false]\n'  # messages a minute to the smarthost
-    b'["relay_lifetime", 432000, "int", 60, 2592000, "now", false]\n'  # seconds until a bounce
-    b'["relay_timeout", 300, "int", 5, 3600, "now", false]\n'  # seconds for each smarthost reply
+    "relay_host": ("", KIND_HOST, 0, 0, NOW, False),
+    "relay_port": (587, KIND_INT, 1, 65535, NOW, False),
+    "relay_security": ("starttls", KIND_CHOICE, 0, ("starttls", "tls", "plain"), NOW, False),
+    "relay_user": ("", KIND_TEXT, 0, 255, NOW, False),
+    "relay_password": ("", KIND_TEXT, 0, 255, NOW, True),
+    "relay_sender": ("", KIND_EMAIL, 0, 0, NOW, False),  # envelope sender of relayed mail
+    "relay_networks": ([], KIND_NETWORKS, 0, 0, NOW, False),  # may relay without AUTH
+    "relay_queue_messages": (100, KIND_INT, 1, 10000, NOW, False),
+    "relay_queue_octets": (52428800, KIND_INT, 65536, 2147483647, NOW, False),
+    "relay_rate": (30, KIND_INT, 1, 10000, NOW, False),  # messages a minute to the smarthost
+    "relay_lifetime": (432000, KIND_INT, 60, 2592000, NOW, False),  # seconds until a bounce
+    "relay_timeout": (300, KIND_INT, 5, 3600, NOW, False),  # seconds for each smarthost reply
     # Milliseconds the relay's clock counts as one second of the retry schedule and lifetime
     # (tests run the schedule fast).
-    b'["relay_time_scale", 1000, "int", 1, 1000, "now", false]\n'
+    "relay_time_scale": (1000, KIND_INT, 1, 1000, NOW, False),
     # The collector (collect.py; its accounts: pocketpost collect add): seconds to wait for each
     # reply of a provider, and the milliseconds its schedule counts as a second (tests).
-    b'["collect_timeout", 120, "int", 5, 3600, "now", false]\n'
-    b'["collect_time_scale", 1000, "int", 1, 1000, "now", false]\n'
-)
+    "collect_timeout": (120, KIND_INT, 5, 3600, NOW, False),
+    "collect_time_scale": (1000, KIND_INT, 1, 1000, NOW, False),
+}
 
 
-class _Schema:
-    """The table as a read-only mapping: key -> (default, kind, lo, hi, applies, secret)."""
 
-    def __contains__(self, key):
-        return self._line(key) is not None
-
-    def __getitem__(self, key):
-        line = self._line(key)
-        if line is None:
-            raise KeyError(key)
-        return _entry(line)[1:]
-
-    def __iter__(self):
-        for line in _TABLE.split(b"\n"):
-            if line:
-                yield line[2 : line.find(b'"', 2)].decode()
-
-    def items(self):
-        for line in _TABLE.split(b"\n"):
-            if line:
-                entry = _entry(line)
-                yield entry[0], entry[1:]
-
-    @staticmethod
-    def _line(key):
-        if not isinstance(key, str) or '"' in key:
-            return None
-        start = _TABLE.find(b'["' + key.encode() + b'",')
-        if start < 0:
-            return None
-        return _TABLE[start : _TABLE.find(b"\n", start)]
-
-
-def _entry(line):
-    entry = json.loads(line)
-    entry[2] = _KINDS.index(entry[2])
-    return tuple(entry)
-
-
-SCHEMA = _Schema()
 
 
 def check(key, value):
