@@ -29,6 +29,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_until(predicate, timeout=20):
+    """predicate()'s first true value, asked every 50 ms for `timeout` seconds; else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()
+
+
 class QueuePort:
     """The pyserial-like port the console client reads: chunks the output thread queued."""
 

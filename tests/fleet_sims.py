@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pocketpost_host.provision import Board
 
-from sim_process import SimProcess, stop_quietly
+from sim_process import SimProcess, run_cli, stop_quietly
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fleet"
@@ -102,3 +102,24 @@ def apop_login(sim, user, secret):
         client.quit()
     finally:
         client.close()
+
+
+def apply(*args):
+    """`pocketpost apply` with these arguments (paths given as they are)."""
+    return run_cli("apply", *[str(a) for a in args])
+
+
+def changed_items(output, board):
+    """The items `apply` reported changed on `board`, sorted."""
+    return sorted(item for _, _, item in items(output, board, "changed"))
+
+
+def assert_inventory_refused(result, starts):
+    """`apply` refused its inventory before contacting any board: the usage error's exit code,
+    nothing on stdout, and one error line on stderr for each of `starts`, beginning with it."""
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.removeprefix("Error: ").splitlines()
+    assert len(lines) == len(starts), result.stderr
+    for line, start in zip(lines, starts):
+        assert line.startswith(start), (line, start)

@@ -16,8 +16,8 @@ from pocketpost_host import inventory
 from pocketpost_host.passwords import check_hash
 
 from fleet_sims import (
-    ALICE_PASSWORD, BOARDS, BOB_PASSWORD, PUPIL_PASSWORD, REPO, SECRETS, WIFI_PASSWORD, Fleet, apop_login, items,
-    pop3_login, recap,
+    ALICE_PASSWORD, BOARDS, BOB_PASSWORD, PUPIL_PASSWORD, REPO, SECRETS, WIFI_PASSWORD, Fleet, apop_login, apply,
+    assert_inventory_refused, changed_items, items, pop3_login, recap,
 )
 from sim_process import run_cli, run_pocketpost
 
@@ -35,12 +35,6 @@ def fleet(tmp_path, monkeypatch):
         running.stop()
 
 
-def apply(*args):
-    return run_cli("apply", *[str(a) for a in args])
-
-
-def changed_items(output, board):
-    return sorted(item for _, _, item in items(output, board, "changed"))
 
 
 # ---- the README's inventory
@@ -357,12 +351,7 @@ def test_schema_errors_name_their_line(tmp_path, monkeypatch, text, errors):
     (tmp_path / "inv.yml").write_text(text)
     monkeypatch.chdir(tmp_path)
     result = run_cli("apply", "inv.yml")
-    assert result.exit_code == EXIT_USAGE, result.stdout + result.stderr
-    assert result.stdout == ""  # nothing applied, no board contacted
-    lines = result.stderr.removeprefix("Error: ").splitlines()
-    assert len(lines) == len(errors), result.stderr
-    for line, expected in zip(lines, errors):
-        assert line.startswith(expected), (line, expected)
+    assert_inventory_refused(result, errors)
 
 
 def test_secrets_are_resolved_before_any_board_is_contacted(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from pocketpost_host.apply import apply_board
 from pocketpost_host.errors import BoardError
 
 from emulated_board import free_port
-from fleet_sims import REPO, Fleet, items, recap
+from fleet_sims import REPO, Fleet, apply, assert_inventory_refused, changed_items, items, recap
 from sim_process import run_cli
 
 EXIT_USAGE = 2
@@ -60,9 +60,6 @@ def fleet(tmp_path):
     finally:
         running.stop()
 
-
-def apply(*args):
-    return run_cli("apply", *[str(a) for a in args])
 
 
 def shown(fleet, name):
@@ -107,9 +104,6 @@ def stls_login(sim, cafile):
             pass
     return certificates.fingerprint(presented)
 
-
-def changed_items(output, board):
-    return sorted(item for _, _, item in items(output, board, "changed"))
 
 
 def test_certificates_applied_to_two_boards(fleet):
@@ -245,12 +239,7 @@ def test_tls_schema_errors_name_their_line(tmp_path, monkeypatch, text, errors):
     (tmp_path / "inv.yml").write_text(text)
     monkeypatch.chdir(tmp_path)
     result = run_cli("apply", "inv.yml")
-    assert result.exit_code == EXIT_USAGE, result.stdout + result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.removeprefix("Error: ").splitlines()
-    assert len(lines) == len(errors), result.stderr
-    for line, expected in zip(lines, errors):
-        assert line.startswith(expected), (line, expected)
+    assert_inventory_refused(result, errors)
 
 
 def test_certificate_and_key_are_checked_before_any_board_is_contacted(tmp_path, monkeypatch):
@@ -274,9 +263,6 @@ def test_certificate_and_key_are_checked_before_any_board_is_contacted(tmp_path,
         "      cert: a.pem\n      key: {file: a.pem}\n"                     # lines 24, 25
     )
     result = run_cli("apply", str(path))
-    assert result.exit_code == EXIT_USAGE
-    assert result.stdout == ""
-    lines = result.stderr.removeprefix("Error: ").splitlines()
     expected = [  # the last two end with what cryptography says of the file
         f"{path}:7: boards.a.tls.key.file: file b.key: the key does not belong to the certificate a.pem",
         f"{path}:12: boards.b.tls.cert.file: file missing.pem: cannot read {tmp_path / 'missing.pem'}: No such file or directory",
@@ -284,9 +270,7 @@ def test_certificate_and_key_are_checked_before_any_board_is_contacted(tmp_path,
         f"{path}:18: boards.c.tls.cert: file garbage.pem: the certificate cannot be read: ",
         f"{path}:25: boards.d.tls.key.file: file a.pem: the key cannot be read (it must not be encrypted): ",
     ]
-    assert len(lines) == len(expected), result.stderr
-    for line, start in zip(lines, expected):
-        assert line.startswith(start), (line, start)
+    assert_inventory_refused(result, expected)
     for line in key_material(a_key):
         assert line not in result.stderr
     # The right pair, from a file or the environment, is accepted; only the boards applied count.

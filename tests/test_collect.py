@@ -14,6 +14,7 @@ import time
 import pytest
 
 import sd_card
+from emulated_board import wait_until
 import smarthost
 from pocketpost_host import relay as host_relay
 from pocketpost_host.errors import BoardError
@@ -98,16 +99,6 @@ def certs(tmp_path_factory):
 def provider(certs):
     with Provider(certs["good"][0], certs["good"][1]) as p:
         yield p
-
-
-def wait_until(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def collector_board(make_board, certs, ca="good", heap=None, **settings):

@@ -13,9 +13,9 @@ from pocketpost_host import relay as host_relay
 from pocketpost_host.errors import BoardError
 
 import smarthost
-from emulated_board import free_port
+from emulated_board import free_port, wait_until
 from smarthost import PASSWORD, USER, Smarthost
-from wire import Wire, smtp_session
+from wire import smtp_session
 
 # aiosmtpd warns (in its own thread, for every connection) of AUTH without STARTTLS: the
 # smarthost here is inside implicit TLS, or a plaintext one that must never see AUTH.
@@ -39,16 +39,6 @@ def certs(tmp_path_factory):
     good = smarthost.make_certificate(folder, "localhost")
     other = smarthost.make_certificate(folder, "other.example")
     return {"good": good, "other": other}
-
-
-def wait_until(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def expect_log(board, text, timeout=10):

@@ -506,7 +506,14 @@ def collect():
     """The collector: users' accounts at outside providers, polled over POP3S into local mailboxes."""
 
 
-def _echo_accounts(accounts):
+def _echo_accounts(accounts, as_json):
+    """The collector's accounts as JSON, or as a table (collect list, collect now)."""
+    if as_json:
+        echo_json(accounts)
+        return
+    if not accounts:
+        click.echo("no collector accounts")
+        return
     rows = [[a["id"], a["user"], f"{a['login']}@{a['host']}:{a['port']}", a["security"],
              f"{a['interval']}m", "keep" + (f" {a['delete_days']}d" if a["delete_days"] else "") if a["keep"] else "delete",
              "-" if a["last_poll_ago_s"] is None else f"{a['last_poll_ago_s']}s ago", a["fetched"],
@@ -518,13 +525,7 @@ def _echo_accounts(accounts):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def collect_list(as_json):
     """List the accounts: provider, interval, the last poll, its result, messages fetched, next poll."""
-    accounts = host_collect.list_accounts(open_board())
-    if as_json:
-        echo_json(accounts)
-    elif not accounts:
-        click.echo("no collector accounts")
-    else:
-        _echo_accounts(accounts)
+    _echo_accounts(host_collect.list_accounts(open_board()), as_json)
 
 
 @collect.command("add")
@@ -574,13 +575,7 @@ def collect_del(aid):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def collect_now(aid, wait, as_json):
     """Poll account ID (or every account) now and show the results."""
-    accounts = host_collect.poll_now(open_board(), aid, wait)
-    if as_json:
-        echo_json(accounts)
-    elif not accounts:
-        click.echo("no collector accounts")
-    else:
-        _echo_accounts(accounts)
+    _echo_accounts(host_collect.poll_now(open_board(), aid, wait), as_json)
 
 
 @cli.command("sim")
