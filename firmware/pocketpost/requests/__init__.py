@@ -7,7 +7,6 @@
 # "PP< <id> part <json>" frame per item, then the "ok" frame, so no reply needs a block of heap
 # proportional to the data. JSON escapes control characters, so no frame ever holds a line end
 # or Ctrl-C.
-import gc
 import json
 import sys
 
@@ -149,41 +148,15 @@ def _answer(console, rid, command, args):
 def _run(console, rid, command, args):
     app = console.app
     if command == "debug.hold" and app.board.debug_requests:
-        return _hold(console, rid, args)
+        from .debug import hold  # the emulated board's test hook (requests/debug.py)
+
+        return hold(console, rid, args)
     handler = _handler(command)
     if handler is None:
         raise RequestError("UNKNOWN", "unknown command; known: " + " ".join(sorted(_ROUTES)))
     if app.hold_next is not None and app.hold_next[0] == "console":
         app.hold_for_next()  # the shortage lasts until the reply is written (console.py)
     return handler(app, args)
-
-
-def _hold(console, rid, args):
-    # Test hook: {"leave": N} holds heap until N octets are free; with "next": "console",
-    # "pop3" or "smtp" (true: the console) only while the next request or the next command
-    # of a session of that protocol runs, "tls" as the next implicit-TLS client's TLS socket
-    # is made, "handshake" from then through its greeting: until the heap is first
-    # relieved, or with "lasting": true until that command or request ends, its redo
-    # included; {} lets go.
-    app = console.app
-    leave = args.get("leave")
-    target = args.get("next")
-    app.held = app.held_next = app.hold_next = None
-    if leave is not None and not isinstance(leave, int):
-        raise RequestError("INVALID", "argument leave has the wrong type")
-    if target is True:
-        target = "console"
-    if target not in (None, "console", "pop3", "smtp", "tls", "handshake"):
-        raise RequestError("INVALID", "next must be console, pop3, smtp, tls or handshake")
-    if target is not None and leave is not None:
-        app.hold_next = (target, leave, bool(args.get("lasting")))
-    elif leave is not None:
-        # Held by the console once this code is unloaded (console.py), which answers then.
-        console.hold = leave
-        console.hold_id = rid
-        return None
-    gc.collect()
-    return {"heap_free": gc.mem_free()}
 
 
 def _frame(console, rid, kind, value):
