@@ -386,7 +386,7 @@ def firmware_schema():
     """config_schema.SCHEMA as the firmware defines it, read by MicroPython from the source."""
     from pocketpost_host import firmware
 
-    script = "import json; from pocketpost.config_schema import SCHEMA; print(json.dumps(dict(SCHEMA.items())))"
+    script = "import json; from pocketpost.config_schema import SCHEMA; print(json.dumps(SCHEMA))"
     result = subprocess.run(
         [firmware.find_micropython(), "-c", script], cwd=firmware.source_dir(),
         capture_output=True, text=True, timeout=30,

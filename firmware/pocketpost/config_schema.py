@@ -24,10 +24,8 @@ KIND_NETWORKS = const(9)  # 0-16 IPv4 CIDR blocks (a.b.c.d/n), a list or comma-s
 # Values of require_tls_for_auth: "auto" requires TLS for logins once a certificate is installed.
 TLS_AUTH_CHOICES = ("auto", "yes", "no")
 
-# key: (default, kind, lo, hi, when it takes effect, secret). In several small dicts, not one: a
-# dict's table is one block (16 octets a key on a 64-bit port), and the one of every key, 608
-# octets, was what a heap in fragments lacked when a console request loaded this module.
-_PARTS = ({
+# key: (default, kind, lo, hi, when it takes effect, secret)
+SCHEMA = {
     "hostname": ("pocketpost", KIND_DOMAIN, 0, 0, REBOOT, False),
     "domains": (["pocketpost.local"], KIND_DOMAINS, 0, 0, NOW, False),
     "postmaster": ("postmaster", KIND_USER, 0, 0, NOW, False),
@@ -41,7 +39,6 @@ _PARTS = ({
     # Message submission (RFC 6409): STARTTLS, and AUTH before MAIL. 0: off.
     "submission_port": (587, KIND_INT, 0, 65535, REBOOT, False),
     "require_tls_for_auth": ("auto", KIND_CHOICE, 0, TLS_AUTH_CHOICES, NOW, False),
-}, {
     # TLS sessions at once: each costs ~20-36 KB of the ESP32's IDF heap during the session.
     "tls_max_sessions": (1, KIND_INT, 0, 12, NOW, False),
     "tls_handshake_timeout": (30, KIND_INT, 5, 300, NOW, False),
@@ -51,13 +48,11 @@ _PARTS = ({
     "max_bad_commands": (10, KIND_INT, 1, 100, NOW, False),
     "pop3_idle_timeout": (600, KIND_INT, 10, 86400, NOW, False),
     "smtp_timeout": (300, KIND_INT, 10, 86400, NOW, False),
-}, {
     "auth_fail_delay_ms": (2000, KIND_INT, 0, 60000, NOW, False),
     "auth_max_failures": (10, KIND_INT, 1, 1000, NOW, False),
     "auth_lockout": (300, KIND_INT, 1, 86400, NOW, False),
     "wifi_ssid": ("", KIND_TEXT, 0, 32, REBOOT, False),
     "wifi_password": ("", KIND_TEXT, 0, 64, REBOOT, True),
-}, {
     # Relaying to other domains through a smarthost (relay.py; off while relay_host is "").
     "relay_host": ("", KIND_HOST, 0, 0, NOW, False),
     "relay_port": (587, KIND_INT, 1, 65535, NOW, False),
@@ -66,7 +61,6 @@ _PARTS = ({
     "relay_password": ("", KIND_TEXT, 0, 255, NOW, True),
     "relay_sender": ("", KIND_EMAIL, 0, 0, NOW, False),  # envelope sender of relayed mail
     "relay_networks": ([], KIND_NETWORKS, 0, 0, NOW, False),  # may relay without AUTH
-}, {
     "relay_queue_messages": (100, KIND_INT, 1, 10000, NOW, False),
     "relay_queue_octets": (52428800, KIND_INT, 65536, 2147483647, NOW, False),
     "relay_rate": (30, KIND_INT, 1, 10000, NOW, False),  # messages a minute to the smarthost
@@ -79,34 +73,7 @@ _PARTS = ({
     # reply of a provider, and the milliseconds its schedule counts as a second (tests).
     "collect_timeout": (120, KIND_INT, 5, 3600, NOW, False),
     "collect_time_scale": (1000, KIND_INT, 1, 1000, NOW, False),
-})
-
-
-class _Schema:
-    """The parts as one read-only mapping."""
-
-    def __contains__(self, key):
-        for part in _PARTS:
-            if key in part:
-                return True
-        return False
-
-    def __getitem__(self, key):
-        for part in _PARTS:
-            if key in part:
-                return part[key]
-        raise KeyError(key)
-
-    def __iter__(self):
-        for part in _PARTS:
-            yield from part
-
-    def items(self):
-        for part in _PARTS:
-            yield from part.items()
-
-
-SCHEMA = _Schema()
+}
 
 
 
