@@ -21,8 +21,10 @@ from .heap import restore as restore_reserve
 
 # Longest request line; longer input is discarded up to its line end.
 MAX_REQUEST = const(1024)
-_REQUEST = b"PP> "
-_MAX_ID = const(16)
+# What starts a request line.
+REQUEST = b"PP> "
+# Longest request id.
+MAX_ID = const(16)
 _CTRL_C = const(3)
 
 
@@ -35,6 +37,7 @@ class Console:
         self.framing = False  # part of a frame is written, not its line end
         self.redo = False  # the request being answered can run again (requests.answer)
         self.hold = None  # debug.hold's octets to leave free, taken once the request's code is gone
+        self.hold_id = "-"  # and the id of that request, answered then
 
     async def serve(self):
         """Reads the console one byte at a time: on a raw pty a line read would block the whole
@@ -74,7 +77,7 @@ class Console:
                     overlong = True
 
     def _request(self, line):
-        if not line.startswith(_REQUEST):
+        if not line.startswith(REQUEST):
             return
         app = self.app
         if app.held is not None and b" debug.hold" in line:
@@ -128,13 +131,13 @@ class Console:
 
 def _request_id(line):
     """The id of request `line`, "-" when it has none that can be answered."""
-    end = line.find(b" ", len(_REQUEST))
+    end = line.find(b" ", len(REQUEST))
     if end < 0:
         end = len(line)
-    if not len(_REQUEST) < end <= len(_REQUEST) + _MAX_ID:
+    if not len(REQUEST) < end <= len(REQUEST) + MAX_ID:
         return "-"
     try:
-        return line[len(_REQUEST) : end].decode()
+        return line[len(REQUEST) : end].decode()
     except UnicodeError:
         return "-"
 

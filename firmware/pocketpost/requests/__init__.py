@@ -12,9 +12,9 @@ import sys
 
 from micropython import const
 
+from ..console import MAX_ID, REQUEST
+
 PROTOCOL = const(1)
-_REQUEST = b"PP> "
-_MAX_ID = const(16)
 
 
 class RequestError(Exception):
@@ -93,10 +93,10 @@ def _unload_handlers():
 def answer(console, rid, line):
     """Reads request `line` (id `rid`) and answers it on the console."""
     app = console.app
-    parts = line[len(_REQUEST) :].split(b" ", 2)
+    parts = line[len(REQUEST) :].split(b" ", 2)
     try:
         parts[0].decode()  # an id that is not UTF-8 is a malformed request, answered with "-"
-        if len(parts) < 2 or not 0 < len(parts[0]) <= _MAX_ID:
+        if len(parts) < 2 or not 0 < len(parts[0]) <= MAX_ID:
             raise RequestError("BADREQ", "a request is: PP> ID COMMAND [JSON]")
         args = json.loads(parts[2]) if len(parts) == 3 else {}
         if not isinstance(args, dict):
