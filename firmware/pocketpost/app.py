@@ -7,9 +7,7 @@ import sys
 
 from . import heap, unload
 from .console import Console
-from .pop3 import Pop3Session
-from .server import Listener, reap_idle
-from .smtp import SmtpSession
+from .server import POP3, SMTP, Listener, reap_idle, unload_idle
 from .store import MailStore
 from .throttle import LoginThrottle
 from .users import Users
@@ -58,10 +56,15 @@ class App:
 
     def relieve_memory(self):
         """Called where a MemoryError was caught: gives back the heap that can be given back
-        (the test hook's passing shortage ends here; a lasting one takes back what the relief
+        (the code of the protocols when no client is served among it; the test hook's passing shortage ends here; a lasting one takes back what the relief
         freed, and lasts until its command or request ends)."""
         lasting = self.held_next is not None and self.hold_lasting
         self.held_next = None
+        if not self.sessions:
+            # The code of a protocol without sessions, only while no client is served: beside
+            # other sessions its next client would likely come soon, and load it again into
+            # a heap in fragments.
+            unload_idle()
         heap.relieve()
         if lasting:
             self.held_next = heap.hold(self.hold_leave)
@@ -104,9 +107,9 @@ class App:
             await self._shutdown(tasks)
             return self.reboot_requested
         self._waiting = None
-        await self._listen(Pop3Session, "pop3_port")
-        await self._listen(SmtpSession, "smtp_port")
-        await self._listen(SmtpSession, "submission_port", submission=True)
+        await self._listen(POP3, "pop3_port")
+        await self._listen(SMTP, "smtp_port")
+        await self._listen(SMTP, "submission_port", submission=True)
         await self.start_tls_listeners()
         tasks.append(asyncio.create_task(reap_idle(self)))
         if self.store is not None and self.store.checked is not None:
@@ -155,23 +158,24 @@ class App:
             if not self.sessions and self.check_store(store) and store.checked is None:
                 self.log.info("store", "boot check finished")
 
-    async def _listen(self, cls, key, implicit_tls=False, submission=False):
+    async def _listen(self, protocol, key, implicit_tls=False, submission=False):
         # POP3 and SMTP must listen unless switched off (a taken port stops the firmware, which
         # then crashes and restarts); a TLS or submission port that cannot is logged and left out.
+        name = protocol[0]  # (server.POP3 and SMTP begin with their name)
         port = self.config[key]
         if not port or port in [listener.port for listener in self.listeners]:
             return  # off, or running already
-        listener = Listener(self, cls, port, implicit_tls, submission)
+        listener = Listener(self, protocol, port, implicit_tls, submission)
         try:
             await listener.start(self.address)
         except OSError as e:
             if key in ("pop3_port", "smtp_port"):
                 raise
-            self.log.exception(cls.NAME, "cannot listen on port {}".format(port), e)
+            self.log.exception(name, "cannot listen on port {}".format(port), e)
             return
         self.listeners.append(listener)
         what = " (TLS)" if implicit_tls else (" (submission)" if submission else "")
-        self.log.info(cls.NAME, "listening on {}:{}{}".format(self.address, port, what))
+        self.log.info(name, "listening on {}:{}{}".format(self.address, port, what))
 
     # ---- relaying
 
@@ -207,6 +211,7 @@ class App:
                         # idle beat has taken it back meanwhile) and the heap collected.
                         self.relay_short = False
                         self.relieve_memory()
+                    unload_idle()  # the code of the protocols, between their clients
                     from . import relay
 
                     wait = await relay.run(self)
@@ -281,8 +286,8 @@ class App:
     async def start_tls_listeners(self):
         """POP3S and SMTPS listen once a certificate is loaded (at boot, or when installed)."""
         if self.tls_ready():
-            await self._listen(Pop3Session, "pop3s_port", implicit_tls=True)
-            await self._listen(SmtpSession, "smtps_port", implicit_tls=True, submission=True)
+            await self._listen(POP3, "pop3s_port", implicit_tls=True)
+            await self._listen(SMTP, "smtps_port", implicit_tls=True, submission=True)
 
     async def _shutdown(self, tasks):
         self.accepting = False

@@ -40,15 +40,16 @@ def start(board):
 
 
 def _intern_names():
-    """Imports each occasional module once and unloads it, so the names its code uses are
-    interned now, while the heap is in one piece. MicroPython keeps names in pools that double
+    """Imports each module loaded only when used (the occasional ones, and the protocols'
+    sessions: server.Protocol) once and unloads it, so the names its code uses are interned now, while the heap is in one piece. MicroPython keeps names in pools that double
     as they fill: the first console request after boot would otherwise need the next pool, one
     block of ~8 KB on a 64-bit port (qstr_info's n_total_bytes went from 13,274 to 21,710 for
     111 new names), from a heap already in fragments, and fail for as long as it lasts."""
     from . import unload
     from .heap import OCCASIONAL
+    from .server import SESSION_CODE
 
-    for name in OCCASIONAL:
+    for name in OCCASIONAL + SESSION_CODE:
         try:
             __import__(name)
         except ImportError:  # a port without ssl has no use for the certificate parser

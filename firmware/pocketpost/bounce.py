@@ -9,9 +9,10 @@ import time
 from micropython import const
 
 from . import outbox, unload
-from .smtp import rfc5322_date
+from .dates import rfc5322_date
 
-unload(outbox.__name__)  # kept by this module only: unloaded with it
+unload("pocketpost.dates")  # both kept by this module only: unloaded with it
+unload(outbox.__name__)
 
 # Octets of the original header copied into the report at most.
 _MAX_HEADER = const(16384)

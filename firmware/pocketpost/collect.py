@@ -33,11 +33,13 @@ import time
 from micropython import const
 
 from . import outbound, unload
+from .dates import rfc5322_date
 from .mailbox import path_exists, sync
 from .netio import Connection, Slot
 from .outbound import ClientTls, Failed
-from .smtp import rfc5322_date
 from .transparency import receive_data
+
+unload("pocketpost.dates")  # kept by this module only: unloaded with it
 
 unload(outbound.__name__)  # kept by this module only: unloaded with it
 

@@ -9,6 +9,7 @@ import sys
 
 from . import unload
 from .heap import OCCASIONAL
+from .server import unload_idle
 
 
 class Collector:
@@ -58,6 +59,8 @@ class Collector:
                         break
                     await asyncio.sleep_ms(100)
                 self.busy = True
+                if quiet:
+                    unload_idle()  # the code of the protocols, between their clients
                 try:
                     if getattr(app, "relay_context", None) is None:
                         # The TLS context first, while the heap has a block for it (~3 KB in

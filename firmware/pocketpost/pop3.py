@@ -60,7 +60,6 @@ def _number(text):
 class Pop3Session(Session):
     NAME = "pop3"
     TIMEOUT_KEY = "pop3_idle_timeout"
-    BUSY_REPLY = b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n"
     FAILED_REPLY = b"-ERR [SYS/TEMP] Local error, closing connection.\r\n"
     NOMEM_REPLY = b"-ERR [SYS/TEMP] Not enough memory, try again later.\r\n"
     # A multi-line reply cut off can only end with the connection (RFC 1939 has no way to say so).

@@ -1,5 +1,6 @@
 # Listening sockets and the life of a client connection, common to POP3 and SMTP: the client
-# limit (RAM is shared, so one limit for both), idle time-outs, and clean-up however a session ends.
+# limit (RAM is shared, so one limit for both), idle time-outs, clean-up however a session ends,
+# and each protocol's code loaded while it has clients (Protocol).
 import asyncio
 import gc
 import socket
@@ -18,6 +19,8 @@ _BACKLOG = const(4)
 # How long a client of an implicit-TLS port waits for a TLS place: 20 x 100 ms.
 _TLS_PLACE_WAITS = const(20)
 _TLS_PLACE_WAIT_MS = const(100)
+# How long the sessions' code stays loaded after the last session (session_begins).
+_IDLE_MS = const(3000)
 
 
 class Session:
@@ -25,10 +28,8 @@ class Session:
 
     # Config key of the idle time-out in seconds.
     TIMEOUT_KEY = ""
-    # Name in the log.
+    # Name in the log (its Protocol's).
     NAME = ""
-    # Sent to a client beyond the client limit, which is then closed.
-    BUSY_REPLY = b""
     # Sent when the session cannot go on (an internal error) before it closes.
     FAILED_REPLY = b""
     # The answer to a command that ran out of memory (a temporary error; the session goes on).
@@ -156,10 +157,75 @@ class Session:
         return going_on
 
 
+# The protocols, as their listeners know them before their code is loaded (session_begins): the
+# name in the log, the module and class of their sessions, and the reply to a client refused.
+POP3 = ("pop3", "pocketpost.pop3", "Pop3Session", b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n")
+SMTP = ("smtp", "pocketpost.smtp", "SmtpSession", b"421 4.3.2 Too many connections, try again later\r\n")
+_NAME = const(0)
+_MODULE = const(1)
+_CLASS = const(2)
+_BUSY_REPLY = const(3)
+# The sessions' code: their modules, and those only they use.
+SESSION_CODE = ("pocketpost.pop3", "pocketpost.maildrop", "pocketpost.smtp", "pocketpost.transparency")
+
+# The sessions' code (pop3.py with maildrop.py, smtp.py, transparency.py: ~30 KB of a 64-bit
+# port's heap, ~18 KB of a 32-bit one) is loaded with the board's first client, both protocols'
+# at once, and unloaded when the board has had no client for _IDLE_MS, or at once
+# for the relay, the collector and a shortage met while no client is served (unload_idle):
+# between clients that heap is theirs and the console's. Loaded together while the heap is
+# quiet, the code lies as it did when boot loaded it; loaded one protocol at a time, the second
+# came in among the first one's sessions, and beside them (four clients at once, the fuzzing,
+# the thousand failed logins at 160k) their heap ran short where it had not.
+_sessions = 0  # sessions open, or being opened
+_idle_since = None  # while the code is loaded and no session open: ticks_ms since when
+
+
+def session_begins(app, protocol):
+    """A session of `protocol` begins: returns its class, the code loaded (again after the
+    heap's relief when short: the code needs blocks as large as its largest function).
+    MemoryError when even then there is no room for it; the session is then not counted."""
+    global _sessions, _idle_since
+    if not _sessions and _idle_since is None:
+        for relieved in (False, True):
+            try:
+                __import__(POP3[_MODULE])
+                __import__(SMTP[_MODULE])
+                break
+            except MemoryError:
+                _unload()  # a module cut short is not kept
+                if relieved:
+                    raise
+                app.relieve_memory()
+    _sessions += 1
+    _idle_since = None
+    return getattr(sys.modules[protocol[_MODULE]], protocol[_CLASS])
+
+
+def session_ended():
+    global _sessions, _idle_since
+    _sessions -= 1
+    if not _sessions:
+        _idle_since = time.ticks_ms()  # the code stays for the next client (unload_idle)
+
+
+def unload_idle(now=None):
+    """Unloads the sessions' code when no session is open: at once (`now` None: the heap ran
+    short, or the relay or the collector is to run), or once none has been for _IDLE_MS."""
+    if not _sessions and _idle_since is not None and (now is None or time.ticks_diff(now, _idle_since) >= _IDLE_MS):
+        _unload()
+
+
+def _unload():
+    global _idle_since
+    _idle_since = None
+    for name in SESSION_CODE:
+        unload(name)
+
+
 class Listener:
-    def __init__(self, app, session_class, port, implicit_tls=False, submission=False):
+    def __init__(self, app, protocol, port, implicit_tls=False, submission=False):
         self.app = app
-        self.session_class = session_class
+        self.protocol = protocol
         self.port = port
         self.implicit_tls = implicit_tls  # POP3S and SMTPS: TLS from the first byte (RFC 8314)
         self.submission = submission
@@ -196,11 +262,11 @@ class Listener:
                     stream = None
                     self.app.relieve_memory()
                     try:
-                        client.send(self.session_class.BUSY_REPLY)
+                        client.send(self.protocol[_BUSY_REPLY])
                     except OSError:
                         pass
                     client.close()
-                    self.app.log.warn(self.session_class.NAME, "a client refused: not enough memory")
+                    self.app.log.warn(self.protocol[_NAME], "a client refused: not enough memory")
         finally:
             s.close()
 
@@ -225,21 +291,33 @@ class Listener:
 
     async def _client(self, reader, writer):
         app = self.app
-        cls = self.session_class
+        protocol = self.protocol
         peer = app.board.peer_address(reader)
         if not app.free_slots or not app.accepting:
-            app.log.warn(cls.NAME, "{} refused: {} clients already".format(peer, len(app.sessions)))
-            await _refuse(cls, reader)
+            app.log.warn(protocol[_NAME], "{} refused: {} clients already".format(peer, len(app.sessions)))
+            await _refuse(protocol, reader)
             return
         slot = app.free_slots.pop()
+        session = None
         try:
-            conn = Connection(reader, slot)
-            session = cls(app, conn, peer, self.submission)
+            cls = session_begins(app, protocol)
+            try:
+                conn = Connection(reader, slot)
+                session = cls(app, conn, peer, self.submission)
+            except MemoryError:
+                cls = None
+                session_ended()
         except MemoryError:
+            pass
+        if session is None:
+            cls = None
             app.free_slots.append(slot)
             app.relieve_memory()
-            app.log.warn(cls.NAME, "{} refused: not enough memory".format(peer))
-            await _refuse(cls, reader)
+            try:
+                app.log.warn(protocol[_NAME], "{} refused: not enough memory".format(peer))
+            except MemoryError:
+                pass  # the refusal matters more than the log line
+            await _refuse(protocol, reader)
             return
         if self.implicit_tls and not await self._enter_tls(session):
             # Nothing can be said before the handshake, so the client is just closed.
@@ -247,6 +325,8 @@ class Listener:
             session.release()
             app.free_slots.append(slot)
             await conn.close()
+            session = cls = None
+            session_ended()
             return
         entry = [session, asyncio.current_task(), False]  # session, task, timed out
         app.sessions.append(entry)
@@ -277,7 +357,8 @@ class Listener:
             app.sessions.remove(entry)
             app.free_slots.append(slot)
             await conn.close()
-            conn = session = entry = None
+            conn = session = entry = cls = None
+            session_ended()
             gc.collect()
             if not app.sessions:
                 restore_reserve()  # taken again when no session needs the heap
@@ -304,15 +385,16 @@ async def _tls_place(session):
     return False
 
 
-async def _refuse(cls, stream):
+async def _refuse(protocol, stream):
+    # (A shortage here costs this client only: its reply is not sent.)
     try:
-        stream.write(cls.BUSY_REPLY)
+        stream.write(protocol[_BUSY_REPLY])
         await stream.drain()
-    except OSError:
+    except Exception:
         pass
     try:
         await stream.wait_closed()
-    except OSError:
+    except Exception:
         pass
 
 
@@ -324,9 +406,10 @@ async def reap_idle(app):
     while True:
         await asyncio.sleep(1)
         beat()
+        now = time.ticks_ms()
+        unload_idle(now)
         if not app.sessions:
             restore_reserve()  # given up where a shortage was met: taken again when idle
-        now = time.ticks_ms()
         try:
             for entry in app.sessions:
                 session = entry[0]

@@ -8,9 +8,12 @@ from micropython import const
 
 from . import unload
 from .config import valid_domain
+from .dates import rfc5322_date
 from .heap import after_relief
 from .server import Session
 from .transparency import receive_data
+
+unload("pocketpost.dates")  # kept by this module only: unloaded with it
 
 # Every command line, AUTH responses included, must fit here (RFC 5321 §4.5.3.1.4 sets 512 for
 # plain commands; RFC 4954 asks servers to take longer AUTH lines).
@@ -21,8 +24,6 @@ _MAX_DOMAIN = const(255)
 _MAX_PATH = const(256)
 _ENOSPC = const(28)
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 _OK = b"250 2.0.0 Ok\r\n"
 _ERR_UNKNOWN = b"500 5.5.2 Error: command not recognized\r\n"
@@ -32,13 +33,6 @@ _ERR_NO_HELO = b"503 5.5.1 Error: send HELO/EHLO first\r\n"
 _ERR_NO_MAIL = b"503 5.5.1 Error: need MAIL command\r\n"
 _ERR_NO_EHLO = b"503 5.5.1 Error: send EHLO first\r\n"
 _ERR_STORAGE = b"451 4.3.0 Mail storage is not available, try again later\r\n"
-
-
-def rfc5322_date(seconds):
-    t = time.gmtime(seconds)
-    return "{}, {} {} {} {:02d}:{:02d}:{:02d} +0000".format(
-        _DAYS[t[6]], t[2], _MONTHS[t[1] - 1], t[0], t[3], t[4], t[5]
-    )
 
 
 def _printable(text):
@@ -99,7 +93,6 @@ def _valid_address(address):
 class SmtpSession(Session):
     NAME = "smtp"
     TIMEOUT_KEY = "smtp_timeout"
-    BUSY_REPLY = b"421 4.3.2 Too many connections, try again later\r\n"
     FAILED_REPLY = b"421 4.3.0 Local error, closing connection\r\n"
     NOMEM_REPLY = b"451 4.3.0 Not enough memory, try again later\r\n"
     NOMEM_CLOSING = b"421 4.3.0 Not enough memory, closing connection\r\n"

@@ -8,6 +8,7 @@ import os
 
 from micropython import const
 
+from .heap import relieve
 from .mailbox import RECORD, Mailbox, path_exists, sync
 
 _ENOSPC = const(28)
@@ -152,7 +153,8 @@ class Incoming:
 
     async def commit(self, names, buf):
         """Delivers one copy to each named mailbox (`buf` is scratch space for making copies);
-        returns {name: seq}. On error nothing that was not yet delivered becomes visible, and
+        returns {name: seq} (seq None for a copy moved in whose indexing ran short: the next
+        delivery to that mailbox indexes it). On error nothing that was not yet delivered becomes visible, and
         the error is raised. A MemoryError before the first mailbox got its copy keeps the
         received message (only the extra copies go), so that commit can be called again once
         the heap is relieved; the caller discards it if it does not."""
@@ -191,8 +193,23 @@ class Incoming:
         delivered = {}
         for i, name in enumerate(names):
             try:
-                box = store.existing_mailbox(name)
-                delivered[name] = box.deliver(copies[i], self.size, store.rec)
+                try:
+                    box = store.existing_mailbox(name)
+                    delivered[name] = box.deliver(copies[i], self.size, store.rec)
+                except MemoryError:
+                    if not delivered:
+                        raise
+                    # Others have their copy already: this one must have its own, or the
+                    # client's retry would give them a second. Placing a copy takes a few small
+                    # blocks, which the relief gives (nothing else runs meanwhile). A copy moved
+                    # in but not yet indexed is delivered: the next delivery indexes it first.
+                    box = None
+                    relieve()
+                    if path_exists(copies[i]):
+                        box = store.existing_mailbox(name)
+                        delivered[name] = box.deliver(copies[i], self.size, store.rec)
+                    else:
+                        delivered[name] = None
             except (OSError, MemoryError) as e:
                 # Short before the first copy was placed: the received message stays.
                 keep = 1 if i == 0 and isinstance(e, MemoryError) and path_exists(copies[0]) else 0
