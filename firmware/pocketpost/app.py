@@ -56,15 +56,11 @@ class App:
 
     def relieve_memory(self):
         """Called where a MemoryError was caught: gives back the heap that can be given back
-        (the code of the protocols when no client is served among it; the test hook's passing shortage ends here; a lasting one takes back what the relief
+        (the code of a protocol without sessions among it; the test hook's passing shortage ends here; a lasting one takes back what the relief
         freed, and lasts until its command or request ends)."""
         lasting = self.held_next is not None and self.hold_lasting
         self.held_next = None
-        if not self.sessions:
-            # The code of a protocol without sessions, only while no client is served: beside
-            # other sessions its next client would likely come soon, and load it again into
-            # a heap in fragments.
-            unload_idle()
+        unload_idle()  # the code of a protocol without sessions
         heap.relieve()
         if lasting:
             self.held_next = heap.hold(self.hold_leave)

@@ -47,9 +47,9 @@ def _intern_names():
     111 new names), from a heap already in fragments, and fail for as long as it lasts."""
     from . import unload
     from .heap import OCCASIONAL
-    from .server import SESSION_CODE
+    from .server import SESSION_MODULES
 
-    for name in OCCASIONAL + SESSION_CODE:
+    for name in OCCASIONAL + SESSION_MODULES:
         try:
             __import__(name)
         except ImportError:  # a port without ssl has no use for the certificate parser

@@ -158,68 +158,74 @@ class Session:
 
 
 # The protocols, as their listeners know them before their code is loaded (session_begins): the
-# name in the log, the module and class of their sessions, and the reply to a client refused.
-POP3 = ("pop3", "pocketpost.pop3", "Pop3Session", b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n")
-SMTP = ("smtp", "pocketpost.smtp", "SmtpSession", b"421 4.3.2 Too many connections, try again later\r\n")
+# name in the log, the class of their sessions, its module and those only they use, the replies
+# to a client refused (too many clients; no memory for its session); then the sessions open (or
+# being opened), and, while the code stays loaded with none open, the ticks_ms since when.
+POP3 = ["pop3", "Pop3Session", ("pocketpost.pop3", "pocketpost.maildrop"), b"-ERR [SYS/TEMP] Too many clients, try again later.\r\n", b"-ERR [SYS/TEMP] Not enough memory, try again later.\r\n", 0, None]
+SMTP = ["smtp", "SmtpSession", ("pocketpost.smtp",), b"421 4.3.2 Too many connections, try again later\r\n", b"421 4.3.0 Not enough memory, try again later\r\n", 0, None]
 _NAME = const(0)
-_MODULE = const(1)
-_CLASS = const(2)
+_CLASS = const(1)
+_MODULES = const(2)
 _BUSY_REPLY = const(3)
-# The sessions' code: their modules, and those only they use.
-SESSION_CODE = ("pocketpost.pop3", "pocketpost.maildrop", "pocketpost.smtp", "pocketpost.transparency")
+_NOMEM_REPLY = const(4)
+_SESSIONS = const(5)
+_IDLE_SINCE = const(6)
+# The module the sessions of both protocols use: it goes with the last protocol's code.
+_SHARED = "pocketpost.transparency"
+# Every module of the sessions' code (boot.py interns their names).
+SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + (_SHARED,)
 
-# The sessions' code (pop3.py with maildrop.py, smtp.py, transparency.py: ~30 KB of a 64-bit
-# port's heap, ~18 KB of a 32-bit one) is loaded with the board's first client, both protocols'
-# at once, and unloaded when the board has had no client for _IDLE_MS, or at once
-# for the relay, the collector and a shortage met while no client is served (unload_idle):
-# between clients that heap is theirs and the console's. Loaded together while the heap is
-# quiet, the code lies as it did when boot loaded it; loaded one protocol at a time, the second
-# came in among the first one's sessions, and beside them (four clients at once, the fuzzing,
-# the thousand failed logins at 160k) their heap ran short where it had not.
-_sessions = 0  # sessions open, or being opened
-_idle_since = None  # while the code is loaded and no session open: ticks_ms since when
+# A protocol's code (pop3.py with maildrop.py: ~12 KB of a 64-bit port's heap; smtp.py: ~15 KB;
+# and transparency.py, ~3 KB, which both use) is loaded when a client connects and none of its
+# sessions has it, and unloaded once the protocol has had no session for _IDLE_MS, or at once
+# where the heap runs short and for the relay and the collector (unload_idle): between clients
+# that heap is theirs and the console's. (Unloaded as soon as the last session ended, it was
+# loaded again for nearly every client of a busy board, into a heap in fragments: at 160k, four
+# clients at once had dozens refused.)
 
 
 def session_begins(app, protocol):
-    """A session of `protocol` begins: returns its class, the code loaded (again after the
+    """A session of `protocol` begins: returns its class, its code loaded (again after the
     heap's relief when short: the code needs blocks as large as its largest function).
     MemoryError when even then there is no room for it; the session is then not counted."""
-    global _sessions, _idle_since
-    if not _sessions and _idle_since is None:
+    modules = protocol[_MODULES]
+    if not protocol[_SESSIONS] and protocol[_IDLE_SINCE] is None:
         for relieved in (False, True):
             try:
-                __import__(POP3[_MODULE])
-                __import__(SMTP[_MODULE])
+                __import__(modules[0])
                 break
             except MemoryError:
-                _unload()  # a module cut short is not kept
+                _unload(protocol)  # a module cut short is not kept
                 if relieved:
                     raise
                 app.relieve_memory()
-    _sessions += 1
-    _idle_since = None
-    return getattr(sys.modules[protocol[_MODULE]], protocol[_CLASS])
+    protocol[_SESSIONS] += 1
+    protocol[_IDLE_SINCE] = None
+    return getattr(sys.modules[modules[0]], protocol[_CLASS])
 
 
-def session_ended():
-    global _sessions, _idle_since
-    _sessions -= 1
-    if not _sessions:
-        _idle_since = time.ticks_ms()  # the code stays for the next client (unload_idle)
+def session_ended(protocol):
+    protocol[_SESSIONS] -= 1
+    if not protocol[_SESSIONS]:
+        protocol[_IDLE_SINCE] = time.ticks_ms()  # the code stays for the next client
 
 
 def unload_idle(now=None):
-    """Unloads the sessions' code when no session is open: at once (`now` None: the heap ran
-    short, or the relay or the collector is to run), or once none has been for _IDLE_MS."""
-    if not _sessions and _idle_since is not None and (now is None or time.ticks_diff(now, _idle_since) >= _IDLE_MS):
-        _unload()
+    """Unloads the code of each protocol that has no session open: at once (`now` None: the
+    heap ran short, or the relay or the collector is to run), or once it has had none for
+    _IDLE_MS. (A session keeps its code: unloaded, it would be loaded a second time beside it.)"""
+    for protocol in (POP3, SMTP):
+        since = protocol[_IDLE_SINCE]
+        if since is not None and not protocol[_SESSIONS] and (now is None or time.ticks_diff(now, since) >= _IDLE_MS):
+            _unload(protocol)
 
 
-def _unload():
-    global _idle_since
-    _idle_since = None
-    for name in SESSION_CODE:
+def _unload(protocol):
+    protocol[_IDLE_SINCE] = None
+    for name in protocol[_MODULES]:
         unload(name)
+    if POP3[_IDLE_SINCE] is None and not POP3[_SESSIONS] and SMTP[_IDLE_SINCE] is None and not SMTP[_SESSIONS]:
+        unload(_SHARED)
 
 
 class Listener:
@@ -262,7 +268,7 @@ class Listener:
                     stream = None
                     self.app.relieve_memory()
                     try:
-                        client.send(self.protocol[_BUSY_REPLY])
+                        client.send(self.protocol[_NOMEM_REPLY])
                     except OSError:
                         pass
                     client.close()
@@ -295,7 +301,7 @@ class Listener:
         peer = app.board.peer_address(reader)
         if not app.free_slots or not app.accepting:
             app.log.warn(protocol[_NAME], "{} refused: {} clients already".format(peer, len(app.sessions)))
-            await _refuse(protocol, reader)
+            await _refuse(protocol[_BUSY_REPLY], reader)
             return
         slot = app.free_slots.pop()
         session = None
@@ -306,7 +312,7 @@ class Listener:
                 session = cls(app, conn, peer, self.submission)
             except MemoryError:
                 cls = None
-                session_ended()
+                session_ended(protocol)
         except MemoryError:
             pass
         if session is None:
@@ -317,7 +323,7 @@ class Listener:
                 app.log.warn(protocol[_NAME], "{} refused: not enough memory".format(peer))
             except MemoryError:
                 pass  # the refusal matters more than the log line
-            await _refuse(protocol, reader)
+            await _refuse(protocol[_NOMEM_REPLY], reader)
             return
         if self.implicit_tls and not await self._enter_tls(session):
             # Nothing can be said before the handshake, so the client is just closed.
@@ -326,7 +332,7 @@ class Listener:
             app.free_slots.append(slot)
             await conn.close()
             session = cls = None
-            session_ended()
+            session_ended(protocol)
             return
         entry = [session, asyncio.current_task(), False]  # session, task, timed out
         app.sessions.append(entry)
@@ -358,7 +364,7 @@ class Listener:
             app.free_slots.append(slot)
             await conn.close()
             conn = session = entry = cls = None
-            session_ended()
+            session_ended(protocol)
             gc.collect()
             if not app.sessions:
                 restore_reserve()  # taken again when no session needs the heap
@@ -385,10 +391,10 @@ async def _tls_place(session):
     return False
 
 
-async def _refuse(protocol, stream):
+async def _refuse(reply, stream):
     # (A shortage here costs this client only: its reply is not sent.)
     try:
-        stream.write(protocol[_BUSY_REPLY])
+        stream.write(reply)
         await stream.drain()
     except Exception:
         pass
