@@ -202,8 +202,7 @@ def client_costs(app, exe, heap):
             free.append(b.heap_now()[0])
         for w in clients:
             w.close()
-        time.sleep(0.3)
-        back, _ = b.heap_now()
+        back = b.settled_heap()  # the clients gone, and their code unloaded
         # Console requests: allocation per request (heap_allocated_total, less what the info
         # that reads it allocates), and what stays after them.
         total0 = b.request("info").get("heap_allocated_total")
@@ -228,7 +227,9 @@ def mailbox_cost(app, exe, heap, messages=3000):
     with board(app, heap, exe) as b:
         started(b)
         deliver(b.smtp_port, messages)
-        time.sleep(0.2)
+        # A POP3 client that stays connected keeps the sessions' code loaded throughout.
+        keep = Wire(b.pop3_port)
+        keep.line()
         base, _ = b.heap_now()
         w = pop3_login(b.pop3_port)
         logged_in, block = b.heap_now()
@@ -241,6 +242,7 @@ def mailbox_cost(app, exe, heap, messages=3000):
         w = pop3_login(b.pop3_port, "bob")
         empty, _ = b.heap_now()
         w.cmd("QUIT")
+        keep.close()
         per_1000 = ((base - logged_in) - (base2 - empty)) * 1000 // messages
         return {
             "POP3 session logged in to an empty mailbox": base2 - empty,
@@ -257,6 +259,9 @@ def tls_cost(app, exe, heap, der):
         certificates.install(b.console, *der)
         b.restart()
         time.sleep(0.2)
+        booted, _ = b.heap_now()
+        keep = Wire(b.pop3_port)  # keeps the POP3 sessions' code loaded
+        keep.line()
         base, _ = b.heap_now()
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -265,8 +270,9 @@ def tls_cost(app, exe, heap, der):
         s.recv(100)
         during, _ = b.heap_now()
         s.close()
+        keep.close()
         return {
-            "TLS installed (context, module, two listeners), at boot": before_cert - base,
+            "TLS installed (context, module, two listeners), at boot": before_cert - booted,
             "one TLS session (POP3S, after the greeting)": base - during,
         }
 
@@ -406,11 +412,9 @@ def soak(app, exe, heap, sessions, der, seconds=900):
             t.join()
         elapsed = time.monotonic() - started_at
         free = block = None
-        for _ in range(20):  # the last clients' sessions may still be ending
-            time.sleep(0.5)
-            with contextlib.suppress(Exception):
-                free, block = b.heap_now()
-                break
+        with contextlib.suppress(Exception):
+            b.settled_heap(30)  # the last clients' sessions ended, and their code unloaded
+            free, block = b.heap_now()
         (Path(tempfile.gettempdir()) / "pocketpost-memory-soak.log").write_text("\n".join(b.lines) + "\n")
         memory_errors = sum("MemoryError" in line for line in b.lines)
         short = sum("not enough memory" in line for line in b.lines)

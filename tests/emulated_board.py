@@ -156,6 +156,23 @@ class EmulatedBoard:
     def heap_free(self):
         return self.request("info")["heap_free"]
 
+    def settled_heap(self, timeout=10):
+        """The free heap once no client is connected and the sessions' code has been unloaded
+        (3 s after the last client): the best of three readings 0.2 s apart (the console's info
+        collects garbage first; a refused connection's last task may still be ending)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.request("info")
+            if not info["clients"] and not info["sessions_code"]:
+                break
+            assert time.monotonic() < deadline, f"clients or their code still there after {timeout} s: {info}"
+            time.sleep(0.2)
+        readings = []
+        for _ in range(3):
+            time.sleep(0.2)
+            readings.append(self.heap_free())
+        return max(readings)
+
     # ---- clients
 
     def pop3(self, timeout=20):

@@ -63,7 +63,7 @@ def warm_up(board):
     """Uses every client place at once (two POP3, two SMTP sessions), then a well-behaved client:
     the event loop's tables grow to their size for that many sockets once and stay so, which is
     not a leak. Returns the free heap after."""
-    settled_heap(board)
+    board.settled_heap()
     conns = [Wire(board.pop3_port), Wire(board.pop3_port), Wire(board.smtp_port), Wire(board.smtp_port)]
     for w in conns:
         w.line()
@@ -71,26 +71,11 @@ def warm_up(board):
         assert w.cmd("QUIT").startswith(("+OK", "221"))
         w.close()
     well_behaved_client(board)
-    return settled_heap(board)
+    return board.settled_heap()
 
 
 def clients(board):
     return board.request("info")["clients"]
-
-
-def settled_heap(board, timeout=10):
-    """The free heap once no client is connected any more: the best of three readings 0.2 s
-    apart (the console's info collects garbage first; a refused connection's last task may
-    still be ending)."""
-    deadline = time.monotonic() + timeout
-    while clients(board):
-        assert time.monotonic() < deadline, "clients still connected after {} s: {}".format(timeout, board.request("info"))
-        time.sleep(0.1)
-    readings = []
-    for _ in range(3):
-        time.sleep(0.2)
-        readings.append(board.heap_free())
-    return max(readings)
 
 
 def console_problems(board, start=0):
@@ -361,7 +346,7 @@ def test_fuzzed_input_in_every_state(make_board, app_dir):
     assert board.proc.poll() is None, "the firmware died"
     assert not console_problems(board, start_line), console_problems(board, start_line)[:20]
     assert not wrong, wrong[:20]
-    after = settled_heap(board)
+    after = board.settled_heap()
     assert after >= before - HEAP_MARGIN, "free heap {} before the fuzzing, {} after".format(before, after)
     assert well_behaved_client(board) < 5
     print("fuzzing: {} sessions in {:.1f} s; free heap {} -> {}".format(16 * len(FUZZ_STATES), elapsed, before, after))
@@ -539,7 +524,7 @@ def test_slow_and_stalled_clients(make_board, app_dir):
     assert clients(board) == 0, "the stalled session still holds its place {:.0f} s after it stalled".format(ended_after)
     assert 9 < ended_after < 16, ended_after
     stalled.close()
-    before = settled_heap(board)
+    before = board.settled_heap()
     stalled = stall_retr(board)
     stalled_at = time.monotonic()
     time.sleep(9)
@@ -548,7 +533,7 @@ def test_slow_and_stalled_clients(make_board, app_dir):
     assert clients(board) == 0
     stalled.close()
     assert not console_problems(board)
-    assert settled_heap(board) >= before - HEAP_MARGIN
+    assert board.settled_heap() >= before - HEAP_MARGIN
     assert well_behaved_client(board) < 5
     card_tree(board, app_dir)
 
@@ -571,25 +556,25 @@ def test_four_clients_at_once_never_run_out_of_memory(make_board):
     load = ch.Load(board, ledger, random.Random(43), "w", smtp_clients=2, pop3_clients=2).start()
     time.sleep(2)
     assert load.finish(30)
-    before = settled_heap(board)
+    before = board.settled_heap()
     load = ch.Load(board, ledger, random.Random(44), "m", smtp_clients=2, pop3_clients=2).start()
     time.sleep(10)
     assert load.finish(30)
     assert not console_problems(board), console_problems(board)[:12]
     assert not ledger.errors and not ledger.refusals, (ledger.errors[:5], ledger.refusals[:5])
     assert load.deliveries > 50 and load.quits > 50, (load.deliveries, load.quits)
-    assert settled_heap(board) >= before - HEAP_MARGIN
+    assert board.settled_heap() >= before - HEAP_MARGIN
 
 
 def warm_up_plain(board):
     """warm_up for a board without the known messages of hostile_board."""
-    settled_heap(board)
+    board.settled_heap()
     conns = [Wire(board.pop3_port), Wire(board.pop3_port), Wire(board.smtp_port), Wire(board.smtp_port)]
     for w in conns:
         w.line()
         w.cmd("QUIT")
         w.close()
-    return settled_heap(board)
+    return board.settled_heap()
 
 
 # ---- floods
@@ -633,10 +618,10 @@ def test_connection_flood_past_the_client_limit(make_board, app_dir):
     warm_up(board)
     flood(board, 24)
     flood(board, 24)
-    before = settled_heap(board)
+    before = board.settled_heap()
     flood(board, 24)
     flood(board, 24)
-    assert settled_heap(board) >= before - HEAP_MARGIN
+    assert board.settled_heap() >= before - HEAP_MARGIN
     started = time.monotonic()
     for i in range(60):
         s = tracked(socket.socket())
@@ -649,7 +634,7 @@ def test_connection_flood_past_the_client_limit(make_board, app_dir):
     assert board.proc.poll() is None
     assert not console_problems(board)
     assert board.log_has("refused: 4 clients already")
-    assert settled_heap(board) >= before - HEAP_MARGIN
+    assert board.settled_heap() >= before - HEAP_MARGIN
     assert well_behaved_client(board) < 5
     print("60 connections reset at once in {:.1f} s".format(churn))
     card_tree(board, app_dir)

@@ -2,6 +2,7 @@
 import gc
 import micropython
 import os
+import sys
 
 from .. import VERSION
 from . import PROTOCOL, Streamed, arg
@@ -37,6 +38,9 @@ def info(app, args):
             "pending_reboot": app.tls.pending if app.tls else False,
         },
         "clients": len(app.sessions),
+        # The protocols whose sessions' code is loaded now (while they have clients, and 3 s
+        # more: server.session_begins).
+        "sessions_code": [name for name in ("pop3", "smtp") if "pocketpost." + name in sys.modules],
         "slots_free": len(app.free_slots),
         "users": sum(1 for _ in app.users.names()),
     }
