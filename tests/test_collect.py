@@ -199,7 +199,7 @@ def test_messages_arrive_byte_exact_over_verified_pop3s_once(make_board, certs, 
     assert again["fetched"] == 0 and again["fetched_total"] == 3
     assert len(mailbox(board)) == 3
     # One log line per poll; the password nowhere in the console's output.
-    assert board.log_has(f"INFO collect: {aid} alice@localhost:{provider.pop3s_port} for alice: 3 fetched, 0 deleted; ok")
+    assert board.wait_log(f"INFO collect: {aid} alice@localhost:{provider.pop3s_port} for alice: 3 fetched, 0 deleted; ok")
     assert not any(PASSWORD in line for line in board.lines)
     info = board.request("info")["collect"]
     assert info[0]["id"] == aid and info[0]["fetched_total"] == 3 and info[0]["result"].startswith("ok")
@@ -369,7 +369,7 @@ def test_without_the_ca_nothing_is_sent(make_board, certs, provider):
     assert wait_until(lambda: polls(board, aid))
     shown = account(board, aid)
     assert shown["result"] == "no CA certificate installed to verify the server (pocketpost relay ca install) (no connection made)"
-    assert board.log_has(f"WARN collect: {aid} alice@localhost:{provider.pop3s_port} for alice: 0 fetched, 0 deleted; no CA certificate")
+    assert board.wait_log(f"WARN collect: {aid} alice@localhost:{provider.pop3s_port} for alice: 0 fetched, 0 deleted; no CA certificate")
     assert provider.logins() == []
     assert mailbox(board) == []
 
@@ -387,7 +387,7 @@ def test_an_unverified_certificate_gets_no_login(make_board, certs, case):
         assert result.startswith(f"localhost:{fake.port}: ") and result.endswith("(no login sent)"), result
         assert "VERIFY" in result.upper() or "CERT" in result.upper(), result
         assert fake.lines == []  # not a line after the handshake: no USER, no PASS
-    assert board.log_has(f"WARN collect: {aid} alice@localhost:{fake.port} for alice: 0 fetched, 0 deleted; localhost:{fake.port}: ")
+    assert board.wait_log(f"WARN collect: {aid} alice@localhost:{fake.port} for alice: 0 fetched, 0 deleted; localhost:{fake.port}: ")
     assert mailbox(board) == []
 
 
@@ -408,7 +408,7 @@ def test_a_provider_without_uidl_is_refused(make_board, certs):
         assert account(board, aid)["result"] == refused + " (-ERR unknown command)"
         assert [line.split()[0] for line in fake.lines] == ["CAPA", "USER", "PASS", "UIDL", "QUIT"]
     assert mailbox(board) == []
-    assert board.log_has(f"WARN collect: {aid} other@localhost:{fake.port} for alice: 0 fetched, 0 deleted; {refused}")
+    assert board.wait_log(f"WARN collect: {aid} other@localhost:{fake.port} for alice: 0 fetched, 0 deleted; {refused}")
 
 
 def test_a_wrong_password_is_logged_and_tried_once_an_interval(make_board, certs, provider):
@@ -442,7 +442,7 @@ def test_size_limit_leaves_larger_messages_on_the_provider(make_board, certs, pr
     shown = account(board, aid)
     assert re.match(r"ok: 3 listed, [1-3] new, 1 left on the provider, 0 forgotten", shown["result"]), shown
     assert provider.remaining() == 1
-    assert board.log_has(f"WARN collect: {aid}: message 3 of {len(crlf(MESSAGES[2]))} octets is over the limit of 1000: left on the provider")
+    assert board.wait_log(f"WARN collect: {aid}: message 3 of {len(crlf(MESSAGES[2]))} octets is over the limit of 1000: left on the provider")
     assert sorted(split_trace(m) for m in mailbox(board)) == sorted(crlf(m) for m in MESSAGES[:2])
 
 

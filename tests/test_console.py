@@ -238,7 +238,7 @@ def test_reboot_exits_for_the_simulator_to_restart(board):
 def test_ctrl_c_stops_the_firmware_cleanly(board):
     send_mail(board.smtp_port, b"Subject: before ctrl-c\r\n\r\nx")
     assert board.stop() == 0
-    assert board.log_has("INFO boot: interrupted (Ctrl-C)")
+    assert board.wait_log("INFO boot: interrupted (Ctrl-C)")
     board.start()
     assert board.request("mailbox.stats", name="alice")["mailboxes"][0]["messages"] == 1
 

@@ -520,7 +520,7 @@ def test_slow_and_stalled_clients(make_board, app_dir):
     while clients(board) and time.monotonic() - stalled_at < 16:
         time.sleep(0.2)
     ended_after = time.monotonic() - stalled_at
-    assert board.log_has("127.0.0.1 idle time-out")
+    assert board.wait_log("127.0.0.1 idle time-out")
     assert clients(board) == 0, "the stalled session still holds its place {:.0f} s after it stalled".format(ended_after)
     assert 9 < ended_after < 16, ended_after
     stalled.close()
@@ -633,7 +633,7 @@ def test_connection_flood_past_the_client_limit(make_board, app_dir):
     assert churn < 30, churn
     assert board.proc.poll() is None
     assert not console_problems(board)
-    assert board.log_has("refused: 4 clients already")
+    assert board.wait_log("refused: 4 clients already")
     assert board.settled_heap() >= before - HEAP_MARGIN
     assert well_behaved_client(board) < 5
     print("60 connections reset at once in {:.1f} s".format(churn))

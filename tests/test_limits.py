@@ -28,7 +28,7 @@ def test_client_limit_refuses_the_extra_client_at_once(board):
     time.sleep(0.2)
     again = Wire(board.pop3_port)
     assert again.line().startswith("+OK pocketpost")
-    assert board.log_has("refused: 4 clients already")
+    assert board.wait_log("refused: 4 clients already")
 
 
 def send_big(port, message, results, key, rcpt="alice@pocketpost.local"):

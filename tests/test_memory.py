@@ -81,7 +81,7 @@ def test_a_passing_shortage_in_a_request_is_met_by_running_it_again(board):
     # with the rest when the shortage is met): the board runs it again and answers.
     hold(board, 200, next=True)
     assert raw_request(board, "mailbox.stats", name="alice")["mailboxes"][0]["name"] == "alice"
-    assert board.log_has("WARN console: request ran short of memory, run again")
+    assert board.wait_log("WARN console: request ran short of memory, run again")
     assert not board.log_has("request refused")
 
 
@@ -89,7 +89,7 @@ def test_a_change_short_of_memory_is_made_once(board):
     # user.add runs short before it writes (its one change comes last): run again, it adds bob.
     hold(board, 0, next=True)
     assert raw_request(board, "user.add", name="bob", hash=hash_password("builder", TEST_ITERATIONS)) == {"name": "bob"}
-    assert board.log_has("WARN console: request ran short of memory, run again")
+    assert board.wait_log("WARN console: request ran short of memory, run again")
     assert sorted(u["name"] for u in board.request("user.list")["users"]) == ["alice", "bob"]
     assert pop3_login(board.pop3_port, "bob", "builder").cmd("QUIT") == "+OK Logging out."
 
@@ -123,7 +123,7 @@ def test_smtp_command_short_of_memory_is_451_and_the_session_goes_on(board):
     w.send(b"Subject: after\r\n\r\nafter the shortage\r\n.\r\n")
     assert w.smtp_reply()[0].startswith("250 2.0.0 Ok: queued as ")
     w.cmd("QUIT")
-    assert board.log_has("WARN smtp: 127.0.0.1 not enough memory for a command")
+    assert board.wait_log("WARN smtp: 127.0.0.1 not enough memory for a command")
 
 
 def test_a_recipient_short_of_memory_is_451_and_not_delivered_to(board):
@@ -284,7 +284,7 @@ def test_boot_check_short_of_memory_still_serves_and_finishes_later(make_board):
     board.options["debug_boot_hold"] = 0
     board.start()
     assert board.wait_log("WARN store: boot check not finished (not enough memory)")
-    assert board.log_has("INFO boot: ready")
+    assert board.wait_log("INFO boot: ready")
     # Alice's mailbox is checked when it is first opened: the deletion is finished first.
     w = pop3_login(board.pop3_port)
     assert w.cmd("STAT").startswith("+OK 2 ")

@@ -84,7 +84,7 @@ def test_wrong_password_and_unknown_user_get_the_same_delayed_auth_error(board):
         start = time.monotonic()
         assert w.cmd("PASS wrong") == "-ERR [AUTH] Authentication failed."
         assert time.monotonic() - start >= 0.29
-    assert board.log_has("login failed: alice")
+    assert board.wait_log("login failed: alice")
 
 
 def test_pass_without_user(board):

@@ -80,7 +80,7 @@ def test_damaged_index_tail_is_trimmed_and_its_message_reindexed(stopped_with_ma
     """)
     board.start()
     assert board.wait_log("WARN store: alice: trimmed a damaged index tail to 2 records")
-    assert board.log_has("WARN store: alice: indexed message 3 found after a crash")
+    assert board.wait_log("WARN store: alice: indexed message 3 found after a crash")
     assert messages(board) == before
 
 

@@ -100,7 +100,7 @@ def test_full_transaction_stores_the_message_with_trace_fields(board):
     assert lines[3] == b"\tfor <Alice@PocketPost.Local>;"
     assert re.fullmatch(rb"\t\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d \+0000", lines[4])
     assert b"\r\n".join(lines[5:]) == b"Subject: hello\r\n\r\nHi Alice.\r\n"
-    assert board.log_has("delivered {} from <bob@example.org> to alice".format(queue_id))
+    assert board.wait_log("delivered {} from <bob@example.org> to alice".format(queue_id))
 
 
 def test_null_sender_and_helo_trace(board):
