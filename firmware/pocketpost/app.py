@@ -55,9 +55,10 @@ class App:
         self.held_next = heap.hold(self.hold_leave)
 
     def relieve_memory(self):
-        """Called where a MemoryError was caught: gives back the heap that can be given back
-        (the code of a protocol without sessions among it; the test hook's passing shortage ends here; a lasting one takes back what the relief
-        freed, and lasts until its command or request ends)."""
+        """Called where a MemoryError was caught: gives back the heap that can be given back,
+        the code of a protocol without sessions among it (the test hook's passing shortage
+        ends here; a lasting one takes back what the relief freed, and lasts until its command
+        or request ends)."""
         lasting = self.held_next is not None and self.hold_lasting
         self.held_next = None
         unload_idle()  # the code of a protocol without sessions

@@ -40,11 +40,12 @@ def start(board):
 
 
 def _intern_names():
-    """Imports each module loaded only when used (the occasional ones, and the protocols'
-    sessions: server.Protocol) once and unloads it, so the names its code uses are interned now, while the heap is in one piece. MicroPython keeps names in pools that double
-    as they fill: the first console request after boot would otherwise need the next pool, one
-    block of ~8 KB on a 64-bit port (qstr_info's n_total_bytes went from 13,274 to 21,710 for
-    111 new names), from a heap already in fragments, and fail for as long as it lasts."""
+    """Imports each module loaded only when used (the occasional ones, and the sessions' code:
+    server.session_begins) once and unloads it, so the names its code uses are interned now,
+    while the heap is in one piece. MicroPython keeps names in pools that double as they fill:
+    the first console request after boot would otherwise need the next pool, one block of ~8 KB
+    on a 64-bit port (qstr_info's n_total_bytes went from 13,274 to 21,710 for 111 new names),
+    from a heap already in fragments, and fail for as long as it lasts."""
     from . import unload
     from .heap import OCCASIONAL
     from .server import SESSION_MODULES

@@ -1,6 +1,6 @@
 # Listening sockets and the life of a client connection, common to POP3 and SMTP: the client
 # limit (RAM is shared, so one limit for both), idle time-outs, clean-up however a session ends,
-# and each protocol's code loaded while it has clients (Protocol).
+# and each protocol's code loaded while it has clients (session_begins).
 import asyncio
 import gc
 import socket
@@ -28,7 +28,7 @@ class Session:
 
     # Config key of the idle time-out in seconds.
     TIMEOUT_KEY = ""
-    # Name in the log (its Protocol's).
+    # Name in the log (its protocol's: POP3, SMTP below).
     NAME = ""
     # Sent when the session cannot go on (an internal error) before it closes.
     FAILED_REPLY = b""
