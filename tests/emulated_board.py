@@ -23,6 +23,18 @@ HEAP = os.environ.get("POCKETPOST_TEST_HEAP", firmware.DEFAULT_HEAP)
 TEST_ITERATIONS = 1000
 
 
+class _POP3(poplib.POP3):
+    """poplib's client, which closes its socket when the greeting is an error (poplib leaves
+    it open, and the test's caller cannot reach it to close it)."""
+
+    def __init__(self, host, port, timeout):
+        try:
+            super().__init__(host, port, timeout=timeout)
+        except poplib.error_proto:
+            self.close()
+            raise
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -176,7 +188,7 @@ class EmulatedBoard:
     # ---- clients
 
     def pop3(self, timeout=20):
-        return poplib.POP3("127.0.0.1", self.pop3_port, timeout=timeout)
+        return _POP3("127.0.0.1", self.pop3_port, timeout=timeout)
 
     def smtp(self, timeout=20):
         return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=timeout)

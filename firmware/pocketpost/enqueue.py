@@ -129,6 +129,12 @@ def accept(session, address):
         if messages >= config["relay_queue_messages"] or octets >= config["relay_queue_octets"]:
             app.log.warn("relay", "queue full: {} messages, {} octets".format(messages, octets))
             return "452 4.3.1 Insufficient system storage: the relay queue is full"
+        # Room for all of them at once, while the heap is least cut up: appended one by one the
+        # list doubles, and its growth to 128 entries needs a block of 1 KB (64-bit) among the
+        # recipients' strings. MicroPython's `del` of a slice keeps a list's allocation.
+        remote = [None] * _MAX_RECIPIENTS
+        del remote[:]
+        session.remote = remote
     if address not in session.remote:
         session.remote.append(address)
     return "250 2.1.5 Ok"

@@ -110,6 +110,7 @@ class SmtpSession(Session):
         self.first_recipient = None
         self.mailboxes = []  # distinct mailboxes to deliver to
         self.remote = []  # recipients of other domains, queued for the smarthost (outbox.py)
+        self.enqueue = None  # enqueue.py's code, from the transaction's first such recipient
         # The last MAIL was refused: the RCPT and DATA that a pipelining client (RFC 2920) sent
         # behind it without waiting for the refusal get 503 but do not count as bad commands.
         self.mail_refused = False
@@ -264,7 +265,7 @@ class SmtpSession(Session):
             local = address  # "<postmaster>" with no domain (RFC 5321 §4.5.1)
         elif domain.lower() not in app.config["domains"]:
             if app.config["relay_host"] and (self.auth_user or app.config["relay_networks"]):
-                return await self._relaying("rcpt", address)
+                return await self._relay_rcpt(address)
             self.log("relay denied: <{}>".format(address))
             self.reply("550 5.7.1 <{}>: Relay access denied".format(address))
             return
@@ -326,6 +327,7 @@ class SmtpSession(Session):
         sender = self.sender
         mailboxes = self.mailboxes
         remote = self.remote
+        enqueue = self.enqueue
         self._reset()
         if size > limit:
             incoming.discard()
@@ -333,7 +335,7 @@ class SmtpSession(Session):
             conn.put(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
             return
         if remote:
-            queue_id = await self._relaying("data", incoming, queue_id, sender, remote, trace.find(b"Received:"), size, mailboxes)
+            queue_id = await enqueue.data(self, incoming, queue_id, sender, remote, trace.find(b"Received:"), size, mailboxes)
             if queue_id is None or not mailboxes:
                 return
         try:
@@ -350,14 +352,14 @@ class SmtpSession(Session):
             # hears a temporary error and sends the message again.
             incoming.discard()
             if remote:
-                await self._relaying("unqueue", queue_id)
+                await enqueue.unqueue(self, queue_id)
             app.relieve_memory()
             app.log.warn(self.NAME, "{} delivery {}: not enough memory".format(self.peer, queue_id))
             conn.put(self.NOMEM_REPLY)
             return
         except OSError as e:
             if remote:
-                await self._relaying("unqueue", queue_id)
+                await enqueue.unqueue(self, queue_id)
             app.log.exception(self.NAME, "{} delivery {} failed".format(self.peer, queue_id), e)
             if e.errno == _ENOSPC:
                 conn.put(b"452 4.3.1 Insufficient system storage\r\n")
@@ -370,15 +372,20 @@ class SmtpSession(Session):
             self.log("queued {} for {}".format(queue_id, ",".join(remote)))
             app.relay_kick()
 
-    async def _relaying(self, step, *args):
-        # Mail for other domains: enqueue.py's `step` (rcpt, data, unqueue), its code loaded for
-        # the command and unloaded after it.
-        from . import enqueue
+    async def _relay_rcpt(self, address):
+        # RCPT of a recipient of another domain: enqueue.py's code is loaded at the transaction's
+        # first such recipient and kept by the session, out of sys.modules, for the rest of the
+        # transaction (cmd_data queues the message with it). Loaded and unloaded for each RCPT,
+        # it left holes among the recipients' strings: at 160k the largest free block fell to
+        # ~1 KB after 64 RCPTs, and the list of recipients, doubling to 128 entries, could not
+        # grow (a fresh clone's CI saw RCPTs 64-99 refused).
+        module = self.enqueue
+        if module is None:
+            from . import enqueue as module
 
-        try:
-            return await getattr(enqueue, step)(self, *args)
-        finally:
-            unload(enqueue.__name__)
+            unload(module.__name__)
+            self.enqueue = module
+        return await module.rcpt(self, address)
 
     def _trace(self, queue_id):
         """The Return-Path and Received header fields (RFC 5321 §4.4) put before the message."""
