@@ -28,11 +28,10 @@ sim: venv
 
 # `make test`: every test on every core (pytest-xdist, each firmware on its own ports and data)
 # under the unix board's heap (boards/unix/board.json); every test again at the heap floor
-# (docs/memory.md) but those that need more: TLS sessions beside other clients, and the hostile
-# loads; then the memory-sensitive tests (marked `memory`) twice in a row while a CPU-bound load
+# (docs/memory.md) but those that need more: the hostile loads; then the memory-sensitive tests (marked `memory`) twice in a row while a CPU-bound load
 # keeps every core busy (scripts/under-cpu-load), at the floor where they fit it.
 FLOOR_HEAP := 160k
-ABOVE_FLOOR := tests/test_tls.py tests/test_hostile.py
+ABOVE_FLOOR := tests/test_hostile.py
 AT_FLOOR := $(addprefix --ignore=,$(ABOVE_FLOOR))
 
 test: venv debian-packages

@@ -58,24 +58,31 @@ _reserve = None
 
 # Pauses (ms) before each new try of a step that ran short of memory (after_relief): beside
 # other sessions a try right after the relief meets the same shortage, as they are still
-# allocating; a moment later most have finished and given their heap back. About a second in all.
-_RETRY_PAUSES_MS = (60, 120, 240, 480)
+# allocating; a moment later most have finished and given their heap back. About a second in all,
+# or nearly four (`patient`) for a step whose failure costs the client more than the wait: the
+# end of a message received whole (sent again), a QUIT's deletions (which three files open at
+# once, each with its 512-octet sector buffer, need; under stress-ng at 160k, beside two clients
+# delivering 400 KB messages, a second was not always enough).
+_RETRY_PAUSES_MS = (60, 120, 240, 480, 960, 1920)
+_QUICK_TRIES = const(4)
 
 
-async def after_relief(relieve, step, *args, possible=None):
+async def after_relief(relieve, step, *args, possible=None, patient=False):
     """For a step that ran short of memory and can be tried again (it changed nothing, or goes
     on where it stopped): `await step(*args)` after `relieve()` and a pause, again while it runs
-    short, up to four times; the last MemoryError is the caller's. `possible()`, when given,
-    says before each try whether one can still be made (else the MemoryError is raised)."""
-    for pause in _RETRY_PAUSES_MS:
+    short, up to four times (six when `patient`); the last MemoryError is the caller's.
+    `possible()`, when given, says before each try whether one can still be made (else the
+    MemoryError is raised)."""
+    tries = len(_RETRY_PAUSES_MS) if patient else _QUICK_TRIES
+    for i in range(tries):
         if possible is not None and not possible():
             raise MemoryError
         relieve()
-        await asyncio.sleep_ms(pause)
+        await asyncio.sleep_ms(_RETRY_PAUSES_MS[i])
         try:
             return await step(*args)
         except MemoryError:
-            if pause == _RETRY_PAUSES_MS[-1]:
+            if i == tries - 1:
                 raise
 
 

@@ -160,7 +160,7 @@ class Maildrop:
         try:
             await _taking_turns(self.box.delete(self._deleted_seqs(), self.buf))
         except MemoryError:
-            await after_relief(relieve, self._resume_update)
+            await after_relief(relieve, self._resume_update, patient=True)
         return self.deleted_count
 
     async def _resume_update(self):

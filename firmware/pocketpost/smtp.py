@@ -346,7 +346,7 @@ class SmtpSession(Session):
                 # Short before any mailbox got its copy (incoming.kept): the message was received
                 # whole, so it is delivered again with the heap relieved, a moment later (the
                 # other sessions finish what they allocate), rather than sent again.
-                await after_relief(app.relieve_memory, incoming.commit, mailboxes, conn.outbuf, possible=lambda: incoming.kept)
+                await after_relief(app.relieve_memory, incoming.commit, mailboxes, conn.outbuf, possible=lambda: incoming.kept, patient=True)
         except MemoryError:
             # Nothing was delivered that the log does not name (store.commit); the client
             # hears a temporary error and sends the message again.
