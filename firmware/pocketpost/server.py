@@ -11,6 +11,7 @@ from asyncio.core import _io_queue
 from micropython import const
 
 from . import unload
+from .heap import after_relief
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
 
@@ -184,24 +185,34 @@ SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + (_SHARED,)
 # clients at once had dozens refused.)
 
 
-def session_begins(app, protocol):
-    """A session of `protocol` begins: returns its class, its code loaded (again after the
-    heap's relief when short: the code needs blocks as large as its largest function).
-    MemoryError when even then there is no room for it; the session is then not counted."""
-    modules = protocol[_MODULES]
+async def session_begins(app, protocol):
+    """A session of `protocol` begins: returns its class, its code loaded (when short, again
+    after the heap's relief and a pause, heap.after_relief: the code needs blocks as large as
+    its largest function, and the other protocol's code can be unloaded only once its last
+    session has ended, which a client that sent QUIT and at once connected to the other port
+    may not have seen yet). MemoryError when there is no room for it even then; the session is
+    then not counted."""
     if not protocol[_SESSIONS] and protocol[_IDLE_SINCE] is None:
-        for relieved in (False, True):
-            try:
-                __import__(modules[0])
-                break
-            except MemoryError:
-                _unload(protocol)  # a module cut short is not kept
-                if relieved:
-                    raise
-                app.relieve_memory()
+        try:
+            _load(protocol)
+        except MemoryError:
+            await after_relief(app.relieve_memory, _load_again, protocol)
     protocol[_SESSIONS] += 1
     protocol[_IDLE_SINCE] = None
-    return getattr(sys.modules[modules[0]], protocol[_CLASS])
+    return getattr(sys.modules[protocol[_MODULES][0]], protocol[_CLASS])
+
+
+def _load(protocol):
+    try:
+        __import__(protocol[_MODULES][0])
+    except MemoryError:
+        if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
+            _unload(protocol)  # a module cut short is not kept
+        raise
+
+
+async def _load_again(protocol):
+    _load(protocol)
 
 
 def session_ended(protocol):
@@ -310,7 +321,7 @@ class Listener:
         slot = app.free_slots.pop()
         session = None
         try:
-            cls = session_begins(app, protocol)
+            cls = await session_begins(app, protocol)
             try:
                 conn = Connection(reader, slot)
                 session = cls(app, conn, peer, self.submission)
