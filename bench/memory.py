@@ -52,7 +52,7 @@ KB = 1024
 BOOT_MODULES = [
     "pocketpost", "pocketpost.log", "pocketpost.heap", "pocketpost.crypto", "pocketpost.users",
     "pocketpost.config", "pocketpost.console", "pocketpost.netio", "pocketpost.throttle",
-    "pocketpost.server", "pocketpost.mailbox", "pocketpost.store", "pocketpost.dates",
+    "pocketpost.server", "pocketpost.mailbox", "pocketpost.store",
     "pocketpost.app",
     "pocketpost.board", "pocketpost.board.unix",
 ]
