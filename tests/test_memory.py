@@ -6,7 +6,6 @@ reached at a chosen point, not by luck."""
 
 import base64
 import hashlib
-import socket
 
 import pytest
 
@@ -270,6 +269,45 @@ def test_tls_commit_short_of_memory_keeps_the_installed_certificate(make_board):
     assert shown["sha256"] == certificates.fingerprint(der_second[0])
     board.restart()
     assert board.request("tls.show")["sha256"] == certificates.fingerprint(der_second[0])
+
+
+def quit_after_deleting_two(board, leave, lasting):
+    """Delivers two messages, marks both deleted and sends QUIT with `leave` octets of the heap
+    free for it: (QUIT's reply, messages before, messages a new session finds after)."""
+    for i in range(2):
+        send_mail(board.smtp_port, b"Subject: doomed\r\n\r\nbody\r\n")
+    w = pop3_login(board.pop3_port)
+    before = int(w.cmd("STAT").split()[1])
+    assert w.cmd("DELE 1").startswith("+OK") and w.cmd("DELE 2").startswith("+OK")
+    hold(board, leave, next="pop3", lasting=lasting)
+    reply = w.cmd("QUIT")
+    w.close()
+    w = pop3_login(board.pop3_port)
+    after = int(w.cmd("STAT").split()[1])
+    assert w.cmd("QUIT") == "+OK Logging out."
+    w.close()
+    return reply, before, after
+
+
+def test_a_passing_shortage_anywhere_in_quit_still_deletes(board):
+    # The shortage meets QUIT at a different point for each `leave`: before its deletion began,
+    # while the journal was written, at its commit, at the index's rewrite. Each time the
+    # deletion goes on from where it stopped (a QUIT once answered +OK with nothing deleted:
+    # the shortage had come before the journal existed, and going on found nothing to finish).
+    for leave in range(0, 1600, 32):
+        assert quit_after_deleting_two(board, leave, False)[0::2] == ("+OK Logging out.", 0), leave
+
+
+def test_quit_that_stays_short_deletes_all_or_nothing_and_says_which(board):
+    for leave in range(1024, 1600, 48):
+        reply, before, after = quit_after_deleting_two(board, leave, True)
+        if reply == "+OK Logging out.":
+            assert after == before - 2, leave  # room enough, even so
+        elif reply == "-ERR [SYS/TEMP] Not enough memory, some deleted messages were not removed yet.":
+            assert after == before - 2, leave  # committed: finished when the mailbox is next opened
+        else:
+            assert (reply, after) == (POP3_NOMEM, before), leave  # nothing deleted
+    assert not any("INTERNAL" in line or "Traceback" in line for line in board.lines)
 
 
 def test_boot_check_short_of_memory_still_serves_and_finishes_later(make_board):

@@ -34,6 +34,9 @@ _LEGACY_MARK = const(35)  # "#"
 # fixed size, so UIDL n is found by bisection; records of deleted messages may stay (a seq is
 # never used twice, so they match nothing).
 UIDL_RECORD = const(80)
+# How far Mailbox.delete came (Mailbox.delete_step).
+DELETE_WRITTEN = const(1)
+DELETE_COMMITTED = const(2)
 # Sequence numbers have 8 digits: message names stay 8.3 names on FAT (no long-name entries).
 _MAX_SEQ = const(99999999)
 
@@ -92,6 +95,9 @@ class Mailbox:
         self.index = self.dir + "/index"
         # Messages per folder: known once the header has been read (create, read_header).
         self.per_folder = None
+        # How far the last delete() came: a caller that ran short of memory part-way goes on
+        # from there (DELETE_WRITTEN: the journal made, not committed; DELETE_COMMITTED).
+        self.delete_step = None
 
     # ---- layout
 
@@ -211,17 +217,29 @@ class Mailbox:
         yields once per message file removed, so that an async caller lets the other clients
         (and a board's watchdog feeder) run between removals: on an ESP32's card each takes
         ~0.1 s, and a mailbox may lose thousands at one QUIT. Once the journal is written the
-        deletion completes, now or at the next boot."""
-        tmp = self.dir + "/purge.new"
-        journal = self.dir + "/purge"
-        with open(tmp, "wb") as f:
+        deletion completes, now or at the next boot.
+
+        `delete_step` says how far it came, for a caller that ran short of memory (or met a
+        card error) part-way: None, nothing done that counts (do it all again); DELETE_WRITTEN,
+        the journal made but not committed (go on with commit_delete: the seqs were read from
+        the index as it was, which finishing an older journal may since have rewritten);
+        DELETE_COMMITTED (go on with finish_purge)."""
+        self.delete_step = None
+        with open(self.dir + "/purge.new", "wb") as f:
             for seq in seqs:
                 f.write("{:08d}\n".format(seq).encode())
+        self.delete_step = DELETE_WRITTEN
+        yield from self.commit_delete(buf)
+
+    def commit_delete(self, buf):
+        """Commits the journal delete() wrote and carries it out (a generator, as delete)."""
+        journal = self.dir + "/purge"
         if path_exists(journal):
             # An earlier deletion stopped part-way (a card error) and left its journal: it was
             # committed, so it is finished first; a rename must never go over it.
             yield from self._purge(buf)
-        os.rename(tmp, journal)
+        os.rename(self.dir + "/purge.new", journal)
+        self.delete_step = DELETE_COMMITTED
         yield from self._purge(buf)
 
     def finish_purge(self, buf):

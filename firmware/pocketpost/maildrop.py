@@ -10,7 +10,7 @@ from micropython import const
 
 from . import unload
 from .heap import after_relief
-from .mailbox import RECORD, parse_record, path_exists, read_records
+from .mailbox import DELETE_COMMITTED, DELETE_WRITTEN, RECORD, parse_record, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
 _RECORDS_PER_READ = const(12)
@@ -148,26 +148,31 @@ class Maildrop:
         """The UPDATE state: removes the messages marked deleted; returns how many. The other
         tasks get turns while files are removed (see Mailbox.delete).
 
-        A deletion that runs short of memory is done again, after `relieve()` has given heap
-        back and the other sessions have had a moment (heap.after_relief): from the start
-        while its journal is not committed (the index is as it was), else by finishing the
-        journal (each of whose steps can be redone: Mailbox.finish_purge). The messages are
-        numbered by the index as it was at login, which only this session changes, so the
-        journal is never made twice from an index already rewritten. Short every time: the
-        MemoryError is the caller's."""
+        It goes on from where an earlier call stopped (Mailbox.delete_step), so a QUIT that ran
+        short of memory can be run again. A deletion that runs short goes on after `relieve()` has
+        given heap back and the other sessions have had a moment (heap.after_relief): all again
+        while its journal is not made (the index is as it was), committing the journal once it is
+        made, finishing it once committed (each of whose steps can be redone:
+        Mailbox.finish_purge). The messages are numbered by the index as it was at login, which
+        only this session changes, so the journal is never made from an index already rewritten.
+        Short every time: the MemoryError is the caller's."""
         if not self.deleted_count:
             return 0
         try:
-            await _taking_turns(self.box.delete(self._deleted_seqs(), self.buf))
+            await self._update_from_last_step()
         except MemoryError:
-            await after_relief(relieve, self._resume_update, patient=True)
+            relieve()  # first: going on needs a few objects of its own
+            await after_relief(relieve, self._update_from_last_step, patient=True)
         return self.deleted_count
 
-    async def _resume_update(self):
+    async def _update_from_last_step(self):
         box = self.box
-        if path_exists(box.dir + "/purge"):  # committed (or an older deletion's, finished first)
+        step = box.delete_step
+        if step == DELETE_COMMITTED:
             await _taking_turns(box.finish_purge(self.buf))
-        if path_exists(box.dir + "/purge.new"):  # not committed: the index is unchanged
+        elif step == DELETE_WRITTEN:
+            await _taking_turns(box.commit_delete(self.buf))
+        else:
             await _taking_turns(box.delete(self._deleted_seqs(), self.buf))
 
 

@@ -9,6 +9,7 @@ from micropython import const
 from . import VERSION, crypto
 from .heap import after_relief
 from .maildrop import Maildrop
+from .mailbox import DELETE_COMMITTED
 from .server import Session
 from .transparency import send_file, send_top
 
@@ -194,6 +195,7 @@ class Pop3Session(Session):
         try:
             right = await check(*args)
         except MemoryError:  # (the check changes nothing: tried again a moment later)
+            app.relieve_memory()  # first: the retry needs a few objects of its own
             right = await after_relief(app.relieve_memory, check, *args)
         if not right:
             delay = app.throttle.failed(self.peer)
@@ -232,6 +234,7 @@ class Pop3Session(Session):
         try:
             return Maildrop(self.app.store, name)
         except MemoryError:
+            self.app.relieve_memory()  # first: the retry needs a few objects of its own
             return await after_relief(self.app.relieve_memory, self._maildrop, name)
 
     async def _maildrop(self, name):
@@ -259,8 +262,10 @@ class Pop3Session(Session):
                 conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
                 return True
             except MemoryError:
-                # Short again after the retry: the session ends (its numbering may no longer
-                # match the index), and a journal it committed is finished at the mailbox's
+                if self.drop.box.delete_step != DELETE_COMMITTED:
+                    raise  # nothing deleted yet: QUIT is run again, or answered as any command
+                # Short again after the retries: the session ends (its numbering may no longer
+                # match the index), and the journal it committed is finished at the mailbox's
                 # next opening (MailStore.existing_mailbox).
                 self.app.store.unfinished.add(self.name)
                 conn.put(b"-ERR [SYS/TEMP] Not enough memory, some deleted messages were not removed yet.\r\n")
@@ -269,7 +274,10 @@ class Pop3Session(Session):
                 except MemoryError:
                     pass
                 return True
-            self.log("logout {}, {} deleted".format(self.name, deleted))
+            try:
+                self.log("logout {}, {} deleted".format(self.name, deleted))
+            except MemoryError:
+                pass  # done: the reply matters more than the log line
             self.finish()  # unlocked before the reply: the client may log in again at once
         conn.put(b"+OK Logging out.\r\n")
         return True
@@ -380,7 +388,7 @@ _COMMANDS = {
     "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
     "STLS": (Pop3Session.cmd_stls, _AUTHORIZATION),
     "CAPA": (Pop3Session.cmd_capa, _ANY | _REDO),
-    "QUIT": (Pop3Session.cmd_quit, _ANY),
+    "QUIT": (Pop3Session.cmd_quit, _ANY | _REDO),  # its deletion goes on where it stopped
     "STAT": (Pop3Session.cmd_stat, _TRANSACTION | _REDO),
     "LIST": (Pop3Session.cmd_list, _TRANSACTION | _REDO),
     "RETR": (Pop3Session.cmd_retr, _TRANSACTION | _REDO),

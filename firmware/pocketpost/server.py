@@ -196,6 +196,7 @@ async def session_begins(app, protocol):
         try:
             _load(protocol)
         except MemoryError:
+            app.relieve_memory()  # first: the retry needs a few objects of its own
             await after_relief(app.relieve_memory, _load_again, protocol)
     protocol[_SESSIONS] += 1
     protocol[_IDLE_SINCE] = None

@@ -345,7 +345,9 @@ class SmtpSession(Session):
             except MemoryError:
                 # Short before any mailbox got its copy (incoming.kept): the message was received
                 # whole, so it is delivered again with the heap relieved, a moment later (the
-                # other sessions finish what they allocate), rather than sent again.
+                # other sessions finish what they allocate), rather than sent again. Relieved
+                # first: the retry needs a few objects of its own.
+                app.relieve_memory()
                 await after_relief(app.relieve_memory, incoming.commit, mailboxes, conn.outbuf, possible=lambda: incoming.kept, patient=True)
         except MemoryError:
             # Nothing was delivered that the log does not name (store.commit); the client
