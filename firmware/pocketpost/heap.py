@@ -59,18 +59,19 @@ _reserve = None
 # Pauses (ms) before each new try of a step that ran short of memory (after_relief): beside
 # other sessions a try right after the relief meets the same shortage, as they are still
 # allocating; a moment later most have finished and given their heap back. About a second in all,
-# or nearly four (`patient`) for a step whose failure costs the client more than the wait: the
-# end of a message received whole (sent again), a QUIT's deletions (which three files open at
-# once, each with its 512-octet sector buffer, need; under stress-ng at 160k, beside two clients
-# delivering 400 KB messages, a second was not always enough).
-_RETRY_PAUSES_MS = (60, 120, 240, 480, 960, 1920)
+# or 7.6 s (`patient`) for a step whose failure costs the client more than the wait: the end of
+# a message received whole (sent again), a QUIT's deletions (which three files open at once, each
+# with its 512-octet sector buffer, need). Under stress-ng at 160k, beside two clients delivering
+# 400 KB messages while another board ran the hostile loads, a second was not always enough,
+# nor were 3.8 s: the other clients hold their heap for as long as their transfers last.
+_RETRY_PAUSES_MS = (60, 120, 240, 480, 960, 1920, 3840)
 _QUICK_TRIES = const(4)
 
 
 async def after_relief(relieve, step, *args, possible=None, patient=False):
     """For a step that ran short of memory and can be tried again (it changed nothing, or goes
     on where it stopped): `await step(*args)` after `relieve()` and a pause, again while it runs
-    short, up to four times (six when `patient`); the last MemoryError is the caller's.
+    short, up to four times (seven when `patient`); the last MemoryError is the caller's.
     `possible()`, when given, says before each try whether one can still be made (else the
     MemoryError is raised)."""
     tries = len(_RETRY_PAUSES_MS) if patient else _QUICK_TRIES

@@ -115,8 +115,10 @@ class Session:
     async def command(self, handler, arg, redo=False):
         """Runs one command's handler; True when the session is to end (QUIT, too many bad
         commands, or a reply that ran short of memory after part of it had left). `redo`: the
-        command changes nothing before its reply, so a shortage met before any of its reply
-        left is answered by running it once more with the heap relieved."""
+        command changes nothing before its reply (or goes on where it stopped, as QUIT's
+        deletion), so a shortage met before any of its reply left is answered by running it
+        again with the heap relieved, after the pauses of heap.after_relief (the other sessions
+        give back what they hold a moment later)."""
         app = self.app
         try:
             return await self._command(handler, arg, redo)
@@ -125,18 +127,20 @@ class Session:
 
     async def _command(self, handler, arg, redo):
         app = self.app
-        mark = self.conn.mark()
+        conn = self.conn
+        mark = conn.mark()
         try:
             if app.hold_next is not None and app.hold_next[0] == self.NAME:
                 app.hold_for_next()  # the emulated board's test hook: a shortage in this command
             return await handler(self, arg)
         except MemoryError:
-            if not redo or not self.conn.rewind(mark):
+            if not redo or not conn.rewind(mark):
                 return not self.short_of_memory(mark)
-        app.relieve_memory()
+        app.relieve_memory()  # first: the runs again need a few objects of their own
         try:
             app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
-            return await handler(self, arg)
+            # Each run again begins where the reply began; none once part of a reply has left.
+            return await after_relief(app.relieve_memory, handler, self, arg, possible=lambda: conn.rewind(mark))
         except MemoryError:
             return not self.short_of_memory(mark)
 
