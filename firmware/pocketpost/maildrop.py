@@ -38,6 +38,7 @@ class Maildrop:
         self.deleted = [bytearray(_MARK_BLOCK) for _ in range((self.count + _MARK_MASK) >> _MARK_SHIFT)]
         self.deleted_count = 0
         self.deleted_octets = 0
+        self.retried = False  # the deletion ran short and was tried again (update)
 
     def is_deleted(self, n):
         n -= 1
@@ -155,12 +156,14 @@ class Maildrop:
         made, finishing it once committed (each of whose steps can be redone:
         Mailbox.finish_purge). The messages are numbered by the index as it was at login, which
         only this session changes, so the journal is never made from an index already rewritten.
-        Short every time: the MemoryError is the caller's."""
+        Short every time: the MemoryError is the caller's, with `retried` set (running QUIT
+        again would only repeat the tries)."""
         if not self.deleted_count:
             return 0
         try:
             await self._update_from_last_step()
         except MemoryError:
+            self.retried = True
             relieve()  # first: going on needs a few objects of its own
             await after_relief(relieve, self._update_from_last_step, patient=True)
         return self.deleted_count

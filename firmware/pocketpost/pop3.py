@@ -76,16 +76,17 @@ class Pop3Session(Session):
 
     # ---- session loop
 
+    def greeting(self):
+        if not self.app.users.apop_enabled():
+            return b"+OK pocketpost POP3 ready.\r\n"
+        self.timestamp = "<{}.{}@{}>".format(
+            int.from_bytes(os.urandom(4), "big"), self.app.log.uptime_ms(), self.app.config["hostname"]
+        )
+        return "+OK pocketpost POP3 ready. {}\r\n".format(self.timestamp).encode()
+
     async def run(self):
         conn = self.conn
-        self.log("connect")
-        greeting = "+OK pocketpost POP3 ready."
-        if self.app.users.apop_enabled():
-            self.timestamp = "<{}.{}@{}>".format(
-                int.from_bytes(os.urandom(4), "big"), self.app.log.uptime_ms(), self.app.config["hostname"]
-            )
-            greeting += " " + self.timestamp
-        conn.put(greeting.encode() + b"\r\n")
+        await self.greet()
         while True:
             line = await conn.readline(_MAX_COMMAND)
             if line is None:
@@ -262,8 +263,18 @@ class Pop3Session(Session):
                 conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
                 return True
             except MemoryError:
-                if self.drop.box.delete_step != DELETE_COMMITTED:
-                    raise  # nothing deleted yet: QUIT is run again, or answered as any command
+                drop = self.drop
+                if not drop.retried:
+                    raise  # short before the deletion began: QUIT is run again
+                if drop.box.delete_step != DELETE_COMMITTED:
+                    # Nothing deleted (the index is as it was): the session goes on.
+                    drop.retried = False
+                    conn.put(self.NOMEM_REPLY)
+                    try:
+                        self.log("QUIT: deletion not done (not enough memory)")
+                    except MemoryError:
+                        pass
+                    return False
                 # Short again after the retries: the session ends (its numbering may no longer
                 # match the index), and the journal it committed is finished at the mailbox's
                 # next opening (MailStore.existing_mailbox).

@@ -25,7 +25,8 @@ _IDLE_MS = const(3000)
 
 
 class Session:
-    """Base of a protocol session. Subclasses implement `run`."""
+    """Base of a protocol session. Subclasses implement `run` (which begins with `greet`) and
+    `greeting`."""
 
     # Config key of the idle time-out in seconds.
     TIMEOUT_KEY = ""
@@ -46,6 +47,24 @@ class Session:
         self.secure = False  # inside TLS
         self.tls_place = False  # holds one of the TLS session places
         self.bad_commands = 0
+
+    async def greet(self):
+        """Queues the greeting, made again after the heap's relief while it runs short (four
+        clients connecting at once beside four password checks had their sessions closed for
+        want of its few hundred octets); the last MemoryError is the caller's (the client is
+        told, and closed)."""
+        try:
+            self.log("connect")
+        except MemoryError:
+            pass  # the greeting matters more than the log line
+        try:
+            self.conn.put(self.greeting())
+        except MemoryError:
+            self.app.relieve_memory()  # first: the retries need a few objects of their own
+            await after_relief(self.app.relieve_memory, self._greet_again)
+
+    async def _greet_again(self):
+        self.conn.put(self.greeting())
 
     def timeout_ms(self):
         if self.conn.handshaking:
@@ -201,7 +220,7 @@ async def session_begins(app, protocol):
             _load(protocol)
         except MemoryError:
             app.relieve_memory()  # first: the retry needs a few objects of its own
-            await after_relief(app.relieve_memory, _load_again, protocol)
+            await after_relief(app.relieve_memory, _load_again, protocol, patient=True)
     protocol[_SESSIONS] += 1
     protocol[_IDLE_SINCE] = None
     return getattr(sys.modules[protocol[_MODULES][0]], protocol[_CLASS])

@@ -120,10 +120,12 @@ class SmtpSession(Session):
 
     # ---- session loop
 
+    def greeting(self):
+        return "220 {} ESMTP pocketpost\r\n".format(self.app.config["hostname"]).encode()
+
     async def run(self):
         conn = self.conn
-        self.log("connect")
-        self.reply("220 {} ESMTP pocketpost".format(self.app.config["hostname"]))
+        await self.greet()
         while True:
             line = await conn.readline(_MAX_LINE)
             if line is None:
