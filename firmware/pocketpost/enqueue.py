@@ -7,6 +7,7 @@ import os
 from micropython import const
 
 from . import unload
+from .heap import after_relief
 from .mailbox import path_exists, sync
 
 _ENOSPC = const(28)
@@ -79,10 +80,21 @@ async def data(session, incoming, qid, sender, rcpts, skip, size, mailboxes):
     as, or None when it could not be (the client has its temporary error, nothing is queued)."""
     app = session.app
     try:
-        qid = await enqueue(app, incoming, qid, sender, rcpts, skip, bool(mailboxes))
+        try:
+            qid = await enqueue(app, incoming, qid, sender, rcpts, skip, bool(mailboxes))
+        except MemoryError:
+            # Nothing was queued and the received message is as it was: queued again with the
+            # heap relieved, a moment later, as a delivery is (the envelope of 100 recipients
+            # ran short at 160k under stress-ng, and the client had to send it all again).
+            app.relieve_memory()
+            qid = await after_relief(app.relieve_memory, enqueue, app, incoming, qid, sender, rcpts, skip, bool(mailboxes), patient=True)
     except MemoryError:
         incoming.discard()
         app.relieve_memory()
+        try:
+            session.log("queueing {}: not enough memory".format(qid))
+        except MemoryError:
+            pass
         session.conn.put(session.NOMEM_REPLY)
         return None
     except OSError as e:
@@ -144,13 +156,14 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
     """Queues the received message `incoming` for `rcpts`, durably, before the client hears
     250. With `keep` the received file stays for local delivery (a copy is queued; its file is
     left open for Incoming.commit). Returns the ID it was queued as; raises OSError or
-    MemoryError with nothing queued."""
+    MemoryError with nothing queued and the received message where it was (so it can be
+    queued again)."""
     from .store import _copy_file
 
     outbox = _outbox()
 
     store = app.store
-    if incoming.error is None:
+    if incoming.error is None and incoming.file is not None:  # (closed by an earlier try)
         try:
             incoming.file.close()
         except OSError as e:
@@ -178,6 +191,7 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
     env.skip = skip
     env.rcpts = rcpts  # bare addresses: written with their state (no second list of them)
     tmp = None
+    moved = False
     try:
         if keep:
             # Copied in the temp folder, renamed into the queue: a .MSG is always complete.
@@ -187,11 +201,19 @@ async def enqueue(app, incoming, qid, sender, rcpts, skip, keep):
             incoming.file = open(incoming.path, "ab")  # Incoming.commit closes it again
         else:
             os.rename(incoming.path, msg)
+            moved = True
         outbox.write(store, env, "TMP", outbox.PENDING + "\t")
     except BaseException:
-        for path in (tmp, outbox.paths(store, qid)[1], msg):
+        for path in (tmp, outbox.paths(store, qid)[1]):
             if path is not None:
                 outbox._remove(path)
+        if moved:
+            try:
+                os.rename(msg, incoming.path)  # back where it was received
+            except OSError:
+                outbox._remove(msg)
+        else:
+            outbox._remove(msg)
         raise
     return qid
 
