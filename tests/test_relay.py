@@ -335,6 +335,39 @@ def test_queue_full_gets_452_and_local_delivery_goes_on(make_board, certs):
     assert len(wait_until(lambda: fetch(board))) == 1
 
 
+def test_queueing_short_of_memory_is_tried_again_and_never_half_done(make_board, certs):
+    # Nothing listens at the smarthost's port: what is queued stays listed.
+    board = relay_board(make_board, certs, free_port(), relay_time_scale=1000)
+    w = smtp_session(board.smtp_port)
+
+    def relay_mail(subject):
+        assert w.cmd("MAIL FROM:<alice@pocketpost.local>").startswith("250")
+        assert w.cmd("RCPT TO:<bob@example.org>").startswith("250")
+        assert w.cmd("DATA").startswith("354")
+        return w.cmd("Subject: {}\r\n\r\nbody\r\n.".format(subject))
+
+    # A passing shortage, at a different point of the queueing for each `leave` (before the
+    # received message was moved into the queue, after, as its envelope is written): queued by
+    # the next try, once.
+    queued = 0
+    for leave in range(0, 2400, 160):
+        board.request("debug.hold", leave=leave, next="queue")
+        assert relay_mail("first").startswith("250 2.0.0 Ok: queued as "), leave
+        queued += 1
+        assert len(board.request("queue.list")["messages"]) == queued, leave
+    # A shortage through every try: a temporary error, nothing queued, nothing left behind,
+    # and the client sends the message again.
+    board.request("debug.hold", leave=0, next="queue", lasting=True)
+    assert relay_mail("second") == "451 4.3.0 Not enough memory, try again later"
+    expect_log(board, ": not enough memory")
+    assert len(board.request("queue.list")["messages"]) == queued
+    assert relay_mail("second").startswith("250 2.0.0 Ok: queued as ")
+    assert len(board.request("queue.list")["messages"]) == queued + 1
+    w.cmd("QUIT")
+    w.close()
+    assert not any("INTERNAL" in line or "Traceback" in line for line in board.lines)
+
+
 def test_console_queue_requests(make_board, certs):
     port = free_port()
     board = relay_board(make_board, certs, port, relay_time_scale=1000)  # nothing listens yet

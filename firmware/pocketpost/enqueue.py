@@ -81,6 +81,8 @@ async def data(session, incoming, qid, sender, rcpts, skip, size, mailboxes):
     app = session.app
     try:
         try:
+            if app.hold_next is not None and app.hold_next[0] == "queue":
+                app.hold_for_next()  # the emulated board's test hook: a shortage in the queueing
             qid = await enqueue(app, incoming, qid, sender, rcpts, skip, bool(mailboxes))
         except MemoryError:
             # Nothing was queued and the received message is as it was: queued again with the
