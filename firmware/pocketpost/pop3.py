@@ -8,8 +8,8 @@ from micropython import const
 
 from . import VERSION, crypto
 from .heap import after_relief
-from .maildrop import Maildrop
 from .mailbox import DELETE_COMMITTED
+from .maildrop import Maildrop
 from .server import Session
 from .transparency import send_file, send_top
 
