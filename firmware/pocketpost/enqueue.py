@@ -7,7 +7,7 @@ import os
 from micropython import const
 
 from . import unload
-from .heap import after_relief
+from .heap import PATIENT, with_relief
 from .mailbox import path_exists, sync
 
 _ENOSPC = const(28)
@@ -80,23 +80,20 @@ async def data(session, incoming, qid, sender, rcpts, skip, size, mailboxes):
     as, or None when it could not be (the client has its temporary error, nothing is queued)."""
     app = session.app
     try:
-        try:
-            if app.hold_next is not None and app.hold_next[0] == "queue":
-                app.hold_for_next()  # the emulated board's test hook: a shortage in the queueing
-            qid = await enqueue(app, incoming, qid, sender, rcpts, skip, bool(mailboxes))
-        except MemoryError:
-            # Nothing was queued and the received message is as it was: queued again with the
-            # heap relieved, a moment later, as a delivery is (the envelope of 100 recipients
-            # ran short at 160k under stress-ng, and the client had to send it all again).
-            app.relieve_memory()
-            qid = await after_relief(app.relieve_memory, enqueue, app, incoming, qid, sender, rcpts, skip, bool(mailboxes), patient=True)
+        # Where it runs short, nothing was queued and the received message is as it was: queued
+        # again with the heap relieved, a moment later, as a delivery is (the envelope of 100
+        # recipients ran short at 160k under stress-ng, and the client had to send it all again).
+        queueing = with_relief(app.relieve_memory, enqueue, app, incoming, qid, sender, rcpts, skip, bool(mailboxes), again=PATIENT)
+        if app.hold_next is not None and app.hold_next[0] == "queue":
+            app.hold_for_next()  # the emulated board's test hook: a shortage in the queueing
+        qid = await queueing
     except MemoryError:
         incoming.discard()
         app.relieve_memory()
         try:
             session.log("queueing {}: not enough memory".format(qid))
         except MemoryError:
-            pass
+            app.log.warn(session.NAME, "queueing: not enough memory")  # (made without the heap)
         session.conn.put(session.NOMEM_REPLY)
         return None
     except OSError as e:

@@ -19,6 +19,7 @@ OCCASIONAL = (
     "pocketpost.requests.tls",
     "pocketpost.requests.tls_install",
     "pocketpost.requests.queue",
+    "pocketpost.requests.relay",
     "pocketpost.enqueue",
     "pocketpost.kept_uidls",
     "pocketpost.auth",
@@ -56,35 +57,56 @@ def largest_block():
 RESERVE = const(2048)
 _reserve = None
 
-# Pauses (ms) before each new try of a step that ran short of memory (after_relief): beside
+# Pauses (ms) before each new try of a step that ran short of memory (with_relief): beside
 # other sessions a try right after the relief meets the same shortage, as they are still
-# allocating; a moment later most have finished and given their heap back. About a second in all,
-# or 7.6 s (`patient`) for a step whose failure costs the client more than the wait: the end of
-# a message received whole (sent again), a QUIT's deletions (which three files open at once, each
-# with its 512-octet sector buffer, need). Under stress-ng at 160k, beside two clients delivering
-# 400 KB messages while another board ran the hostile loads, a second was not always enough,
-# nor were 3.8 s: the other clients hold their heap for as long as their transfers last.
+# allocating; a moment later most have finished and given their heap back. About a second in all
+# (QUICK), or 7.6 s (PATIENT) for a step whose failure costs the client more than the wait: the
+# end of a message received whole (sent again), a QUIT's deletions (which three files open at
+# once, each with its 512-octet sector buffer, need). Under stress-ng at 160k, beside two clients
+# delivering 400 KB messages while another board ran the hostile loads, a second was not always
+# enough, nor were 3.8 s: the other clients hold their heap for as long as their transfers last.
 _RETRY_PAUSES_MS = (60, 120, 240, 480, 960, 1920, 3840)
-_QUICK_TRIES = const(4)
+QUICK = const(4)
+PATIENT = const(7)
 
 
-async def after_relief(relieve, step, *args, possible=None, patient=False):
-    """For a step that ran short of memory and can be tried again (it changed nothing, or goes
-    on where it stopped): `await step(*args)` after `relieve()` and a pause, again while it runs
-    short, up to four times (seven when `patient`); the last MemoryError is the caller's.
-    `possible()`, when given, says before each try whether one can still be made (else the
-    MemoryError is raised)."""
-    tries = len(_RETRY_PAUSES_MS) if patient else _QUICK_TRIES
-    for i in range(tries):
-        if possible is not None and not possible():
-            raise MemoryError
-        relieve()
-        await asyncio.sleep_ms(_RETRY_PAUSES_MS[i])
+def _generator():
+    yield
+
+
+# What a coroutine is to MicroPython: a generator.
+_COROUTINE = type(_generator())
+
+
+async def with_relief(relieve, step, *args, again=QUICK, possible=None, note=None):
+    """Returns `step(*args)` (awaited when it is a coroutine). Where it runs short of memory and
+    can be tried again (it changed nothing, or goes on where it stopped), it is, up to `again`
+    times: each time after a pause and `relieve()`, while `possible()`, when given, says a try
+    can still be made; `note()`, when given, is called once before the first of them (a log
+    line). The last MemoryError is the caller's.
+
+    Everything the tries need (this coroutine, the bound methods passed in) is made before the
+    first try, while the heap has room: after a shortage nothing is allocated but the note."""
+    i = 0
+    while True:
         try:
-            return await step(*args)
+            result = step(*args)
+            if type(result) is _COROUTINE:
+                result = await result
+            return result
         except MemoryError:
-            if i == tries - 1:
+            if i == again or (possible is not None and not possible()):
                 raise
+        await asyncio.sleep_ms(_RETRY_PAUSES_MS[i])
+        # Relieved after the pause, right before the try: what the other tasks dropped
+        # meanwhile is collected for it too.
+        relieve()
+        if note is not None and not i:
+            try:
+                note()
+            except MemoryError:
+                pass  # the try matters more than the log line
+        i += 1
 
 
 def restore():

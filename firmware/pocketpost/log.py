@@ -40,11 +40,13 @@ class Log:
         if "\n" in line or "\r" in line or "\x03" in line:
             line = line.replace("\r", "\\r").replace("\n", "\\n").replace("\x03", "^C")
         self.out.write(line + "\n")  # one write: one system call on the unix board
-        self._keep(line.encode())
+        data = line.encode()
+        self._keep(data, len(data))
 
     def _without_heap(self, level, source, text):
         # The heap is short (the line may say so): the same line is assembled byte by byte in
-        # the scratch buffer made at start-up, which allocates nothing but a memoryview.
+        # the scratch buffer made at start-up, and kept and written from there: nothing is
+        # allocated (a line that says the heap ran short is written even with none left).
         buf = self.scratch
         ms = self.uptime_ms()
         n = _put_number(buf, 0, ms // 1000, 1)
@@ -56,29 +58,37 @@ class Log:
         n = _put_text(buf, n, source)
         n = _put_text(buf, n, ": ")
         n = _put_text(buf, n, text)
-        line = memoryview(buf)[:n]
-        self._keep(line)
+        self._keep(buf, n)
         buf[n] = _LF
-        self.out.write(memoryview(buf)[: n + 1])
+        self.out.write(buf, n + 1)  # (a stream's write(buf, length): no slice made)
 
-    def _keep(self, data):
-        # Appends data and a line end to the ring, wrapping at its end.
+    def _keep(self, data, n):
+        # Appends data[:n] and a line end to the ring, wrapping at its end.
         ring = self.ring
         size = len(ring)
-        n = len(data)
-        if self.pos + n <= size:
-            ring[self.pos : self.pos + n] = data
+        pos = self.pos
+        if data is self.scratch:
+            for i in range(n):  # octet by octet: a slice of the scratch buffer would be allocated
+                ring[pos] = data[i]
+                pos += 1
+                if pos == size:
+                    pos = 0
+                    self.wrapped = True
         else:
-            first = size - self.pos
-            ring[self.pos :] = data[:first]
-            ring[: n - first] = data[first:]
+            if pos + n < size:
+                ring[pos : pos + n] = data
+            else:
+                first = size - pos
+                ring[pos:] = data[:first]
+                ring[: n - first] = data[first:]
+                self.wrapped = True
+            pos = (pos + n) % size
+        ring[pos] = _LF
+        pos += 1
+        if pos == size:
+            pos = 0
             self.wrapped = True
-        self.pos = (self.pos + n) % size
-        ring[self.pos] = 10
-        self.pos += 1
-        if self.pos == size:
-            self.pos = 0
-            self.wrapped = True
+        self.pos = pos
 
     def info(self, source, text):
         self._line("INFO", source, text)
@@ -136,12 +146,13 @@ def _put_number(buf, n, value, width):
 
 def _put_text(buf, n, text):
     # Writes the printable ASCII of `text` at buf[n:] (other characters as "?"), cut at the end
-    # of the buffer less one octet for the line end; returns the end.
+    # of the buffer less one octet for the line end; returns the end. (By index: iterating a
+    # str allocates its iterator, while an ASCII character is an interned string.)
     end = len(buf) - 1
-    for c in text:
+    for i in range(len(text)):
         if n >= end:
             break
-        c = ord(c)
+        c = ord(text[i])
         buf[n] = c if 32 <= c < 127 else 63
         n += 1
     return n

@@ -9,7 +9,7 @@ import time
 from micropython import const
 
 from . import unload
-from .heap import after_relief
+from .heap import PATIENT, with_relief
 from .mailbox import DELETE_COMMITTED, DELETE_WRITTEN, RECORD, parse_record, read_records
 
 # Index records read at a time (LIST, UIDL, the deletion journal); also TOP's file buffer.
@@ -151,7 +151,7 @@ class Maildrop:
 
         It goes on from where an earlier call stopped (Mailbox.delete_step), so a QUIT that ran
         short of memory can be run again. A deletion that runs short goes on after `relieve()` has
-        given heap back and the other sessions have had a moment (heap.after_relief): all again
+        given heap back and the other sessions have had a moment (heap.with_relief): all again
         while its journal is not made (the index is as it was), committing the journal once it is
         made, finishing it once committed (each of whose steps can be redone:
         Mailbox.finish_purge). The messages are numbered by the index as it was at login, which
@@ -160,12 +160,12 @@ class Maildrop:
         again would only repeat the tries)."""
         if not self.deleted_count:
             return 0
+        going_on = with_relief(relieve, self._update_from_last_step, again=PATIENT)  # (short here: not begun)
         try:
-            await self._update_from_last_step()
+            await going_on
         except MemoryError:
             self.retried = True
-            relieve()  # first: going on needs a few objects of its own
-            await after_relief(relieve, self._update_from_last_step, patient=True)
+            raise
         return self.deleted_count
 
     async def _update_from_last_step(self):

@@ -7,7 +7,7 @@ import os
 from micropython import const
 
 from . import VERSION, crypto
-from .heap import after_relief
+from .heap import with_relief
 from .mailbox import DELETE_COMMITTED
 from .maildrop import Maildrop
 from .server import Session
@@ -193,11 +193,8 @@ class Pop3Session(Session):
             self.log("login refused (too many failures): {}".format(name))
             conn.put(_ERR_LOCKED_OUT)
             return
-        try:
-            right = await check(*args)
-        except MemoryError:  # (the check changes nothing: tried again a moment later)
-            app.relieve_memory()  # first: the retry needs a few objects of its own
-            right = await after_relief(app.relieve_memory, check, *args)
+        # (The check changes nothing: where it runs short, it is tried again a moment later.)
+        right = await with_relief(app.relieve_memory, check, *args)
         if not right:
             delay = app.throttle.failed(self.peer)
             self.log("login failed: {} ({})".format(name, how))
@@ -214,7 +211,10 @@ class Pop3Session(Session):
             conn.put(_ERR_IN_USE)
             return
         try:
-            self.drop = await self._open_maildrop(name)
+            # A mailbox of thousands of messages needs its deletion marks in one go: when the
+            # heap is short, what can be given back is, and it is tried again a moment later,
+            # while the other sessions finish what they allocate (heap.with_relief).
+            self.drop = await with_relief(app.relieve_memory, Maildrop, app.store, name)
         except (OSError, ValueError) as e:
             app.store.unlock(name)
             app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
@@ -227,19 +227,6 @@ class Pop3Session(Session):
         self.state = _TRANSACTION
         self.log("login {} ({}), {} messages".format(name, how, self.drop.count))
         conn.put("+OK Logged in, {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
-
-    async def _open_maildrop(self, name):
-        # A mailbox of thousands of messages needs its deletion marks in one go: when the heap
-        # is short, what can be given back is, and it is tried again a moment later, while the
-        # other sessions finish what they allocate (heap.after_relief).
-        try:
-            return Maildrop(self.app.store, name)
-        except MemoryError:
-            self.app.relieve_memory()  # first: the retry needs a few objects of its own
-            return await after_relief(self.app.relieve_memory, self._maildrop, name)
-
-    async def _maildrop(self, name):
-        return Maildrop(self.app.store, name)
 
     # ---- both states
 

@@ -11,7 +11,7 @@ from asyncio.core import _io_queue
 from micropython import const
 
 from . import unload
-from .heap import after_relief
+from .heap import PATIENT, QUICK, with_relief
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
 
@@ -57,13 +57,9 @@ class Session:
             self.log("connect")
         except MemoryError:
             pass  # the greeting matters more than the log line
-        try:
-            self.conn.put(self.greeting())
-        except MemoryError:
-            self.app.relieve_memory()  # first: the retries need a few objects of their own
-            await after_relief(self.app.relieve_memory, self._greet_again)
+        await with_relief(self.app.relieve_memory, self._greet)
 
-    async def _greet_again(self):
+    def _greet(self):
         self.conn.put(self.greeting())
 
     def timeout_ms(self):
@@ -136,7 +132,7 @@ class Session:
         commands, or a reply that ran short of memory after part of it had left). `redo`: the
         command changes nothing before its reply (or goes on where it stopped, as QUIT's
         deletion), so a shortage met before any of its reply left is answered by running it
-        again with the heap relieved, after the pauses of heap.after_relief (the other sessions
+        again with the heap relieved, after the pauses of heap.with_relief (the other sessions
         give back what they hold a moment later)."""
         app = self.app
         try:
@@ -149,19 +145,16 @@ class Session:
         conn = self.conn
         mark = conn.mark()
         try:
+            # Each run again begins where the reply began; none once part of a reply has left.
+            run = with_relief(app.relieve_memory, handler, self, arg, again=QUICK if redo else 0, possible=lambda: conn.rewind(mark), note=self._note_run_again)
             if app.hold_next is not None and app.hold_next[0] == self.NAME:
                 app.hold_for_next()  # the emulated board's test hook: a shortage in this command
-            return await handler(self, arg)
-        except MemoryError:
-            if not redo or not conn.rewind(mark):
-                return not self.short_of_memory(mark)
-        app.relieve_memory()  # first: the runs again need a few objects of their own
-        try:
-            app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
-            # Each run again begins where the reply began; none once part of a reply has left.
-            return await after_relief(app.relieve_memory, handler, self, arg, possible=lambda: conn.rewind(mark))
+            return await run
         except MemoryError:
             return not self.short_of_memory(mark)
+
+    def _note_run_again(self):
+        self.app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
 
     def short_of_memory(self, mark):
         """A command ran out of memory (a MemoryError reached the session loop): the heap gets
@@ -210,17 +203,13 @@ SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + (_SHARED,)
 
 async def session_begins(app, protocol):
     """A session of `protocol` begins: returns its class, its code loaded (when short, again
-    after the heap's relief and a pause, heap.after_relief: the code needs blocks as large as
+    after a pause and the heap's relief, heap.with_relief: the code needs blocks as large as
     its largest function, and the other protocol's code can be unloaded only once its last
     session has ended, which a client that sent QUIT and at once connected to the other port
     may not have seen yet). MemoryError when there is no room for it even then; the session is
     then not counted."""
     if not protocol[_SESSIONS] and protocol[_IDLE_SINCE] is None:
-        try:
-            _load(protocol)
-        except MemoryError:
-            app.relieve_memory()  # first: the retry needs a few objects of its own
-            await after_relief(app.relieve_memory, _load_again, protocol, patient=True)
+        await with_relief(app.relieve_memory, _load, protocol, again=PATIENT)
     protocol[_SESSIONS] += 1
     protocol[_IDLE_SINCE] = None
     return getattr(sys.modules[protocol[_MODULES][0]], protocol[_CLASS])
@@ -233,10 +222,6 @@ def _load(protocol):
         if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
             _unload(protocol)  # a module cut short is not kept
         raise
-
-
-async def _load_again(protocol):
-    _load(protocol)
 
 
 def session_ended(protocol):

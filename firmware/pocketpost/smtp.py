@@ -9,7 +9,7 @@ from micropython import const
 from . import unload
 from .config import valid_domain
 from .dates import rfc5322_date
-from .heap import after_relief
+from .heap import PATIENT, with_relief
 from .server import Session
 from .transparency import receive_data
 
@@ -342,15 +342,10 @@ class SmtpSession(Session):
                 return
         try:
             # The output buffer is empty now (the 354 went out): it holds the copies' chunks.
-            try:
-                await incoming.commit(mailboxes, conn.outbuf)
-            except MemoryError:
-                # Short before any mailbox got its copy (incoming.kept): the message was received
-                # whole, so it is delivered again with the heap relieved, a moment later (the
-                # other sessions finish what they allocate), rather than sent again. Relieved
-                # first: the retry needs a few objects of its own.
-                app.relieve_memory()
-                await after_relief(app.relieve_memory, incoming.commit, mailboxes, conn.outbuf, possible=lambda: incoming.kept, patient=True)
+            # Short before any mailbox got its copy (incoming.kept): the message was received
+            # whole, so it is delivered again with the heap relieved, a moment later (the other
+            # sessions finish what they allocate), rather than sent again.
+            await with_relief(app.relieve_memory, incoming.commit, mailboxes, conn.outbuf, again=PATIENT, possible=lambda: incoming.kept)
         except MemoryError:
             # Nothing was delivered that the log does not name (store.commit); the client
             # hears a temporary error and sends the message again.
