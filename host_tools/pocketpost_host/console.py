@@ -19,10 +19,12 @@ REPLY_PREFIX = "PP< "
 # The firmware discards longer request lines (console.MAX_REQUEST).
 MAX_REQUEST = 1024
 DEFAULT_TIMEOUT = 5.0
-# A board short of memory answers NOMEM having done nothing: the request is sent again after a
-# pause, this many times.
-NOMEM_RETRIES = 3
-NOMEM_PAUSE_S = 0.5
+# A board short of memory answers NOMEM having done nothing: the request is sent again after
+# each of these pauses (7.5 s in all: a pass of the relay or the collector, or a client's
+# delivery, can hold the board's heap for seconds; at 160k a relay board's queue.list met NOMEM
+# four times in 1.5 s while the relay's pass for a message just queued ran).
+NOMEM_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
+NOMEM_RETRIES = len(NOMEM_PAUSES_S)
 
 
 class ConsoleClient:
@@ -48,7 +50,7 @@ class ConsoleClient:
             except BoardError as e:
                 if e.code != "NOMEM" or attempt == self.nomem_retries:
                     raise
-                time.sleep(NOMEM_PAUSE_S)
+                time.sleep(NOMEM_PAUSES_S[attempt])
 
     def _request_once(self, command, args, timeout):
         rid = f"h{next(self._ids)}"

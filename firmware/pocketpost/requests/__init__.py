@@ -65,7 +65,7 @@ _ROUTES = {
     "tls.commit": "tls_install",
     "tls.show": "tls",
     "queue.list": "queue", "queue.show": "queue", "queue.flush": "queue", "queue.delete": "queue",
-    "relay.ca.begin": "queue", "relay.ca.chunk": "queue", "relay.ca.commit": "queue", "relay.ca.show": "queue",
+    "relay.ca.begin": "relay", "relay.ca.chunk": "relay", "relay.ca.commit": "relay", "relay.ca.show": "relay",
 }
 
 
@@ -75,7 +75,7 @@ def _handler(command):
     if area is None and command[:8] == "collect.":
         area = "collect"  # collect.list, .add, .del, .now, .clock: no entries (heap) of their own
     if area is None and command == "relay.clock":
-        area = "queue"  # the emulated board's test hook (requests/queue.py)
+        area = "relay"  # the emulated board's test hook (requests/relay.py)
     if area is None:
         return None
     module = __import__("pocketpost.requests." + area, None, None, (area,))
