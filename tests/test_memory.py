@@ -6,12 +6,14 @@ reached at a chosen point, not by luck."""
 
 import base64
 import hashlib
+import time
 
 import pytest
 
 import sd_card
 from emulated_board import TEST_ITERATIONS
 from pocketpost_host import tls as certificates
+from pocketpost_host.console import NOMEM_RETRIES
 from pocketpost_host.errors import BoardError
 from pocketpost_host.passwords import hash_password
 
@@ -41,7 +43,7 @@ def raw_request(board, command, **args):
     try:
         return board.request(command, **args)
     finally:
-        board.console.nomem_retries = 3
+        board.console.nomem_retries = NOMEM_RETRIES
 
 
 def deliver_many(port, count, body=b"Subject: bulk\r\n\r\nline\r\n"):
@@ -185,7 +187,7 @@ def test_a_passing_shortage_at_data_is_met_by_running_it_again(board):
     assert login.cmd("STAT").startswith("+OK 1 ")  # stored once
     login.cmd("QUIT")
     # The reserve given up for the redo is taken again once the sessions have ended.
-    assert board.request("info")["heap_reserve"] == 2048
+    assert reserve_taken_again(board)
 
 
 def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
@@ -215,7 +217,7 @@ def test_auth_short_of_memory_is_a_temporary_error(board):
     assert s.cmd(plain) == SMTP_NOMEM
     assert s.cmd(plain).startswith("235")  # the shortage counted as no failed login
     s.cmd("QUIT")
-    assert board.request("info")["heap_reserve"] == 2048
+    assert reserve_taken_again(board)
 
 
 def test_auth_code_that_cannot_load_is_loaded_again_after_a_relief(board):
@@ -269,6 +271,19 @@ def test_tls_commit_short_of_memory_keeps_the_installed_certificate(make_board):
     assert shown["sha256"] == certificates.fingerprint(der_second[0])
     board.restart()
     assert board.request("tls.show")["sha256"] == certificates.fingerprint(der_second[0])
+
+
+def reserve_taken_again(board):
+    """Whether the 2 KB reserve given up in a shortage is taken again once the sessions have
+    ended: at once where the heap has a block for it, else by the once-a-second pass after
+    the protocols' code is unloaded (3 s without a session; at 112k on 32-bit the heap had no
+    2 KB block before)."""
+    deadline = time.monotonic() + 6
+    while board.request("info")["heap_reserve"] != 2048:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def quit_after_deleting_two(board, leave, lasting):
