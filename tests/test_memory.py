@@ -204,6 +204,35 @@ def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
     assert w.cmd("QUIT") == "+OK Logging out."
 
 
+def test_auth_short_of_memory_after_its_prompts_is_a_temporary_failure_and_the_session_goes_on(board):
+    # AUTH LOGIN's prompts have been answered, so the command cannot be run again: a temporary
+    # failure (SMTP: RFC 4954's 454 4.7.0), never the session closed (at 112k on 32 bits it
+    # was closed with 421), and the next AUTH logs in.
+    user = base64.b64encode(b"alice").decode()
+    password = base64.b64encode(b"wonderland").decode()
+    s = smtp_session(board.smtp_port)
+    hold(board, 0, next="auth", lasting=True)
+    assert s.cmd("AUTH LOGIN") == "334 VXNlcm5hbWU6"
+    assert s.cmd(user) == "334 UGFzc3dvcmQ6"
+    assert s.cmd(password) == "454 4.7.0 Temporary authentication failure (not enough memory)"
+    assert board.wait_log("INFO smtp: 127.0.0.1 AUTH LOGIN: not enough memory") or board.wait_log("WARN smtp: AUTH: not enough memory")
+    assert s.cmd("AUTH LOGIN") == "334 VXNlcm5hbWU6"
+    assert s.cmd(user) == "334 UGFzc3dvcmQ6"
+    assert s.cmd(password) == "235 2.7.0 Authentication successful"
+    s.cmd("QUIT")
+    w = Wire(board.pop3_port)
+    w.line()
+    hold(board, 0, next="auth", lasting=True)
+    assert w.cmd("AUTH LOGIN") == "+ VXNlcm5hbWU6"
+    assert w.cmd(user) == "+ UGFzc3dvcmQ6"
+    assert w.cmd(password) == POP3_NOMEM
+    assert w.cmd("AUTH LOGIN") == "+ VXNlcm5hbWU6"
+    assert w.cmd(user) == "+ UGFzc3dvcmQ6"
+    assert w.cmd(password).startswith("+OK Logged in")
+    assert w.cmd("QUIT") == "+OK Logging out."
+    assert not any("INTERNAL" in line or "Traceback" in line for line in board.lines)
+
+
 def test_auth_short_of_memory_is_a_temporary_error(board):
     plain = "AUTH PLAIN " + base64.b64encode(b"\x00alice\x00wonderland").decode()
     w = Wire(board.pop3_port)

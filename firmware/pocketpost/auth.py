@@ -6,6 +6,7 @@ import asyncio
 from micropython import const
 
 from . import sasl
+from .heap import with_relief
 
 # A SASL response line (RFC 5034 §4 lets it exceed POP3's command limit; SMTP takes its own
 # command limit, which RFC 4954 asks to be generous).
@@ -15,6 +16,25 @@ _MAX_SMTP_LINE = const(768)
 
 async def _refuse(*args):
     return False
+
+
+def _check_point(app):
+    # The emulated board's test hook (debug.hold next="auth"): a shortage from here on, once
+    # the exchange's prompts have left.
+    if app.hold_next is not None and app.hold_next[0] == "auth":
+        app.hold_for_next()
+
+
+def _short_after_prompts(session, mechanism, reply):
+    """A shortage met once the exchange's prompts had left (the command cannot be run again, as
+    its client has answered them): `reply`, a temporary failure, and the session goes on."""
+    app = session.app
+    app.relieve_memory()
+    session.conn.put(reply)
+    try:
+        session.log("AUTH {}: not enough memory".format(mechanism))
+    except MemoryError:
+        app.log.warn(session.NAME, "AUTH: not enough memory")  # (made without the heap)
 
 
 async def pop3(session, arg):
@@ -32,24 +52,30 @@ async def pop3(session, arg):
         conn.put(b"-ERR Unsupported authentication mechanism.\r\n")
         return
     mechanism, initial = command
+    prompted = False
 
     async def challenge(prompt):
+        nonlocal prompted
+        prompted = True
         conn.put(b"+ " + prompt.encode() + b"\r\n")
         line = await conn.readline(_MAX_POP3_LINE)
         return None if line is None else str(line, "ascii")
 
     try:
         name, password = await sasl.credentials(mechanism, initial, challenge)
+        _check_point(session.app)
+        if name is None:  # asked to act as another user
+            await session.login("?", "AUTH " + mechanism, _refuse)
+        else:
+            await session.login(name, "AUTH " + mechanism, session.app.users.verify, name, password)
     except sasl.Cancelled:
         conn.put(b"-ERR Authentication cancelled.\r\n")
-        return
     except sasl.Malformed:
         conn.put(b"-ERR Invalid base64 data or SASL message.\r\n")
-        return
-    if name is None:  # asked to act as another user
-        await session.login("?", "AUTH " + mechanism, _refuse)
-    else:
-        await session.login(name, "AUTH " + mechanism, session.app.users.verify, name, password)
+    except MemoryError:
+        if not prompted:
+            raise  # nothing has left: the command's temporary error (Session.command)
+        _short_after_prompts(session, mechanism, session.NOMEM_REPLY)
 
 
 async def smtp(session, arg):
@@ -76,20 +102,33 @@ async def smtp(session, arg):
         conn.put(b"454 4.7.0 Temporary authentication failure\r\n")
         return
 
+    prompted = False
+
     async def challenge(prompt):
+        nonlocal prompted
+        prompted = True
         session.reply("334 " + prompt)
         line = await conn.readline(_MAX_SMTP_LINE)
         return None if line is None else str(line, "ascii")
 
     try:
         name, password = await sasl.credentials(mechanism, initial, challenge)
+        _check_point(app)
+        # (The check changes nothing: where it runs short, it is tried again a moment later.)
+        right = name is not None and await with_relief(app.relieve_memory, app.users.verify, name, password)
     except sasl.Cancelled:
         conn.put(b"501 5.7.0 Authentication aborted\r\n")
         return
     except sasl.Malformed:
         conn.put(b"501 5.5.2 Cannot decode response\r\n")
         return
-    if name is None or not await app.users.verify(name, password):
+    except MemoryError:
+        if not prompted:
+            raise  # nothing has left: the command's temporary error (Session.command)
+        # RFC 4954 §6: 454 4.7.0, a temporary server failure.
+        _short_after_prompts(session, mechanism, b"454 4.7.0 Temporary authentication failure (not enough memory)\r\n")
+        return
+    if not right:
         delay = app.throttle.failed(session.peer)
         session.log("AUTH {} failed: {}".format(mechanism, name))
         await conn.flush()
