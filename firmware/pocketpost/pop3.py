@@ -48,6 +48,7 @@ _ERR_STATE = b"-ERR Command not valid in this state.\r\n"
 _ERR_TOO_LONG = b"-ERR Line too long.\r\n"
 _ERR_BAD_TEXT = b"-ERR Command is not valid text.\r\n"
 _ERR_TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
+_OK_LOGGED_IN = b"+OK Logged in.\r\n"  # (when the heap has no room for the counts)
 ERR_PLAINTEXT = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
 
 
@@ -223,10 +224,19 @@ class Pop3Session(Session):
         except MemoryError:
             app.store.unlock(name)
             raise  # answered by the session loop
+        # Logged in from here on: a shortage must not answer -ERR to a session that is now in
+        # the TRANSACTION state, its mailbox locked.
+        try:
+            reply = "+OK Logged in, {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode()
+        except MemoryError:
+            reply = _OK_LOGGED_IN
         self.name = name
         self.state = _TRANSACTION
-        self.log("login {} ({}), {} messages".format(name, how, self.drop.count))
-        conn.put("+OK Logged in, {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
+        try:
+            self.log("login {} ({}), {} messages".format(name, how, self.drop.count))
+        except MemoryError:
+            app.log.info(self.NAME, "login (no memory for its details)")  # (made without the heap)
+        conn.put(reply)
 
     # ---- both states
 
