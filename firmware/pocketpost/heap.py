@@ -81,9 +81,9 @@ _COROUTINE = type(_generator())
 async def with_relief(relieve, step, *args, again=QUICK, possible=None, note=None):
     """Returns `step(*args)` (awaited when it is a coroutine). Where it runs short of memory and
     can be tried again (it changed nothing, or goes on where it stopped), it is, up to `again`
-    times: each time after a pause and `relieve()`, while `possible()`, when given, says a try
-    can still be made; `note()`, when given, is called once before the first of them (a log
-    line). The last MemoryError is the caller's.
+    times: each time after `relieve()`, a pause and `relieve()` again, while `possible()`, when
+    given, says a try can still be made; `note()`, when given, is called once before the first
+    of them (a log line). The last MemoryError is the caller's.
 
     Everything the tries need (this coroutine, the bound methods passed in) is made before the
     first try, while the heap has room: after a shortage nothing is allocated but the note."""
@@ -97,15 +97,16 @@ async def with_relief(relieve, step, *args, again=QUICK, possible=None, note=Non
         except MemoryError:
             if i == again or (possible is not None and not possible()):
                 raise
-        await asyncio.sleep_ms(_RETRY_PAUSES_MS[i])
-        # Relieved after the pause, right before the try: what the other tasks dropped
-        # meanwhile is collected for it too.
         relieve()
         if note is not None and not i:
             try:
                 note()
             except MemoryError:
                 pass  # the try matters more than the log line
+        await asyncio.sleep_ms(_RETRY_PAUSES_MS[i])
+        # Relieved again right before the try: what the other tasks dropped during the pause
+        # is collected for it too (the relief before the pause lets them finish with it).
+        relieve()
         i += 1
 
 
