@@ -45,11 +45,14 @@ class App:
         self.hold_leave = 0
         self.hold_lasting = False
 
-    def hold_for_next(self):
-        """Test hook: holds the heap asked for the next command or request (hold_next), until
-        that command ends (its caller then drops `held_next`) or the heap is relieved. Taken
-        right before the handler runs, after a collection, so the handler meets the shortage
-        whatever the timing."""
+    def hold_point(self, target):
+        """Test hook, where `target`'s shortage begins (debug.hold next=target: a command of a
+        POP3 or SMTP session, a console request, a TLS socket, a handshake, a queueing, an AUTH
+        check): holds the heap asked for, if any, until that command ends (its caller then
+        drops `held_next`) or the heap is relieved. Taken right before the step runs, after a
+        collection, so the step meets the shortage whatever the timing."""
+        if self.hold_next is None or self.hold_next[0] != target:
+            return
         _, self.hold_leave, self.hold_lasting = self.hold_next
         self.hold_next = None
         self.held_next = heap.hold(self.hold_leave)

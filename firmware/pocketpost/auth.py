@@ -18,13 +18,6 @@ async def _refuse(*args):
     return False
 
 
-def _check_point(app):
-    # The emulated board's test hook (debug.hold next="auth"): a shortage from here on, once
-    # the exchange's prompts have left.
-    if app.hold_next is not None and app.hold_next[0] == "auth":
-        app.hold_for_next()
-
-
 def _short_after_prompts(session, mechanism, reply):
     """A shortage met once the exchange's prompts had left (the command cannot be run again, as
     its client has answered them): `reply`, a temporary failure, and the session goes on."""
@@ -63,7 +56,7 @@ async def pop3(session, arg):
 
     try:
         name, password = await sasl.credentials(mechanism, initial, challenge)
-        _check_point(session.app)
+        session.app.hold_point("auth")  # the emulated board's test hook: a shortage from here on
         if name is None:  # asked to act as another user
             await session.login("?", "AUTH " + mechanism, _refuse)
         else:
@@ -113,7 +106,7 @@ async def smtp(session, arg):
 
     try:
         name, password = await sasl.credentials(mechanism, initial, challenge)
-        _check_point(app)
+        app.hold_point("auth")  # the emulated board's test hook: a shortage from here on
         # (The check changes nothing: where it runs short, it is tried again a moment later.)
         right = name is not None and await with_relief(app.relieve_memory, app.users.verify, name, password)
     except sasl.Cancelled:

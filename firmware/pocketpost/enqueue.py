@@ -84,8 +84,7 @@ async def data(session, incoming, qid, sender, rcpts, skip, size, mailboxes):
         # again with the heap relieved, a moment later, as a delivery is (the envelope of 100
         # recipients ran short at 160k under stress-ng, and the client had to send it all again).
         queueing = with_relief(app.relieve_memory, enqueue, app, incoming, qid, sender, rcpts, skip, bool(mailboxes), again=PATIENT)
-        if app.hold_next is not None and app.hold_next[0] == "queue":
-            app.hold_for_next()  # the emulated board's test hook: a shortage in the queueing
+        app.hold_point("queue")  # the emulated board's test hook: a shortage in the queueing
         qid = await queueing
     except MemoryError:
         incoming.discard()

@@ -147,8 +147,7 @@ class Session:
         try:
             # Each run again begins where the reply began; none once part of a reply has left.
             run = with_relief(app.relieve_memory, handler, self, arg, again=QUICK if redo else 0, possible=lambda: conn.rewind(mark), note=self._note_run_again)
-            if app.hold_next is not None and app.hold_next[0] == self.NAME:
-                app.hold_for_next()  # the emulated board's test hook: a shortage in this command
+            app.hold_point(self.NAME)  # the emulated board's test hook: a shortage in this command
             return await run
         except MemoryError:
             return not self.short_of_memory(mark)
@@ -307,16 +306,14 @@ class Listener:
         if not await _tls_place(session):
             app.log.warn(session.NAME, "{} refused: {} TLS sessions already".format(session.peer, app.tls.sessions))
             return False
-        if app.hold_next is not None and app.hold_next[0] == "tls":
-            app.hold_for_next()  # the emulated board's test hook: a shortage for the TLS socket
+        app.hold_point("tls")  # the emulated board's test hook: a shortage for the TLS socket
         try:
             session.begin_tls()
         except MemoryError:
             app.relieve_memory()
             app.log.warn(session.NAME, "{} refused: no memory for TLS".format(session.peer))
             return False
-        if app.hold_next is not None and app.hold_next[0] == "handshake":
-            app.hold_for_next()  # the test hook: a shortage in the handshake and the greeting
+        app.hold_point("handshake")  # the test hook: a shortage in the handshake and the greeting
         return True
 
     async def _client(self, reader, writer):

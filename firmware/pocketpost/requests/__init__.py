@@ -154,8 +154,7 @@ def _run(console, rid, command, args):
     handler = _handler(command)
     if handler is None:
         raise RequestError("UNKNOWN", "unknown command; known: " + " ".join(sorted(_ROUTES)))
-    if app.hold_next is not None and app.hold_next[0] == "console":
-        app.hold_for_next()  # the shortage lasts until the reply is written (console.py)
+    app.hold_point("console")  # the test hook's shortage lasts until the reply is written (console.py)
     return handler(app, args)
 
 
