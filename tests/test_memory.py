@@ -204,6 +204,29 @@ def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
     assert w.cmd("QUIT") == "+OK Logging out."
 
 
+def test_a_passing_shortage_in_dele_and_rset_is_met_by_running_them_again(board):
+    # DELE and RSET answer before they change the marks (which allocates nothing), so a
+    # shortage leaves nothing half-done and each is run again: one message marked, once.
+    send_mail(board.smtp_port, b"Subject: one\r\n\r\n1\r\n")
+    send_mail(board.smtp_port, b"Subject: two\r\n\r\n2\r\n")
+    w = pop3_login(board.pop3_port)
+    hold(board, 0, next="pop3")
+    assert w.cmd("DELE 1") == "+OK Marked to be deleted."
+    assert board.wait_log("WARN pop3: 127.0.0.1 short of memory for a command, run again")
+    assert w.cmd("STAT") == "+OK 1 {}".format(w.cmd("LIST 2").split()[2])
+    assert w.cmd("DELE 1") == "-ERR Message is deleted."
+    hold(board, 0, next="pop3")
+    assert w.cmd("RSET").startswith("+OK 2 messages (")
+    assert w.cmd("STAT").startswith("+OK 2 ")
+    assert w.cmd("DELE 2") == "+OK Marked to be deleted."
+    assert w.cmd("QUIT") == "+OK Logging out."
+    assert board.wait_log("logout alice, 1 deleted")
+    w = pop3_login(board.pop3_port)
+    assert w.cmd("STAT").startswith("+OK 1 ")
+    assert w.cmd("TOP 1 0").startswith("+OK")
+    assert b"Subject: one" in w.multiline()
+    w.cmd("QUIT")
+
 def test_auth_short_of_memory_after_its_prompts_is_a_temporary_failure_and_the_session_goes_on(board):
     # AUTH LOGIN's prompts have been answered, so the command cannot be run again: a temporary
     # failure (SMTP: RFC 4954's 454 4.7.0), never the session closed (at 112k on 32 bits it

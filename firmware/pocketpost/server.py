@@ -135,22 +135,19 @@ class Session:
         again with the heap relieved, after the pauses of heap.with_relief (the other sessions
         give back what they hold a moment later)."""
         app = self.app
-        try:
-            return await self._command(handler, arg, redo)
-        finally:
-            app.held_next = None  # the test hook's shortage for this command, if any
-
-    async def _command(self, handler, arg, redo):
-        app = self.app
         conn = self.conn
         mark = conn.mark()
         try:
             # Each run again begins where the reply began; none once part of a reply has left.
+            # (One coroutine for the command and its guard: each frame of a command in flight is
+            # heap that four sessions at once hold four times.)
             run = with_relief(app.relieve_memory, handler, self, arg, again=QUICK if redo else 0, possible=lambda: conn.rewind(mark), note=self._note_run_again)
             app.hold_point(self.NAME)  # the emulated board's test hook: a shortage in this command
             return await run
         except MemoryError:
             return not self.short_of_memory(mark)
+        finally:
+            app.held_next = None  # the test hook's shortage for this command, if any
 
     def _note_run_again(self):
         self.app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
