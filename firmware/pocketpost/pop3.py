@@ -393,7 +393,7 @@ class Pop3Session(Session):
 
 
 _COMMANDS = {
-    "USER": (Pop3Session.cmd_user, _AUTHORIZATION),
+    "USER": (Pop3Session.cmd_user, _AUTHORIZATION | _REDO),  # sets the name again, to the same
     "PASS": (Pop3Session.cmd_pass, _AUTHORIZATION),
     "APOP": (Pop3Session.cmd_apop, _AUTHORIZATION),
     "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
