@@ -50,8 +50,10 @@ def largest_block():
     return size
 
 
-# The largest block worth gathering code into (plug_holes): less, and the holes are as good.
+# The largest block worth gathering code into (plug_holes): less, and the holes are as good; and
+# what plug_holes leaves free in the holes.
 _PLUG_WORTH = const(4096)
+_PLUG_LEFT = const(1024)
 
 
 def plug_holes():
@@ -67,12 +69,16 @@ def plug_holes():
     largest = bytearray(size)
     plugs = None
     try:
-        while True:
-            # One block of the smallest size worth plugging (a 6-item tuple: 64 octets on a
-            # 64-bit port, 32 on a 32-bit one, two blocks of the heap's either way).
-            plugs = (plugs, 0, 0, 0, 0, 0)
+        # Until less than _PLUG_LEFT is left in the holes, rather than until the heap runs out:
+        # a MicroPython that grows its heap where it runs out (the ESP32's newer builds, from
+        # the memory Wi-Fi and TLS also need) would grow it for plugs.
+        while gc.mem_free() > _PLUG_LEFT:
+            for _ in range(16):
+                # One block of the smallest size worth plugging (a 6-item tuple: 64 octets on
+                # a 64-bit port, 32 on a 32-bit one, two blocks of the heap's either way).
+                plugs = (plugs, 0, 0, 0, 0, 0)
     except MemoryError:
-        pass  # every hole of that size is plugged
+        pass  # holes too small for a plug make up the rest
     largest = None  # (freed by the next collection, which the next allocation that fits no hole makes)
     return plugs
 

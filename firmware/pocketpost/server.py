@@ -212,25 +212,20 @@ async def session_begins(app, protocol):
 
 
 def _load(protocol):
-    # Into one block if the heap has one large enough (heap.plug_holes), else wherever it fits.
+    # Into one block if the heap has one large enough (heap.plug_holes), else (the block too
+    # short for it) wherever it fits.
     plugs = plug_holes()
-    try:
-        __import__(protocol[_MODULES][0])
-        return
-    except MemoryError:
-        if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
-            _unload(protocol)  # a module cut short is not kept
-        if plugs is None:
-            raise
-    finally:
+    while True:
+        try:
+            __import__(protocol[_MODULES][0])
+            return
+        except MemoryError:
+            if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
+                _unload(protocol)  # a module cut short is not kept
+            if plugs is None:
+                raise
         plugs = None
-    gc.collect()
-    try:
-        __import__(protocol[_MODULES][0])
-    except MemoryError:
-        if not protocol[_SESSIONS]:
-            _unload(protocol)
-        raise
+        gc.collect()
 
 
 def session_ended(protocol):
