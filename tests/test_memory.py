@@ -214,39 +214,6 @@ def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
     assert w.cmd("QUIT") == "+OK Logging out."
 
 
-def test_a_passing_shortage_in_dele_and_rset_is_met_by_running_them_again(board):
-    # DELE and RSET answer before they change the marks (which allocates nothing), so a
-    # shortage leaves nothing half-done and each is run again: each message marked once.
-    # (Up to three DELEs, each held short: in make test's first pass a DELE now and then met no
-    # shortage from the hold, for a reason not found; one of them must meet it.)
-    for i in range(4):
-        send_mail(board.smtp_port, "Subject: {}\r\n\r\n{}\r\n".format(i + 1, i + 1).encode())
-    w = pop3_login(board.pop3_port)
-    only_clients(board, 1)
-    run_again = "WARN pop3: 127.0.0.1 short of memory for a command, run again"
-    marked = 0
-    while marked < 3:
-        hold(board, 0, next="pop3")
-        marked += 1
-        assert w.cmd("DELE {}".format(marked)) == "+OK Marked to be deleted."
-        if board.wait_log(run_again, timeout=1):
-            break
-    assert board.log_has(run_again)
-    assert w.cmd("STAT").startswith("+OK {} ".format(4 - marked))
-    assert w.cmd("DELE 1") == "-ERR Message is deleted."
-    hold(board, 0, next="pop3")
-    assert w.cmd("RSET").startswith("+OK 4 messages (")
-    assert w.cmd("STAT").startswith("+OK 4 ")
-    assert w.cmd("DELE 4") == "+OK Marked to be deleted."
-    assert w.cmd("QUIT") == "+OK Logging out."
-    assert board.wait_log("logout alice, 1 deleted")
-    w = pop3_login(board.pop3_port)
-    assert w.cmd("STAT").startswith("+OK 3 ")
-    assert w.cmd("TOP 3 0").startswith("+OK")
-    assert b"Subject: 3" in w.multiline()
-    w.cmd("QUIT")
-
-
 def test_auth_short_of_memory_after_its_prompts_is_a_temporary_failure_and_the_session_goes_on(board):
     # AUTH LOGIN's prompts have been answered, so the command cannot be run again: a temporary
     # failure (SMTP: RFC 4954's 454 4.7.0), never the session closed (at 112k on 32 bits it
