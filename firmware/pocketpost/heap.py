@@ -50,39 +50,6 @@ def largest_block():
     return size
 
 
-# The largest block worth gathering code into (plug_holes): less, and the holes are as good; and
-# what plug_holes leaves free in the holes.
-_PLUG_WORTH = const(4096)
-_PLUG_LEFT = const(1024)
-
-
-def plug_holes():
-    """Fills the heap's holes with small blocks while its largest free block is held out of
-    their way, then lets that block go: until the plugs returned are dropped, what is allocated
-    lies in that block, in one piece, not in the holes among the sessions' blocks. For code
-    loaded for a while (a protocol's): spread over those holes, it left them in fragments of a
-    few hundred octets each once it was unloaded. None (nothing held) when the heap has no block
-    of _PLUG_WORTH; the caller tries again without the plugs if the block was too short."""
-    size = largest_block()
-    if size < _PLUG_WORTH:
-        return None
-    largest = bytearray(size)
-    plugs = None
-    try:
-        # Until less than _PLUG_LEFT is left in the holes, rather than until the heap runs out:
-        # a MicroPython that grows its heap where it runs out (the ESP32's newer builds, from
-        # the memory Wi-Fi and TLS also need) would grow it for plugs.
-        while gc.mem_free() > _PLUG_LEFT:
-            for _ in range(16):
-                # One block of the smallest size worth plugging (a 6-item tuple: 64 octets on
-                # a 64-bit port, 32 on a 32-bit one, two blocks of the heap's either way).
-                plugs = (plugs, 0, 0, 0, 0, 0)
-    except MemoryError:
-        pass  # holes too small for a plug make up the rest
-    largest = None  # (freed by the next collection, which the next allocation that fits no hole makes)
-    return plugs
-
-
 # A block held while memory is plentiful and given up where a MemoryError is caught: the command
 # that ran short can then be answered, or redone where that is safe, from a block of this size
 # in one piece, however fragmented the rest of the heap is. Taken again when no client session is

@@ -11,7 +11,7 @@ from asyncio.core import _io_queue
 from micropython import const
 
 from . import unload
-from .heap import PATIENT, QUICK, plug_holes, with_relief
+from .heap import PATIENT, QUICK, with_relief
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
 
@@ -212,20 +212,12 @@ async def session_begins(app, protocol):
 
 
 def _load(protocol):
-    # Into one block if the heap has one large enough (heap.plug_holes), else (the block too
-    # short for it) wherever it fits.
-    plugs = plug_holes()
-    while True:
-        try:
-            __import__(protocol[_MODULES][0])
-            return
-        except MemoryError:
-            if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
-                _unload(protocol)  # a module cut short is not kept
-            if plugs is None:
-                raise
-        plugs = None
-        gc.collect()
+    try:
+        __import__(protocol[_MODULES][0])
+    except MemoryError:
+        if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
+            _unload(protocol)  # a module cut short is not kept
+        raise
 
 
 def session_ended(protocol):
