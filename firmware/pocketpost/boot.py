@@ -8,6 +8,7 @@ import os
 from . import VERSION
 from .config import Config
 from .console import MAX_REQUEST
+from .heap import COLLECT_EVERY
 from .heap import restore as restore_reserve
 from .log import Log
 from .netio import Slot
@@ -19,6 +20,7 @@ def start(board):
     is the servers'."""
     from . import unload
 
+    gc.threshold(COLLECT_EVERY)
     _intern_names()
     log = Log(board.console_out)
     log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))

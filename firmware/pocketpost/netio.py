@@ -250,3 +250,10 @@ class Connection:
             await self.stream.wait_closed()
         except OSError:
             pass
+
+    def close_now(self):
+        """Closes the socket without a coroutine, where the heap has no room for one."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass

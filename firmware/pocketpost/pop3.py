@@ -197,9 +197,14 @@ class Pop3Session(Session):
         # (The check changes nothing: where it runs short, it is tried again a moment later.)
         right = await with_relief(app.relieve_memory, check, *args)
         if not right:
+            # Counted as a failure from here on: a shortage must not make it a temporary error
+            # (the client would try the same password again, and be counted twice).
             delay = app.throttle.failed(self.peer)
-            self.log("login failed: {} ({})".format(name, how))
-            await conn.flush()
+            try:
+                self.log("login failed: {} ({})".format(name, how))
+                await conn.flush()
+            except MemoryError:
+                pass  # the answer matters more than the log line, and waits for the delay anyway
             await asyncio.sleep_ms(delay)
             conn.put(_ERR_AUTH)
             return
@@ -216,14 +221,15 @@ class Pop3Session(Session):
             # heap is short, what can be given back is, and it is tried again a moment later,
             # while the other sessions finish what they allocate (heap.with_relief).
             self.drop = await with_relief(app.relieve_memory, Maildrop, app.store, name)
-        except (OSError, ValueError) as e:
-            app.store.unlock(name)
-            app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
-            conn.put(_ERR_STORAGE)
-            return
+        # (One class a clause, MemoryError first: a tuple of classes is made as its clause is
+        # tried, and on a short heap its own MemoryError would skip the unlocking.)
         except MemoryError:
             app.store.unlock(name)
             raise  # answered by the session loop
+        except OSError as e:  # the card
+            return self._cannot_open(name, e)
+        except ValueError as e:  # a damaged index
+            return self._cannot_open(name, e)
         # Logged in from here on: a shortage must not answer -ERR to a session that is now in
         # the TRANSACTION state, its mailbox locked.
         try:
@@ -237,6 +243,16 @@ class Pop3Session(Session):
         except MemoryError:
             app.log.info(self.NAME, "login (no memory for its details)")  # (made without the heap)
         conn.put(reply)
+
+    def _update_failed(self, e):
+        self.app.log.exception(self.NAME, "{} update failed for {}".format(self.peer, self.name), e)
+        self.conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
+        return True
+
+    def _cannot_open(self, name, e):
+        self.app.store.unlock(name)
+        self.app.log.exception(self.NAME, "{} cannot open mailbox {}".format(self.peer, name), e)
+        self.conn.put(_ERR_STORAGE)
 
     # ---- both states
 
@@ -255,11 +271,7 @@ class Pop3Session(Session):
         if self.state == _TRANSACTION:
             try:
                 deleted = await self.drop.update(self.app.relieve_memory)
-            except (OSError, ValueError) as e:
-                self.app.log.exception(self.NAME, "{} update failed for {}".format(self.peer, self.name), e)
-                conn.put(b"-ERR [SYS/TEMP] Some deleted messages were not removed.\r\n")
-                return True
-            except MemoryError:
+            except MemoryError:  # (first, and alone: see login)
                 drop = self.drop
                 if not drop.retried:
                     raise  # short before the deletion began: QUIT is run again
@@ -282,6 +294,10 @@ class Pop3Session(Session):
                 except MemoryError:
                     pass
                 return True
+            except OSError as e:  # the card
+                return self._update_failed(e)
+            except ValueError as e:  # a damaged index
+                return self._update_failed(e)
             try:
                 self.log("logout {}, {} deleted".format(self.name, deleted))
             except MemoryError:
@@ -378,19 +394,22 @@ class Pop3Session(Session):
             return self._bad(_ERR_SYNTAX)
         found = self._message(n)
         if found:
-            self.drop.mark_deleted(found[0], found[2])
+            # The reply first: marking allocates nothing, so a shortage leaves nothing marked
+            # and DELE can be run again (_REDO).
             self.conn.put(b"+OK Marked to be deleted.\r\n")
+            self.drop.mark_deleted(found[0], found[2])
 
     async def cmd_noop(self, arg):
         self.conn.put(b"+OK\r\n")
 
     async def cmd_rset(self, arg):
-        self.drop.unmark_all()
+        # The reply first (as DELE's): unmarking allocates nothing.
         self.conn.put("+OK {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
+        self.drop.unmark_all()
 
 
 _COMMANDS = {
-    "USER": (Pop3Session.cmd_user, _AUTHORIZATION),
+    "USER": (Pop3Session.cmd_user, _AUTHORIZATION | _REDO),  # sets the name again, to the same
     "PASS": (Pop3Session.cmd_pass, _AUTHORIZATION),
     "APOP": (Pop3Session.cmd_apop, _AUTHORIZATION),
     "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
@@ -400,9 +419,9 @@ _COMMANDS = {
     "STAT": (Pop3Session.cmd_stat, _TRANSACTION | _REDO),
     "LIST": (Pop3Session.cmd_list, _TRANSACTION | _REDO),
     "RETR": (Pop3Session.cmd_retr, _TRANSACTION | _REDO),
-    "DELE": (Pop3Session.cmd_dele, _TRANSACTION),
+    "DELE": (Pop3Session.cmd_dele, _TRANSACTION | _REDO),
     "NOOP": (Pop3Session.cmd_noop, _TRANSACTION | _REDO),
-    "RSET": (Pop3Session.cmd_rset, _TRANSACTION),
+    "RSET": (Pop3Session.cmd_rset, _TRANSACTION | _REDO),
     "TOP": (Pop3Session.cmd_top, _TRANSACTION | _REDO),
     "UIDL": (Pop3Session.cmd_uidl, _TRANSACTION | _REDO),
 }

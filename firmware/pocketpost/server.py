@@ -185,6 +185,8 @@ _SESSIONS = const(5)
 _IDLE_SINCE = const(6)
 # The module the sessions of both protocols use: it goes with the last protocol's code.
 _SHARED = "pocketpost.transparency"
+# Both protocols, for loops that must allocate nothing (a tuple written in place is made anew).
+_PROTOCOLS = (POP3, SMTP)
 # Every module of the sessions' code (boot.py interns their names).
 SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + (_SHARED,)
 
@@ -230,7 +232,7 @@ def unload_idle(now=None):
     """Unloads the code of each protocol that has no session open: at once (`now` None: the
     heap ran short, or the relay or the collector is to run), or once it has had none for
     _IDLE_MS. (A session keeps its code: unloaded, it would be loaded a second time beside it.)"""
-    for protocol in (POP3, SMTP):
+    for protocol in _PROTOCOLS:  # (the heap may be short: this runs in a relief)
         since = protocol[_IDLE_SINCE]
         if since is not None and not protocol[_SESSIONS] and (now is None or time.ticks_diff(now, since) >= _IDLE_MS):
             _unload(protocol)
@@ -352,12 +354,18 @@ class Listener:
             session = cls = None
             session_ended(protocol)
             return
-        entry = [session, asyncio.current_task(), False]  # session, task, timed out
-        app.sessions.append(entry)
+        entry = None
         try:
+            # (In the try: the heap may be short here too, after a handshake most of all.)
+            entry = [session, asyncio.current_task(), False]  # session, task, timed out
+            app.sessions.append(entry)
             await session.run()
             await conn.flush()
-        except (Closed, OSError):  # the peer closed, or the connection broke (ECONNRESET, EPIPE)
+        # (One class a clause: a tuple of them is made as the clause is tried, and where the
+        # heap is short, that MemoryError would replace the one being caught and end the task.)
+        except Closed:  # the peer closed
+            pass
+        except OSError:  # the connection broke (ECONNRESET, EPIPE)
             pass
         except MemoryError:
             # Short of memory outside a command (reading a line, or while answering one).
@@ -368,7 +376,7 @@ class Listener:
             except MemoryError:
                 pass
         except asyncio.CancelledError:
-            if entry[2]:
+            if entry is not None and entry[2]:
                 session.log("idle time-out")
                 _last_word(conn, session.timeout_reply())
         except Exception as e:
@@ -376,11 +384,16 @@ class Listener:
             sys.print_exception(e)
             _last_word(conn, cls.FAILED_REPLY)
         finally:
+            app.held_next = None  # the test hook's shortage for its handshake, if any
             session.finish()
             session.release()
-            app.sessions.remove(entry)
+            if entry is not None and entry in app.sessions:
+                app.sessions.remove(entry)
             app.free_slots.append(slot)
-            await conn.close()
+            try:
+                await conn.close()
+            except MemoryError:  # no room for the coroutine: closed all the same
+                conn.close_now()
             conn = session = entry = cls = None
             session_ended(protocol)
             gc.collect()
@@ -430,11 +443,11 @@ async def reap_idle(app):
     while True:
         await asyncio.sleep(1)
         beat()
-        now = time.ticks_ms()
-        unload_idle(now)
-        if not app.sessions:
-            restore_reserve()  # given up where a shortage was met: taken again when idle
         try:
+            now = time.ticks_ms()
+            unload_idle(now)
+            if not app.sessions:
+                restore_reserve()  # given up where a shortage was met: taken again when idle
             _time_out_idle(app, now)
         except MemoryError:  # tried again in a second: a shortage never ends this task
             gc.collect()

@@ -210,16 +210,24 @@ class Incoming:
                         delivered[name] = box.deliver(copies[i], self.size, store.rec)
                     else:
                         delivered[name] = None
-            except (OSError, MemoryError) as e:
+            # (One class a clause: a tuple of classes is made as the clause is tried, and on a
+            # short heap its own MemoryError would skip the clean-up.)
+            except MemoryError:
                 # Short before the first copy was placed: the received message stays.
-                keep = 1 if i == 0 and isinstance(e, MemoryError) and path_exists(copies[0]) else 0
-                _remove_all(copies[i + keep :])
-                self.kept = keep == 1
-                if delivered:
-                    store.log.error("store", "delivery failed part-way; delivered to {}".format(", ".join(delivered)))
+                self._placed_part_way(store, copies, i, delivered, i == 0 and path_exists(copies[0]))
+                raise
+            except OSError:
+                self._placed_part_way(store, copies, i, delivered, False)
                 raise
         sync()  # on the card before the client hears 250
         return delivered
+
+    def _placed_part_way(self, store, copies, i, delivered, keep):
+        # The copies not placed yet go (but the received message, when `keep`, for another try).
+        _remove_all(copies[i + 1 if keep else i :])
+        self.kept = keep
+        if delivered:
+            store.log.error("store", "delivery failed part-way; delivered to {}".format(", ".join(delivered)))
 
 
 async def _copy_file(src, dst, buf):
