@@ -121,6 +121,7 @@ class Smarthost:
         # thread (its calls run in order, the stop after them).
         controller = self.controller
         for session in controller.sessions:
-            if session.transport is not None:
-                controller.loop.call_soon_threadsafe(session.transport.close)
+            transport = getattr(session, "transport", None)  # (none before its connection_made)
+            if transport is not None:
+                controller.loop.call_soon_threadsafe(transport.close)
         controller.stop()

@@ -229,10 +229,18 @@ class App:
                     gc.collect()
                 if getattr(self, "relay_bounces", False):  # set by relay.py
                     self.relay_bounces = False
-                    from . import bounce
-
                     try:
+                        from . import bounce
+
                         await bounce.run(self)
+                    except MemoryError:
+                        # A shortage must not end this task (at 160k a bounce's envelope once
+                        # found no 600 octets): the bounces are made again at the next pass.
+                        self.relieve_memory()
+                        self.relay_bounces = True
+                        self.relay_short = True
+                        self.log.warn("relay", "not enough memory for the bounces now")
+                        wait = 5000
                     finally:
                         bounce = None
                         unload("pocketpost.bounce")

@@ -152,36 +152,14 @@ def hold(leave):
     """Test hook (the console's debug.hold, emulated board only): takes heap until only `leave`
     octets are free, in blocks of 1,000 octets down to 12 (as fragments of a long-running heap
     would be), and returns what holds them; dropping it gives them back."""
-    holding = _holding(leave)
-    next(holding)
-    return holding
-
-
-def _holding(leave):
-    # A generator, so that its frame is kept with the blocks: a function's frame too large for
-    # the C stack comes from the heap and is freed as it returns, which would leave the step
-    # held short that much room (a USER or an RSET then met no shortage).
     global _reserve
     _reserve = None  # a shortage it is: the reserve goes first
-    held = None  # a chain of [previous, block]: no list that must grow in one piece
-    failure = None
-    taken = True
-    while taken:
-        # Collected first, and again after a pass that took something: garbage is room that
-        # gc.mem_free() does not count as free, but the step's first failed allocation would
-        # collect, and meet no shortage. (Each link is made before its block, so that a block
-        # without room for its link is never left as garbage.)
-        gc.collect()
-        taken = False
-        for size in (1000, 250, 60, 12):
-            try:
-                while gc.mem_free() > leave + size:
-                    held = [held, None]
-                    held[1] = bytearray(size)
-                    taken = True
-            except MemoryError as e:
-                # No block of that size is left: smaller ones. The error is kept: made in the
-                # last free octets (its message too), it would be garbage the step's first
-                # failed allocation collects, and meet no shortage.
-                failure = e
-    yield failure
+    gc.collect()
+    held = None  # a chain of (previous, block): no list that must grow in one piece
+    for size in (1000, 250, 60, 12):
+        try:
+            while gc.mem_free() > leave + size:
+                held = (held, bytearray(size))
+        except MemoryError:
+            pass  # no block of that size is left: smaller ones
+    return held

@@ -394,22 +394,19 @@ class Pop3Session(Session):
             return self._bad(_ERR_SYNTAX)
         found = self._message(n)
         if found:
-            # The reply first: marking allocates nothing, so a shortage leaves nothing marked
-            # and DELE can be run again (_REDO).
-            self.conn.put(b"+OK Marked to be deleted.\r\n")
             self.drop.mark_deleted(found[0], found[2])
+            self.conn.put(b"+OK Marked to be deleted.\r\n")
 
     async def cmd_noop(self, arg):
         self.conn.put(b"+OK\r\n")
 
     async def cmd_rset(self, arg):
-        # The reply first (as DELE's): unmarking allocates nothing.
-        self.conn.put("+OK {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
         self.drop.unmark_all()
+        self.conn.put("+OK {} messages ({} octets).\r\n".format(self.drop.count, self.drop.octets).encode())
 
 
 _COMMANDS = {
-    "USER": (Pop3Session.cmd_user, _AUTHORIZATION | _REDO),  # sets the name again, to the same
+    "USER": (Pop3Session.cmd_user, _AUTHORIZATION),
     "PASS": (Pop3Session.cmd_pass, _AUTHORIZATION),
     "APOP": (Pop3Session.cmd_apop, _AUTHORIZATION),
     "AUTH": (Pop3Session.cmd_auth, _AUTHORIZATION),
@@ -419,9 +416,9 @@ _COMMANDS = {
     "STAT": (Pop3Session.cmd_stat, _TRANSACTION | _REDO),
     "LIST": (Pop3Session.cmd_list, _TRANSACTION | _REDO),
     "RETR": (Pop3Session.cmd_retr, _TRANSACTION | _REDO),
-    "DELE": (Pop3Session.cmd_dele, _TRANSACTION | _REDO),
+    "DELE": (Pop3Session.cmd_dele, _TRANSACTION),
     "NOOP": (Pop3Session.cmd_noop, _TRANSACTION | _REDO),
-    "RSET": (Pop3Session.cmd_rset, _TRANSACTION | _REDO),
+    "RSET": (Pop3Session.cmd_rset, _TRANSACTION),
     "TOP": (Pop3Session.cmd_top, _TRANSACTION | _REDO),
     "UIDL": (Pop3Session.cmd_uidl, _TRANSACTION | _REDO),
 }
