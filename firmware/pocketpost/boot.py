@@ -8,7 +8,6 @@ import os
 from . import VERSION
 from .config import Config
 from .console import MAX_REQUEST
-from .heap import COLLECT_EVERY
 from .heap import restore as restore_reserve
 from .log import Log
 from .netio import Slot
@@ -20,7 +19,6 @@ def start(board):
     is the servers'."""
     from . import unload
 
-    gc.threshold(COLLECT_EVERY)
     _intern_names()
     log = Log(board.console_out)
     log.info("boot", "pocketpost {} on board {}".format(VERSION, board.name))

@@ -50,16 +50,6 @@ def largest_block():
     return size
 
 
-# Octets allocated between two collections (gc.threshold, set at boot). Without a threshold
-# MicroPython collects only when an allocation fails, so until then each new block lands above
-# the garbage of the ones before: a session's lasting blocks, and the protocols' code loaded with
-# their first client, end up scattered over the whole heap, and the garbage between them, once
-# collected, leaves holes too small for the next 300-octet coroutine frame. Collected every few
-# KB, the heap fills from the bottom and its top stays in one piece. Measured on the unix port,
-# four clients at once at 160k while stress-ng kept both cores busy: 4 runs of 4 passed with
-# 4096 (and with 2048), 3 of 4 with 8192, 1 of 4 without.
-COLLECT_EVERY = const(4096)
-
 # A block held while memory is plentiful and given up where a MemoryError is caught: the command
 # that ran short can then be answered, or redone where that is safe, from a block of this size
 # in one piece, however fragmented the rest of the heap is. Taken again when no client session is
