@@ -197,10 +197,35 @@ def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
     assert w.cmd("RETR 1").startswith("+OK")
     assert b"Subject: read me\r\n\r\nbody\r\n" in unstuff(w.multiline())
     assert board.wait_log("WARN pop3: 127.0.0.1 short of memory for a command, run again")
-    hold(board, 0, next="pop3", lasting=True)  # the temporary error, and the session goes on
-    assert w.cmd("TOP 1 0") == POP3_NOMEM
+    # Lasting: the temporary error, and the session goes on. (RETR again, not the smaller TOP:
+    # the test hook leaves a few hundred octets in holes, which TOP's allocations fitted once
+    # in a CI run.)
+    hold(board, 0, next="pop3", lasting=True)
+    assert w.cmd("RETR 1") == POP3_NOMEM
     assert w.cmd("TOP 1 0").startswith("+OK")
     w.multiline()
+    assert w.cmd("QUIT") == "+OK Logging out."
+
+
+def test_a_client_taken_short_of_memory_is_taken_again_or_refused_and_the_port_serves_on(board):
+    # A passing shortage as a connection is taken (its stream and its task): taken again with
+    # the heap relieved, and served.
+    hold(board, 0, next="accept")
+    w = Wire(board.pop3_port)
+    assert w.line() == "+OK pocketpost POP3 ready."
+    assert board.wait_log("WARN pop3: a client taken again after a shortage")
+    assert w.cmd("QUIT") == "+OK Logging out."
+    w.close()
+    # A lasting one: the client hears the temporary error, and the port takes the next one.
+    hold(board, 0, next="accept", lasting=True)
+    w = Wire(board.smtp_port)
+    assert w.line() == "421 4.3.0 Not enough memory, try again later"
+    w.close()
+    assert board.wait_log("WARN smtp: a client refused: not enough memory")
+    s = smtp_session(board.smtp_port)
+    assert s.cmd("NOOP") == "250 2.0.0 Ok"
+    s.cmd("QUIT")
+    w = pop3_login(board.pop3_port)
     assert w.cmd("QUIT") == "+OK Logging out."
 
 

@@ -5,7 +5,7 @@ import gc
 import os
 import sys
 
-from . import heap, unload
+from . import heap, load, unload
 from .console import Console
 from .server import POP3, SMTP, Listener, reap_idle, unload_idle
 from .store import MailStore
@@ -212,8 +212,7 @@ class App:
                         self.relay_short = False
                         self.relieve_memory()
                     unload_idle()  # the code of the protocols, between their clients
-                    from . import relay
-
+                    relay = load("pocketpost.relay", "pocketpost.outbox")
                     wait = await relay.run(self)
                 except MemoryError:
                     self.relieve_memory()
@@ -230,8 +229,7 @@ class App:
                 if getattr(self, "relay_bounces", False):  # set by relay.py
                     self.relay_bounces = False
                     try:
-                        from . import bounce
-
+                        bounce = load("pocketpost.bounce", "pocketpost.outbox")
                         await bounce.run(self)
                     except MemoryError:
                         # A shortage must not end this task (at 160k a bounce's envelope once

@@ -10,7 +10,7 @@ from asyncio.core import _io_queue
 
 from micropython import const
 
-from . import unload
+from . import load, unload
 from .heap import PATIENT, QUICK, with_relief
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
@@ -111,12 +111,10 @@ class Session:
         loading, which changes nothing, is tried again after a shortage: the code needs blocks
         as large as its largest function, which a fragmented heap may have only after a relief."""
         try:
-            from . import auth
+            auth = load("pocketpost.auth", "pocketpost.sasl")
         except MemoryError:
-            unload("pocketpost.auth")
-            unload("pocketpost.sasl")
             self.app.relieve_memory()
-            from . import auth  # short again: the command's temporary error
+            auth = load("pocketpost.auth", "pocketpost.sasl")  # short again: a temporary error
 
         try:
             return await getattr(auth, self.NAME)(self, arg)
@@ -218,7 +216,7 @@ def _load(protocol):
         __import__(protocol[_MODULES][0])
     except MemoryError:
         if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
-            _unload(protocol)  # a module cut short is not kept
+            _unload(protocol)  # a module cut short is not kept (nor the shared one: see load)
         raise
 
 
@@ -274,22 +272,44 @@ class Listener:
         try:
             while True:
                 yield _io_queue.queue_read(s)
+                app = self.app
                 try:
                     client, address = s.accept()
                 except OSError:
                     continue  # the client left before it was taken
+                except MemoryError:
+                    app.relieve_memory()
+                    continue  # (no socket object for it: it is not served)
+                app.hold_point("accept")  # the emulated board's test hook: a shortage here
                 try:
                     self._start(client, address)
                 except MemoryError:
-                    self.app.relieve_memory()
-                    try:
-                        client.send(self.protocol[_NOMEM_REPLY])
-                    except OSError:
-                        pass
-                    client.close()
-                    self.app.log.warn(self.protocol[_NAME], "a client refused: not enough memory")
+                    self._start_again(client, address)
+                app.held_next = None
         finally:
             s.close()
+
+    def _start_again(self, client, address):
+        # A shortage as a client was taken, before anything was done for it: tried once more
+        # with the heap relieved (at 160k, four clients at once failing their logins met it),
+        # else refused with the temporary error. (Its log line may run short as well: nothing
+        # here may end the accepting loop.)
+        app = self.app
+        app.relieve_memory()
+        try:
+            self._start(client, address)
+            note = "a client taken again after a shortage"
+        except MemoryError:
+            try:
+                client.send(self.protocol[_NOMEM_REPLY])
+            except OSError:
+                pass
+            client.close()
+            note = "a client refused: not enough memory"
+        try:
+            app.log.warn(self.protocol[_NAME], note)
+        except MemoryError:
+            pass
 
     def _start(self, client, address):
         # Out of _accept's frame, which lives as long as the firmware (see _time_out_idle): the

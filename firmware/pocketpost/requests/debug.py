@@ -12,7 +12,8 @@ def hold(console, rid, args):
     # of a session of that protocol runs, "tls" as the next implicit-TLS client's TLS socket
     # is made, "handshake" from then through its greeting, "queue" as the next relayed
     # message is queued at the end of its DATA, "auth" once an AUTH exchange has its
-    # credentials (after any prompts) until its reply: until the heap is first
+    # credentials (after any prompts) until its reply, "accept" as the next client's
+    # connection is taken (before its session begins): until the heap is first
     # relieved, or with "lasting": true until that command or request ends, its redo
     # included; {} lets go.
     app = console.app
@@ -23,8 +24,8 @@ def hold(console, rid, args):
         raise RequestError("INVALID", "argument leave has the wrong type")
     if target is True:
         target = "console"
-    if target not in (None, "console", "pop3", "smtp", "tls", "handshake", "queue", "auth"):
-        raise RequestError("INVALID", "next must be console, pop3, smtp, tls, handshake, queue or auth")
+    if target not in (None, "console", "pop3", "smtp", "tls", "handshake", "queue", "auth", "accept"):
+        raise RequestError("INVALID", "next must be console, pop3, smtp, tls, handshake, queue, auth or accept")
     if target is not None and leave is not None:
         app.hold_next = (target, leave, bool(args.get("lasting")))
     elif leave is not None:
