@@ -197,11 +197,9 @@ def test_a_passing_shortage_in_retr_is_met_by_running_it_again(board):
     assert w.cmd("RETR 1").startswith("+OK")
     assert b"Subject: read me\r\n\r\nbody\r\n" in unstuff(w.multiline())
     assert board.wait_log("WARN pop3: 127.0.0.1 short of memory for a command, run again")
-    # Lasting: the temporary error, and the session goes on. (RETR again, not the smaller TOP:
-    # the test hook leaves a few hundred octets in holes, which TOP's allocations fitted once
-    # in a CI run.)
-    hold(board, 0, next="pop3", lasting=True)
-    assert w.cmd("RETR 1") == POP3_NOMEM
+    # (A lasting shortage is not asked for here: the test hook leaves a few hundred octets in
+    # holes, which RETR's and TOP's redo fitted in now and then, in CI runs; DATA, which needs
+    # more, shows a lasting shortage on a command that is run again.)
     assert w.cmd("TOP 1 0").startswith("+OK")
     w.multiline()
     assert w.cmd("QUIT") == "+OK Logging out."

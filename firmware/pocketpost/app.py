@@ -5,7 +5,7 @@ import gc
 import os
 import sys
 
-from . import heap, load, unload
+from . import heap, unload
 from .console import Console
 from .server import POP3, SMTP, Listener, reap_idle, unload_idle
 from .store import MailStore
@@ -212,7 +212,8 @@ class App:
                         self.relay_short = False
                         self.relieve_memory()
                     unload_idle()  # the code of the protocols, between their clients
-                    relay = load("pocketpost.relay", "pocketpost.outbox")
+                    from . import relay
+
                     wait = await relay.run(self)
                 except MemoryError:
                     self.relieve_memory()
@@ -229,7 +230,8 @@ class App:
                 if getattr(self, "relay_bounces", False):  # set by relay.py
                     self.relay_bounces = False
                     try:
-                        bounce = load("pocketpost.bounce", "pocketpost.outbox")
+                        from . import bounce
+
                         await bounce.run(self)
                     except MemoryError:
                         # A shortage must not end this task (at 160k a bounce's envelope once

@@ -6,7 +6,7 @@ import os
 
 from micropython import const
 
-from . import load, unload
+from . import unload
 from .heap import PATIENT, with_relief
 from .mailbox import path_exists, sync
 
@@ -24,7 +24,13 @@ _MAX_RECIPIENTS = const(100)
 def _outbox():
     # The queue's format (outbox.py), for the functions that write or read envelopes; RCPT's
     # checks do without it.
-    outbox = load("pocketpost.outbox")
+    try:
+        from . import outbox
+    except MemoryError:
+        # MicroPython keeps a module cut short by a shortage in sys.modules: the next import
+        # would find it half made (a NameError at the next try, where the step is tried again).
+        unload("pocketpost.outbox")
+        raise
     unload(outbox.__name__)  # kept by the caller only
     return outbox
 

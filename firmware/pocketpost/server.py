@@ -10,7 +10,7 @@ from asyncio.core import _io_queue
 
 from micropython import const
 
-from . import load, unload
+from . import unload
 from .heap import PATIENT, QUICK, with_relief
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
@@ -111,10 +111,12 @@ class Session:
         loading, which changes nothing, is tried again after a shortage: the code needs blocks
         as large as its largest function, which a fragmented heap may have only after a relief."""
         try:
-            auth = load("pocketpost.auth", "pocketpost.sasl")
+            from . import auth
         except MemoryError:
+            unload("pocketpost.auth")
+            unload("pocketpost.sasl")
             self.app.relieve_memory()
-            auth = load("pocketpost.auth", "pocketpost.sasl")  # short again: a temporary error
+            from . import auth  # short again: the command's temporary error
 
         try:
             return await getattr(auth, self.NAME)(self, arg)
@@ -216,7 +218,7 @@ def _load(protocol):
         __import__(protocol[_MODULES][0])
     except MemoryError:
         if not protocol[_SESSIONS]:  # (a session that began meanwhile has it whole)
-            _unload(protocol)  # a module cut short is not kept (nor the shared one: see load)
+            _unload(protocol)  # a module cut short is not kept
         raise
 
 
