@@ -27,8 +27,9 @@ def _outbox():
     try:
         from . import outbox
     except MemoryError:
-        # MicroPython keeps a module cut short by a shortage in sys.modules: the next import
-        # would find it half made (a NameError at the next try, where the step is tried again).
+        # A module cut short by a shortage: older MicroPython releases keep it in sys.modules
+        # (the next import would find it half made), 1.29 drops it but leaves it in the table's
+        # slot (its heap is not freed); unload() ends both.
         unload("pocketpost.outbox")
         raise
     unload(outbox.__name__)  # kept by the caller only
