@@ -213,7 +213,7 @@ def client_costs(app, exe, heap):
         settled, _ = b.heap_now()
         per_request = None if total0 is None else (total2 - total1 - (total1 - total0)) // 10
         return {
-            "POP3 sessions' code (pop3.py, maildrop.py, transparency.py), loaded with the first client": (free[0] - free[1]) - (free[1] - free[2]),
+            "POP3 sessions' code (pop3.py, maildrop.py, session.py, transparency.py), loaded with the first client": (free[0] - free[1]) - (free[1] - free[2]),
             "POP3 client, after its greeting": free[1] - free[2],
             "SMTP sessions' code (smtp.py), loaded with the first client": (free[2] - free[3]) - (free[3] - free[4]),
             "SMTP client, after EHLO": free[3] - free[4],

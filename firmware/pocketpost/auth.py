@@ -1,5 +1,5 @@
 # The AUTH command of POP3 (RFC 5034) and of SMTP (RFC 4954): a SASL exchange (sasl.py) wrapped
-# in each protocol's replies. Loaded for an exchange and unloaded after it (server.Session's
+# in each protocol's replies. Loaded for an exchange and unloaded after it (session.Session's
 # cmd_auth), so neither it nor the SASL code stays in the heap between logins.
 import asyncio
 
@@ -31,12 +31,8 @@ def _short_after_prompts(session, mechanism, reply):
 
 
 async def pop3(session, arg):
-    from .pop3 import ERR_PLAINTEXT
-
+    # (Refused before TLS by Pop3Session.refuse_auth, before this code is loaded.)
     conn = session.conn
-    if not session.auth_allowed():
-        conn.put(ERR_PLAINTEXT)
-        return
     if not arg:
         conn.put(b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n")  # what Outlook sends first
         return
@@ -72,19 +68,11 @@ async def pop3(session, arg):
 
 
 async def smtp(session, arg):
+    # (Out of sequence, or before TLS: refused by SmtpSession.refuse_auth, before this code is
+    # loaded.) From here on nothing counts as a bad command: choosing a mechanism by trial,
+    # cancelling and wrong credentials are a login's business (delay and lock-out).
     app = session.app
     conn = session.conn
-    if not session.esmtp:
-        return session._bad(b"503 5.5.1 Error: send EHLO first\r\n")
-    if session.auth_user is not None:
-        return session._bad(b"503 5.5.1 Error: already authenticated\r\n")
-    if session.sender is not None:
-        return session._bad(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
-    # From here on nothing counts as a bad command: choosing a mechanism by trial,
-    # cancelling and wrong credentials are a login's business (delay and lock-out).
-    if not session.auth_allowed():
-        conn.put(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
-        return
     command = sasl.parse_command(arg)
     if command is None:
         conn.put(b"504 5.5.4 Unrecognized authentication type\r\n")

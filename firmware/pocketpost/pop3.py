@@ -10,7 +10,7 @@ from . import VERSION, crypto
 from .heap import with_relief
 from .mailbox import DELETE_COMMITTED
 from .maildrop import Maildrop
-from .server import Session
+from .session import Session
 from .transparency import send_file, send_top
 
 _AUTHORIZATION = const(1)
@@ -158,6 +158,12 @@ class Pop3Session(Session):
             return self._bad(_ERR_SYNTAX)
         self.user = arg
         self.conn.put(b"+OK Send PASS.\r\n")
+
+    def refuse_auth(self):
+        if self.auth_allowed():
+            return None
+        self.conn.put(ERR_PLAINTEXT)
+        return False
 
     async def cmd_pass(self, arg):
         if not self.auth_allowed():

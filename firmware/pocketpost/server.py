@@ -11,7 +11,7 @@ from asyncio.core import _io_queue
 from micropython import const
 
 from . import unload
-from .heap import PATIENT, QUICK, with_relief
+from .heap import PATIENT, with_relief
 from .heap import restore as restore_reserve
 from .netio import Closed, Connection
 
@@ -22,152 +22,6 @@ _TLS_PLACE_WAITS = const(20)
 _TLS_PLACE_WAIT_MS = const(100)
 # How long the sessions' code stays loaded after the last session (session_begins).
 _IDLE_MS = const(3000)
-
-
-class Session:
-    """Base of a protocol session. Subclasses implement `run` (which begins with `greet`) and
-    `greeting`."""
-
-    # Config key of the idle time-out in seconds.
-    TIMEOUT_KEY = ""
-    # Name in the log (its protocol's: POP3, SMTP below).
-    NAME = ""
-    # Sent when the session cannot go on (an internal error) before it closes.
-    FAILED_REPLY = b""
-    # The answer to a command that ran out of memory (a temporary error; the session goes on).
-    NOMEM_REPLY = b""
-    # Sent before closing when a reply ran out of memory after part of it was sent.
-    NOMEM_CLOSING = b""
-
-    def __init__(self, app, conn, peer, submission=False):
-        self.app = app
-        self.conn = conn
-        self.peer = peer
-        self.submission = submission  # the submission port: AUTH before MAIL (SMTP)
-        self.secure = False  # inside TLS
-        self.tls_place = False  # holds one of the TLS session places
-        self.bad_commands = 0
-
-    async def greet(self):
-        """Queues the greeting, made again after the heap's relief while it runs short (four
-        clients connecting at once beside four password checks had their sessions closed for
-        want of its few hundred octets); the last MemoryError is the caller's (the client is
-        told, and closed)."""
-        try:
-            self.log("connect")
-        except MemoryError:
-            pass  # the greeting matters more than the log line
-        await with_relief(self.app.relieve_memory, self._greet)
-
-    def _greet(self):
-        self.conn.put(self.greeting())
-
-    def timeout_ms(self):
-        if self.conn.handshaking:
-            return self.app.config["tls_handshake_timeout"] * 1000
-        return self.app.config[self.TIMEOUT_KEY] * 1000
-
-    def auth_allowed(self):
-        """Whether logins are taken now: inside TLS, or where TLS is not required for them."""
-        return self.secure or not self.app.tls_required_for_auth()
-
-    def tls_offered(self):
-        """Whether STLS/STARTTLS can be used now (when every TLS place is taken it is still
-        offered, and answered with a temporary error)."""
-        return not self.secure and self.app.tls_usable()
-
-    def reserve_tls(self):
-        """Takes one of the TLS session places; False when every place is taken. A session
-        holds one place at most (an STLS that ran short keeps the place it took)."""
-        app = self.app
-        if self.tls_place:
-            return True
-        if not app.tls.acquire(app.config["tls_max_sessions"]):
-            return False
-        self.tls_place = True
-        return True
-
-    def begin_tls(self):
-        """Continues the session inside TLS (a place is reserved, the go-ahead reply sent)."""
-        self.conn.start_tls(self.app.tls)
-        self.secure = True
-
-    def timeout_reply(self):
-        """What is sent when the session was idle too long, before the connection closes."""
-        return b""
-
-    def finish(self):
-        """Called once when the session ends, however it ends."""
-
-    def release(self):
-        # After finish(): gives the TLS place back.
-        if self.tls_place:
-            self.tls_place = False
-            self.app.tls.release()
-
-    async def cmd_auth(self, arg):
-        """AUTH (RFC 4954, RFC 5034): its code (auth.py, sasl.py) is loaded for the exchange
-        and unloaded after it (a session keeps what it loaded until its exchange ends). Its
-        loading, which changes nothing, is tried again after a shortage: the code needs blocks
-        as large as its largest function, which a fragmented heap may have only after a relief."""
-        try:
-            from . import auth
-        except MemoryError:
-            unload("pocketpost.auth")
-            unload("pocketpost.sasl")
-            self.app.relieve_memory()
-            from . import auth  # short again: the command's temporary error
-
-        try:
-            return await getattr(auth, self.NAME)(self, arg)
-        finally:
-            unload("pocketpost.auth")
-            unload("pocketpost.sasl")
-
-    def log(self, text):
-        self.app.log.info(self.NAME, "{} {}".format(self.peer, text))
-
-    async def command(self, handler, arg, redo=False):
-        """Runs one command's handler; True when the session is to end (QUIT, too many bad
-        commands, or a reply that ran short of memory after part of it had left). `redo`: the
-        command changes nothing before its reply (or goes on where it stopped, as QUIT's
-        deletion), so a shortage met before any of its reply left is answered by running it
-        again with the heap relieved, after the pauses of heap.with_relief (the other sessions
-        give back what they hold a moment later)."""
-        app = self.app
-        conn = self.conn
-        mark = conn.mark()
-        try:
-            # Each run again begins where the reply began; none once part of a reply has left.
-            # (One coroutine for the command and its guard: each frame of a command in flight is
-            # heap that four sessions at once hold four times.)
-            run = with_relief(app.relieve_memory, handler, self, arg, again=QUICK if redo else 0, possible=lambda: conn.rewind(mark), note=self._note_run_again)
-            app.hold_point(self.NAME)  # the emulated board's test hook: a shortage in this command
-            return await run
-        except MemoryError:
-            return not self.short_of_memory(mark)
-        finally:
-            app.held_next = None  # the test hook's shortage for this command, if any
-
-    def _note_run_again(self):
-        self.app.log.warn(self.NAME, "{} short of memory for a command, run again".format(self.peer))
-
-    def short_of_memory(self, mark):
-        """A command ran out of memory (a MemoryError reached the session loop): the heap gets
-        back what can be given back and the command gets a temporary error. True when the
-        session can go on; False when part of its reply had left already, and the session ends
-        (with NOMEM_CLOSING). `mark` is where the output stood when the command began."""
-        self.app.relieve_memory()
-        conn = self.conn
-        going_on = conn.rewind(mark)
-        if not going_on:
-            conn.drop_output()
-        conn.put(self.NOMEM_REPLY if going_on else self.NOMEM_CLOSING)
-        try:
-            self.app.log.warn(self.NAME, "{} not enough memory for a command{}".format(self.peer, "" if going_on else ", closing"))
-        except MemoryError:
-            pass  # the reply matters more than the log line
-        return going_on
 
 
 # The protocols, as their listeners know them before their code is loaded (session_begins): the
@@ -183,12 +37,12 @@ _BUSY_REPLY = const(3)
 _NOMEM_REPLY = const(4)
 _SESSIONS = const(5)
 _IDLE_SINCE = const(6)
-# The module the sessions of both protocols use: it goes with the last protocol's code.
-_SHARED = "pocketpost.transparency"
+# The modules the sessions of both protocols use: they go with the last protocol's code.
+_SHARED = ("pocketpost.session", "pocketpost.transparency")
 # Both protocols, for loops that must allocate nothing (a tuple written in place is made anew).
 _PROTOCOLS = (POP3, SMTP)
 # Every module of the sessions' code (boot.py interns their names).
-SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + (_SHARED,)
+SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + _SHARED
 
 # A protocol's code (pop3.py with maildrop.py: ~12 KB of a 64-bit port's heap; smtp.py: ~15 KB;
 # and transparency.py, ~3 KB, which both use) is loaded when a client connects and none of its
@@ -243,7 +97,8 @@ def _unload(protocol):
     for name in protocol[_MODULES]:
         unload(name)
     if POP3[_IDLE_SINCE] is None and not POP3[_SESSIONS] and SMTP[_IDLE_SINCE] is None and not SMTP[_SESSIONS]:
-        unload(_SHARED)
+        for name in _SHARED:
+            unload(name)
 
 
 class Listener:

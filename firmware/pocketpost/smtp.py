@@ -10,7 +10,7 @@ from . import unload
 from .config import valid_domain
 from .dates import rfc5322_date
 from .heap import PATIENT, with_relief
-from .server import Session
+from .session import Session
 from .transparency import receive_data
 
 unload("pocketpost.dates")  # kept by this module only: unloaded with it
@@ -165,6 +165,18 @@ class SmtpSession(Session):
         return "421 4.4.2 {} Error: timeout exceeded\r\n".format(self.app.config["hostname"]).encode()
 
     # ---- greeting commands
+
+    def refuse_auth(self):
+        if not self.esmtp:
+            return self._bad(b"503 5.5.1 Error: send EHLO first\r\n")
+        if self.auth_user is not None:
+            return self._bad(b"503 5.5.1 Error: already authenticated\r\n")
+        if self.sender is not None:
+            return self._bad(b"503 5.5.1 Error: MAIL transaction in progress\r\n")
+        if not self.auth_allowed():
+            self.conn.put(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+            return False
+        return None
 
     async def cmd_ehlo(self, arg):
         if not arg.strip():
