@@ -6,7 +6,6 @@ reached at a chosen point, not by luck."""
 
 import base64
 import hashlib
-import os
 import subprocess
 import textwrap
 import time
@@ -14,7 +13,7 @@ import time
 import pytest
 
 import sd_card
-from emulated_board import TEST_ITERATIONS
+from emulated_board import HEAP, TEST_ITERATIONS
 from pocketpost_host import firmware
 from pocketpost_host import tls as certificates
 from pocketpost_host.console import NOMEM_RETRIES
@@ -254,8 +253,7 @@ def test_a_module_cut_short_by_a_shortage_gives_its_heap_back_once_unloaded(app_
         print(before - gc.mem_free() < 1024)
         """
     ).format(app=str(app_dir), here=str(tmp_path))
-    heap = "-X", "heapsize={}".format(os.environ.get("POCKETPOST_TEST_HEAP", "176k"))
-    result = subprocess.run([firmware.find_micropython(), *heap, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([firmware.find_micropython(), "-X", "heapsize=" + HEAP, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["False", "True", "True"], result.stdout + result.stderr
 
 
