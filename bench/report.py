@@ -1,7 +1,5 @@
 """The results of bench/run.py as a text table, docs/benchmarks.md and one chart."""
 
-from pathlib import Path
-
 KB = 1024
 MB = 1 << 20
 

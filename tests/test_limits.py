@@ -1,7 +1,6 @@
 """Limits of a small board, at the heap limit the tests run with: concurrent clients, big
 messages, big mailboxes, and memory that comes back after the load."""
 
-import hashlib
 import threading
 import time
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import sd_card
-from wire import Wire, pop3_login, send_mail, smtp_session, strip_trace, unstuff
+from wire import pop3_login, send_mail, smtp_session, strip_trace, unstuff
 
 from messages import big_message, stuff
 

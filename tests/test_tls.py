@@ -16,7 +16,7 @@ from pocketpost_host import tls as certificates
 from pocketpost_host.errors import BoardError
 
 from emulated_board import free_port
-from wire import Wire, send_mail, strip_trace, unstuff
+from wire import Wire, send_mail
 
 
 @pytest.fixture(scope="module")
