@@ -6,7 +6,8 @@ Prints a Markdown report (docs/memory.md quotes it; `--write` replaces its measu
   heap_max_block, the largest block the heap can give) at each heap size asked for, and the
   smallest heap the board boots and answers at (steps of 8 KB);
 - the resident bytes of each module, imported in boot order (gc.mem_alloc before and after,
-  with a collection), and the name table (qstr pools) they fill;
+  with a collection), and the name table (qstr pools) they fill; the names of every module,
+  interned at boot, and how many more fit before the table's next pool (tests/name_pool.py);
 - the cost of one connected client (POP3 after its greeting, SMTP after EHLO), of one TLS
   session, of 1,000 messages in a logged-in mailbox (3,000 delivered), of a console request
   (what it allocates, and what stays after it);
@@ -43,6 +44,7 @@ from pocketpost_host import firmware  # noqa: E402
 from pocketpost_host import tls as certificates  # noqa: E402
 
 import emulated_board  # noqa: E402
+import name_pool  # noqa: E402
 from wire import Wire, pop3_login, smtp_session  # noqa: E402
 
 KB = 1024
@@ -471,6 +473,12 @@ def main(argv=None):
     section("Smallest heap (8 KB steps)", table([(what, "{}k".format(kb) if kb else "none") for what, kb in floors], ["what", "smallest heap"]))
     rows, qstr = module_figures(app, exe)
     section("Resident bytes of each module (boot order)", table(rows + [("total", sum(n for _, n in rows))], ["module", "bytes"]) + "\n\n" + qstr)
+    names, octets, headroom, next_pool = name_pool.measure(app, exe)
+    section("Names (qstrs) after boot, every module's interned", table([
+        ("names", names), ("octets of heap (pools and text)", octets),
+        ("names that fit before the next pool", headroom if headroom is not None else "more than 1,000"),
+        ("octets the next pool takes, in one block", next_pool if next_pool is not None else ""),
+    ], ["what", "value"]))
     costs = client_costs(app, exe, args.heap)
     costs.update(mailbox_cost(app, exe, args.heap))
     if der:

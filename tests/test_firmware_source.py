@@ -2,10 +2,10 @@
 
 import ast
 import subprocess
-from pathlib import Path
 
 import pytest
 
+import name_pool
 from pocketpost_host import firmware
 
 SOURCES = sorted(firmware.source_dir().rglob("*.py"))
@@ -49,3 +49,22 @@ def test_no_f_strings_or_asserts_in_device_code():
         for node in ast.walk(tree):
             assert not isinstance(node, ast.JoinedStr), "{}:{} f-string".format(source, node.lineno)
             assert not isinstance(node, ast.Assert), "{}:{} assert".format(source, node.lineno)
+
+
+# Names a running board interns beyond those its modules' code holds, with room for more: at
+# its "ready" a board had 1,057 names on 64-bit and 1,091 on 32-bit (micropython.qstr_info()),
+# where name_pool counts 1,020 and 1,054.
+RUNTIME_NAMES = 64
+
+
+def test_the_firmware_names_leave_room_before_the_next_name_pool(app_dir):
+    """MicroPython keeps every name for good, in pools that double: the names of the whole
+    firmware, interned at boot, must fit in the pools the board has, or its boot takes the next
+    pool as one block (~14 KB of a 64-bit heap, ~9 KB of a 32-bit one) from every heap it runs
+    at."""
+    names, octets, headroom, next_pool = name_pool.measure(app_dir, firmware.find_micropython())
+    assert headroom is not None and headroom >= RUNTIME_NAMES, (
+        "{} names after boot ({} octets) leave room for {} more before the next name pool, a "
+        "block of {} octets taken at boot: fewer names, or a heap budget that pays for the pool "
+        "(docs/memory.md)".format(names, octets, headroom, next_pool)
+    )
