@@ -3,8 +3,9 @@
 Prints a Markdown report (docs/memory.md quotes it; `--write` replaces its measured part):
 
 - the heap after boot (the "ready, N bytes of heap free" line, then `info`'s heap_free and
-  heap_max_block, the largest block the heap can give) at each heap size asked for, and the
-  smallest heap the board boots and answers at (steps of 8 KB);
+  heap_max_block, the largest block the heap can give) at each heap size asked for, with the
+  modules loaded from .mpy files and with their code in place (as a frozen build runs it), and
+  the smallest heap the board boots and answers at (steps of 8 KB);
 - the resident bytes of each module, imported in boot order (gc.mem_alloc before and after,
   with a collection), and the name table (qstr pools) they fill; the names of every module,
   interned at boot, and how many more fit before the table's next pool (tests/name_pool.py);
@@ -91,7 +92,9 @@ class Board(emulated_board.EmulatedBoard):
             return super().request(command, **args)
 
     def command(self):
-        return firmware.board_command(self.exe or firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
+        return firmware.board_command(
+            self.exe or firmware.find_micropython(), self.app_dir, self.data, self.heap, code_in_place=self.code_in_place, **self.options
+        )
 
     def ready_free(self):
         lines = [line for line in self.lines if "INFO boot: ready, " in line]
@@ -140,10 +143,10 @@ def _deliver(w, count, body, rcpt):
     w.cmd("QUIT")
 
 
-def boot_figures(app, exe, heaps, tls):
+def boot_figures(app, exe, heaps, code_in_place=False):
     rows = []
     for heap in heaps:
-        with board(app, heap, exe) as b:
+        with board(app, heap, exe, code_in_place=code_in_place) as b:
             try:
                 started(b)
                 free, block = b.heap_now()
@@ -465,7 +468,9 @@ def main(argv=None):
         print("\n".join(report[-1:]), flush=True)
 
     heaps = [h.strip() for h in args.boot_heaps.split(",") if h.strip()]
-    section("After boot", table(boot_figures(app, exe, heaps, has_tls), ["heap", "ready: free", "info: heap_free", "info: largest block", "failure"]))
+    headers = ["heap", "ready: free", "info: heap_free", "info: largest block", "failure"]
+    section("After boot", table(boot_figures(app, exe, heaps), headers))
+    section("After boot, the code in place (as a frozen build runs it: boards/unix/in_place.py)", table(boot_figures(app, exe, heaps, code_in_place=True), headers))
     top = max(parse_heap(h) for h in heaps) // KB
     floors = [("boots and answers", floor(app, exe, top))]
     if der:

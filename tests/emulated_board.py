@@ -19,6 +19,9 @@ from pocketpost_host.passwords import hash_password
 ROOT = Path(__file__).resolve().parents[1]
 # The heap the firmware gets in tests: the README's stated floor unless overridden.
 HEAP = os.environ.get("POCKETPOST_TEST_HEAP", firmware.DEFAULT_HEAP)
+# POCKETPOST_TEST_CODE=in-place: the firmware's modules run from a read-only image, as a frozen
+# build's run from flash (boards/unix/in_place.py), instead of from .mpy files in the heap.
+CODE_IN_PLACE = os.environ.get("POCKETPOST_TEST_CODE", "mpy") == "in-place"
 # Tests store hashes with the fewest iterations the firmware accepts, to keep logins fast.
 TEST_ITERATIONS = 1000
 
@@ -73,10 +76,11 @@ class QueuePort:
 
 
 class EmulatedBoard:
-    def __init__(self, app_dir, data_dir, heap=HEAP, **options):
+    def __init__(self, app_dir, data_dir, heap=HEAP, code_in_place=CODE_IN_PLACE, **options):
         self.app_dir = app_dir
         self.data = Path(data_dir)
         self.heap = heap
+        self.code_in_place = code_in_place
         # The TLS and submission ports are off unless a test asks for them.
         self.options = {
             "bind": "127.0.0.1",
@@ -101,7 +105,9 @@ class EmulatedBoard:
 
     def command(self):
         """The command line that starts the firmware (subclasses start other boards)."""
-        return firmware.board_command(firmware.find_micropython(), self.app_dir, self.data, self.heap, **self.options)
+        return firmware.board_command(
+            firmware.find_micropython(), self.app_dir, self.data, self.heap, code_in_place=self.code_in_place, **self.options
+        )
 
     # Environment of the firmware's process (None: this one's).
     env = None

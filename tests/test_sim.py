@@ -49,6 +49,21 @@ def test_provision_over_the_console_link_then_log_in(make_sim):
     sim.wait_for("INFO pop3: 127.0.0.1 login alice")  # the board's log lines reach sim's terminal
 
 
+def test_code_in_place_runs_the_modules_from_an_image(make_sim):
+    # --code-in-place: the board as a frozen build runs, its modules' bytecode outside the heap
+    # (the emulated board's measure of it: tests/test_memory.py).
+    def ready_free(sim):
+        line = sim.lines[sim.wait_for("INFO boot: ready, ")]
+        return int(line.split("ready, ")[1].split()[0])
+
+    plain = make_sim(None, "--demo-user", "demo:demo-pass").start()
+    from_files = ready_free(plain)
+    plain.stop()
+    sim = make_sim(None, "--code-in-place", "--demo-user", "demo:demo-pass").start()
+    assert ready_free(sim) - from_files > 20000
+    sim.pop3_login("demo", "demo-pass").quit()
+
+
 def test_restart_keeps_users_and_mail(make_sim, tmp_path):
     data = tmp_path / "kept"
     sim = make_sim(data, "--demo-user", "demo:demo-pass").start()

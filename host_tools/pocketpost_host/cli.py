@@ -617,8 +617,13 @@ def collect_now(aid, wait, as_json):
     "--watchdog", type=click.IntRange(0, 3600), default=firmware.DEFAULT_WATCHDOG_S, show_default=True,
     metavar="SECONDS", help="Reset the board when its firmware stops feeding its watchdog this long (0: off).",
 )
+@click.option(
+    "--code-in-place", is_flag=True,
+    help="Run the modules from a read-only image (ROMFS), as a frozen build runs them from flash, "
+    "instead of loading them into the heap.",
+)
 def sim_command(data, micropython, bind, pop3_port, smtp_port, pop3s_port, smtps_port, submission_port,
-                domain, sd_size, heap, demo_user, watchdog):
+                domain, sd_size, heap, demo_user, watchdog, code_in_place):
     """Run the firmware on the emulated board (MicroPython's unix port) in the foreground.
 
     Its console is a pseudo-terminal at DATA/console: use it as the --port of pocketpost, or
@@ -627,6 +632,7 @@ def sim_command(data, micropython, bind, pop3_port, smtp_port, pop3s_port, smtps
         data=data, micropython=micropython, bind=bind, pop3_port=pop3_port, smtp_port=smtp_port,
         pop3s_port=pop3s_port, smtps_port=smtps_port, submission_port=submission_port,
         domain=domain, sd_size=sd_size, heap=heap, demo_user=demo_user, watchdog=watchdog,
+        code_in_place=code_in_place,
     ).run()
 
 

@@ -169,11 +169,81 @@ def check_micropython(exe: str) -> tuple[int, int, int]:
     return version
 
 
-def board_command(exe: str, app_dir: Path, data: Path, heap: str = DEFAULT_HEAP, **options) -> list[str]:
+def board_command(exe: str, app_dir: Path, data: Path, heap: str = DEFAULT_HEAP, code_in_place: bool = False, **options) -> list[str]:
     """The command line that runs the firmware on the unix board. Options: bind, pop3_port,
-    smtp_port, domain, hostname, sd_size, flash_size (None values are left out)."""
-    cmd = [exe, "-X", f"heapsize={heap}", str(app_dir / "main.py"), "--data", str(data)]
+    smtp_port, domain, hostname, sd_size, flash_size (None values are left out).
+    `code_in_place`: the modules run from a read-only image, as a frozen build's run from flash
+    (in_place_command)."""
+    cmd = [str(app_dir / "main.py"), "--data", str(data)]
     for key, value in options.items():
         if value is not None:
             cmd += ["--" + key.replace("_", "-"), str(value)]
-    return cmd
+    if code_in_place:
+        return in_place_command(exe, app_dir, heap) + cmd
+    return [exe, "-X", f"heapsize={heap}"] + cmd
+
+
+# What the unix port's heap holds beyond the image, at most, for its own tables (a bit in 64 per
+# block of the heap's 16 or 32 octets is 2%) and the in-place start's own objects.
+_IN_PLACE_MARGIN = 1.05
+_IN_PLACE_EXTRA = 8192
+
+
+def in_place_command(exe: str, app_dir: Path, heap: str) -> list[str]:
+    """The start of the command line of a unix board whose code runs in place (boards/unix/
+    in_place.py): the compiled modules of `app_dir` in a ROMFS image, the heap made larger by
+    the image (read into it, as the unix port has no flash to map), and the heap a start without
+    it has (`heap_pool`), which in_place.py leaves to the firmware."""
+    image = romfs_image(app_dir)
+    pool = heap_pool(exe, heap)
+    larger = int((size_octets(heap) + image.stat().st_size) * _IN_PLACE_MARGIN) + _IN_PLACE_EXTRA
+    entry = boards_dir() / "unix" / "in_place.py"
+    return [exe, "-X", f"heapsize={larger}", str(entry), "--image", str(image), "--pool", str(pool)]
+
+
+def size_octets(text: str) -> int:
+    """Octets from a MicroPython heap size ("160k", "2M", "163840")."""
+    units = {"k": 1 << 10, "m": 1 << 20}
+    factor = units.get(text[-1:].lower(), 1)
+    digits = text[:-1] if factor != 1 else text
+    if not digits.isdigit():
+        raise PocketpostError(f"bad heap size {text!r}: a number of octets, or one ending in k or M")
+    return int(digits) * factor
+
+
+def heap_pool(exe: str, heap: str) -> int:
+    """The octets the unix port's heap of size `heap` gives to objects (gc's free + used at a
+    start): the heap less its allocation tables."""
+    probe = "import gc;gc.collect();print(gc.mem_free()+gc.mem_alloc())"
+    try:
+        result = subprocess.run([exe, "-X", f"heapsize={heap}", "-c", probe], capture_output=True, text=True, timeout=20)
+        return int(result.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        raise PocketpostError(f"cannot measure a heap of {heap} with {exe}: {e}") from None
+
+
+def romfs_image(app_dir: Path) -> Path:
+    """A ROMFS image (MicroPython's VfsRom format, as `mpremote romfs build` writes) of the
+    compiled modules under app_dir/pocketpost, written to app_dir/pocketpost.romfs; the modules
+    are imported from it as from a frozen build's flash."""
+    from mpremote.romfs import VfsRomWriter
+
+    writer = VfsRomWriter()
+
+    def add(folder: Path):
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir():
+                writer.opendir(entry.name)
+                add(entry)
+                writer.closedir()
+            elif entry.suffix == ".mpy":
+                writer.mkfile(entry.name, entry.read_bytes())
+
+    writer.opendir("pocketpost")
+    add(app_dir / "pocketpost")
+    writer.closedir()
+    image = app_dir / "pocketpost.romfs"
+    temporary = image.with_suffix(f".{os.getpid()}.new")  # (boards started at once)
+    temporary.write_bytes(writer.finalise())
+    temporary.replace(image)
+    return image

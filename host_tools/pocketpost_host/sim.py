@@ -148,6 +148,7 @@ class Simulator:
         smtps_port=None,
         submission_port=None,
         watchdog=firmware.DEFAULT_WATCHDOG_S,
+        code_in_place=False,
     ):
         self.data = Path(data).resolve()
         self.micropython = micropython
@@ -157,6 +158,8 @@ class Simulator:
         self.domain = domain
         self.sd_size = sd_size
         self.heap = heap
+        # The modules run from a read-only image, as a frozen build's from flash (in_place.py).
+        self.code_in_place = code_in_place
         self.demo_user = demo_user  # (name, password) or None
         # The TLS and submission ports: off (0) unless given.
         self.pop3s_port = pop3s_port or 0
@@ -306,6 +309,7 @@ class Simulator:
             self.exe, self.app_dir, self.data, self.heap, bind=self.bind, pop3_port=self.pop3_port,
             smtp_port=self.smtp_port, pop3s_port=self.pop3s_port, smtps_port=self.smtps_port,
             submission_port=self.submission_port, domain=self.domain, sd_size=self.sd_size,
+            code_in_place=self.code_in_place,
         ))
         self.running_firmware = True
 
