@@ -40,39 +40,39 @@ class App:
         # console request, and the heap held for it, which the first relief gives back (a
         # passing shortage) or takes again (a lasting one, until the command ends).
         self.held = None
-        self.hold_next = None  # (NAME, octets to leave free, lasting, exact), until it is met
-        self.hold_met = None  # the same, once met (a lasting one is held again after a relief)
+        self.hold_next = None  # (NAME, octets to leave free, lasting, exact)
         self.held_next = None
+        self.hold_leave = 0
+        self.hold_lasting = False
+        self.hold_exact = False
 
     def hold_point(self, target):
         """Test hook, where `target`'s shortage begins (debug.hold next=target: a command of a
         POP3 or SMTP session, a console request, a TLS socket, a handshake, a queueing, an AUTH
-        check, a session's wait for its next line): holds the heap asked for (shortage.py), if
-        any, until that command ends (its caller then drops `held_next`) or the heap is
-        relieved. Taken right before the step runs, after a collection, so the step meets the
-        shortage whatever the timing."""
-        met = self.hold_next
-        if met is None or met[0] != target:
+        check, a session's wait for its next line): holds the heap asked for (shortage.py), if any, until that command ends (its caller then
+        drops `held_next`) or the heap is relieved. Taken right before the step runs, after a
+        collection, so the step meets the shortage whatever the timing."""
+        if self.hold_next is None or self.hold_next[0] != target:
             return
+        _, self.hold_leave, self.hold_lasting, self.hold_exact = self.hold_next
         self.hold_next = None
-        self.hold_met = met
         from .shortage import hold
 
-        self.held_next = hold(met[1], met[3])
+        self.held_next = hold(self.hold_leave, self.hold_exact)
 
     def relieve_memory(self):
         """Called where a MemoryError was caught: gives back the heap that can be given back,
         the code of a protocol without sessions among it (the test hook's passing shortage
         ends here; a lasting one takes back what the relief freed, and lasts until its command
         or request ends)."""
-        lasting = self.held_next is not None and self.hold_met[2]
+        lasting = self.held_next is not None and self.hold_lasting
         self.held_next = None
         unload_idle()  # the code of a protocol without sessions
         heap.relieve()
         if lasting:
             from .shortage import hold  # (loaded by hold_point already)
 
-            self.held_next = hold(self.hold_met[1], self.hold_met[3])
+            self.held_next = hold(self.hold_leave, self.hold_exact)
 
     def storage_ready(self):
         return self.store is not None

@@ -49,7 +49,7 @@ _ERR_TOO_LONG = b"-ERR Line too long.\r\n"
 _ERR_BAD_TEXT = b"-ERR Command is not valid text.\r\n"
 _ERR_TOO_MANY = b"-ERR Too many bad commands, closing connection.\r\n"
 _OK_LOGGED_IN = b"+OK Logged in.\r\n"  # (when the heap has no room for the counts)
-_ERR_PLAINTEXT = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
+ERR_PLAINTEXT = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n"
 
 
 def _number(text):
@@ -152,7 +152,8 @@ class Pop3Session(Session):
         self.log("STLS")
 
     async def cmd_user(self, arg):
-        if self.refuse_auth() is not None:
+        if not self.auth_allowed():
+            self.conn.put(ERR_PLAINTEXT)
             return
         if not arg:
             return self._bad(_ERR_SYNTAX)
@@ -160,14 +161,14 @@ class Pop3Session(Session):
         self.conn.put(b"+OK Send PASS.\r\n")
 
     def refuse_auth(self):
-        # (USER and PASS are refused the same way.)
         if self.auth_allowed():
             return None
-        self.conn.put(_ERR_PLAINTEXT)
+        self.conn.put(ERR_PLAINTEXT)
         return False
 
     async def cmd_pass(self, arg):
-        if self.refuse_auth() is not None:
+        if not self.auth_allowed():
+            self.conn.put(ERR_PLAINTEXT)
             return
         if self.user is None:
             return self._bad(b"-ERR No user name given.\r\n")
