@@ -115,7 +115,7 @@ class Console:
     def _hold(self):
         # Test hook (debug.hold {"leave": N}, emulated board only): the heap is held once the
         # request's code is unloaded, so that N octets are left free between requests.
-        from .shortage import hold
+        from .heap import hold
 
         leave = self.hold
         self.hold = None

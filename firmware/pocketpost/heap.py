@@ -137,3 +137,19 @@ def relieve():
             unload(name)
     gc.collect()
 
+
+def hold(leave):
+    """Test hook (the console's debug.hold, emulated board only): takes heap until only `leave`
+    octets are free, in blocks of 1,000 octets down to 12 (as fragments of a long-running heap
+    would be), and returns what holds them; dropping it gives them back."""
+    global _reserve
+    _reserve = None  # a shortage it is: the reserve goes first
+    gc.collect()
+    held = None  # a chain of (previous, block): no list that must grow in one piece
+    for size in (1000, 250, 60, 12):
+        try:
+            while gc.mem_free() > leave + size:
+                held = (held, bytearray(size))
+        except MemoryError:
+            pass  # no block of that size is left: smaller ones
+    return held
