@@ -27,7 +27,6 @@ A benchmark, not a test: every load is bounded in count and time, every board is
 import argparse
 import contextlib
 import random
-import re
 import socket
 import ssl
 import subprocess
@@ -80,9 +79,8 @@ def parse_heap(text):
 
 
 class Board(emulated_board.EmulatedBoard):
-    """The emulated board on a chosen MicroPython executable."""
+    """The emulated board on a chosen MicroPython executable (`exe`, set by board())."""
 
-    exe = None
     # The console client is not shared between threads: one request at a time (the soak's two
     # client threads and the sampler ask the board too).
     console_lock = threading.Lock()
@@ -90,15 +88,6 @@ class Board(emulated_board.EmulatedBoard):
     def request(self, command, **args):
         with self.console_lock:
             return super().request(command, **args)
-
-    def command(self):
-        return firmware.board_command(
-            self.exe or firmware.find_micropython(), self.app_dir, self.data, self.heap, code_in_place=self.code_in_place, **self.options
-        )
-
-    def ready_free(self):
-        lines = [line for line in self.lines if "INFO boot: ready, " in line]
-        return int(re.search(r"ready, (\d+) bytes", lines[-1]).group(1))
 
     def heap_now(self):
         info = self.request("info")

@@ -103,11 +103,19 @@ class EmulatedBoard:
     def smtp_port(self):
         return self.options["smtp_port"]
 
+    # The MicroPython executable (None: firmware.find_micropython's).
+    exe = None
+
     def command(self):
         """The command line that starts the firmware (subclasses start other boards)."""
         return firmware.board_command(
-            firmware.find_micropython(), self.app_dir, self.data, self.heap, code_in_place=self.code_in_place, **self.options
+            self.exe or firmware.find_micropython(), self.app_dir, self.data, self.heap, code_in_place=self.code_in_place, **self.options
         )
+
+    def ready_free(self):
+        """The heap free after the last boot, as its "ready" log line says."""
+        lines = [line for line in self.lines if " INFO boot: ready, " in line]
+        return int(lines[-1].split("ready, ")[1].split()[0])
 
     # Environment of the firmware's process (None: this one's).
     env = None

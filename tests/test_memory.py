@@ -450,16 +450,12 @@ def test_code_in_place_keeps_the_bytecode_out_of_the_heap(make_board):
     # A frozen (or ROMFS) build runs its modules from flash: the heap holds their functions and
     # names, not their bytecode and constants. The emulated board does the same from a
     # read-only image (boards/unix/in_place.py) and gives the firmware the same heap.
-    def ready_free(board):
-        line = next(line for line in board.lines if " INFO boot: ready, " in line)
-        return int(line.split("ready, ")[1].split()[0])
-
     # (At the unix board's heap: the suites at a smaller one, in place, are below the floor of
     # the board whose code is loaded from files.)
     from_files = make_board(code_in_place=False, heap=firmware.DEFAULT_HEAP).start()
     in_place = make_board(code_in_place=True, heap=firmware.DEFAULT_HEAP).start()
     # Measured: 26,816 octets more on 64-bit, 25,040 on 32-bit.
-    assert ready_free(in_place) - ready_free(from_files) > 20000, (ready_free(in_place), ready_free(from_files))
+    assert in_place.ready_free() - from_files.ready_free() > 20000, (in_place.ready_free(), from_files.ready_free())
     in_place.add_user("alice", "wonderland")
     send_mail(in_place.smtp_port, b"Subject: in place\r\n\r\nfrom flash")
     w = pop3_login(in_place.pop3_port)

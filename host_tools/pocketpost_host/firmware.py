@@ -2,6 +2,7 @@
 (as a board runs it: compiling .py on the device needs several times the heap of the result),
 and the MicroPython unix port that runs it on the emulated board."""
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -194,23 +195,16 @@ def in_place_command(exe: str, app_dir: Path, heap: str) -> list[str]:
     in_place.py): the compiled modules of `app_dir` in a ROMFS image, the heap made larger by
     the image (read into it, as the unix port has no flash to map), and the heap a start without
     it has (`heap_pool`), which in_place.py leaves to the firmware."""
+    from .boards import parse_size  # (boards.py imports this module)
+
     image = romfs_image(app_dir)
     pool = heap_pool(exe, heap)
-    larger = int((size_octets(heap) + image.stat().st_size) * _IN_PLACE_MARGIN) + _IN_PLACE_EXTRA
+    larger = int((parse_size(heap) + image.stat().st_size) * _IN_PLACE_MARGIN) + _IN_PLACE_EXTRA
     entry = boards_dir() / "unix" / "in_place.py"
     return [exe, "-X", f"heapsize={larger}", str(entry), "--image", str(image), "--pool", str(pool)]
 
 
-def size_octets(text: str) -> int:
-    """Octets from a MicroPython heap size ("160k", "2M", "163840")."""
-    units = {"k": 1 << 10, "m": 1 << 20}
-    factor = units.get(text[-1:].lower(), 1)
-    digits = text[:-1] if factor != 1 else text
-    if not digits.isdigit():
-        raise PocketpostError(f"bad heap size {text!r}: a number of octets, or one ending in k or M")
-    return int(digits) * factor
-
-
+@functools.lru_cache(maxsize=None)  # (one probe per executable and size, not one per board start)
 def heap_pool(exe: str, heap: str) -> int:
     """The octets the unix port's heap of size `heap` gives to objects (gc's free + used at a
     start): the heap less its allocation tables."""
