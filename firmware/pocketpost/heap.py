@@ -138,10 +138,13 @@ def relieve():
     gc.collect()
 
 
-def hold(leave):
+def hold(leave, exact=False):
     """Test hook (the console's debug.hold, emulated board only): takes heap until only `leave`
     octets are free, in blocks of 1,000 octets down to 12 (as fragments of a long-running heap
-    would be), and returns what holds them; dropping it gives them back."""
+    would be), and returns what holds them; dropping it gives them back. `exact`: the holes
+    that leaves are taken too (a step that allocates a few small objects fits in them).
+    (Resident, not loaded when asked for: a module loaded mid-run and kept lies where it
+    landed, in the largest free block.)"""
     global _reserve
     _reserve = None  # a shortage it is: the reserve goes first
     gc.collect()
@@ -152,4 +155,11 @@ def hold(leave):
                 held = (held, bytearray(size))
         except MemoryError:
             pass  # no block of that size is left: smaller ones
+    if exact:
+        gc.collect()  # (the MemoryErrors met above are garbage: their blocks are holes too)
+        try:
+            while gc.mem_free() > leave:
+                held = (held, None)  # one allocation each: a failure leaves no garbage
+        except MemoryError:
+            pass
     return held
