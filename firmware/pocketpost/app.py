@@ -49,7 +49,7 @@ class App:
     def hold_point(self, target):
         """Test hook, where `target`'s shortage begins (debug.hold next=target: a command of a
         POP3 or SMTP session, a console request, a TLS socket, a handshake, a queueing, an AUTH
-        check, a session's wait for its next line, the reading of an AUTH answer): holds the heap asked for, if any, until
+        check, a session's wait for its next line): holds the heap asked for, if any, until
         that command ends (its caller then drops `held_next`) or the heap is relieved. Taken
         right before the step runs, after a collection, so the step meets the shortage whatever
         the timing."""

@@ -30,19 +30,6 @@ def _short_after_prompts(session, mechanism, reply):
         app.log.warn(session.NAME, "AUTH: not enough memory")  # (made without the heap)
 
 
-async def _answer(app, conn, limit):
-    """The client's answer to a prompt, as text (None when too long). Where reading it runs
-    short of memory, it is read again after relief: the client has answered, and a temporary
-    failure now would make it log in again (at 160k with a TLS session, the POP3 code a client
-    had just left was still loaded). netio's readline takes a line only once it has it."""
-    reading = with_relief(app.relieve_memory, conn.readline, limit)
-    app.hold_point("answer")  # the emulated board's test hook: a shortage as it is read
-    line = await reading
-    if line is None:
-        return None
-    return await with_relief(app.relieve_memory, str, line, "ascii")
-
-
 async def pop3(session, arg):
     # (Refused before TLS by Pop3Session.refuse_auth, before this code is loaded.)
     conn = session.conn
@@ -60,7 +47,8 @@ async def pop3(session, arg):
         nonlocal prompted
         prompted = True
         conn.put(b"+ " + prompt.encode() + b"\r\n")
-        return await _answer(session.app, conn, _MAX_POP3_LINE)
+        line = await conn.readline(_MAX_POP3_LINE)
+        return None if line is None else str(line, "ascii")
 
     try:
         name, password = await sasl.credentials(mechanism, initial, challenge)
@@ -101,7 +89,8 @@ async def smtp(session, arg):
         nonlocal prompted
         prompted = True
         session.reply("334 " + prompt)
-        return await _answer(app, conn, _MAX_SMTP_LINE)
+        line = await conn.readline(_MAX_SMTP_LINE)
+        return None if line is None else str(line, "ascii")
 
     try:
         name, password = await sasl.credentials(mechanism, initial, challenge)

@@ -140,20 +140,19 @@ class Connection:
     async def readline(self, limit):
         """Returns the next line without its CRLF (or bare LF) as a memoryview into the input
         buffer, valid until the next read. A line of more than `limit` octets including its line
-        end is discarded up to its end and None is returned instead. A shortage leaves the line
-        unread (it is taken once its view is made), so a caller may read it again."""
+        end is discarded up to its end and None is returned instead."""
         inbuf = self.inbuf
         scanned = 0  # bytes after head already searched for LF
         while True:
             lf = inbuf.find(b"\n", self.head + scanned, self.tail)
             if lf >= 0:
                 start = self.head
-                if lf + 1 - start > limit:
-                    line = None
-                else:
-                    line = self.inmv[start : lf - 1 if lf > start and inbuf[lf - 1] == _CR else lf]
                 self.head = lf + 1
-                return line
+                if lf + 1 - start > limit:
+                    return None
+                if lf > start and inbuf[lf - 1] == _CR:
+                    lf -= 1
+                return self.inmv[start:lf]
             scanned = self.tail - self.head
             if scanned >= limit:
                 await self._discard_line()

@@ -4,6 +4,7 @@
 # the console's, the relay's and the collector's heap.
 from . import unload
 from .heap import QUICK, with_relief
+from .server import unload_idle
 
 
 class Session:
@@ -70,7 +71,11 @@ class Session:
         return True
 
     def begin_tls(self):
-        """Continues the session inside TLS (a place is reserved, the go-ahead reply sent)."""
+        """Continues the session inside TLS (a place is reserved, the go-ahead reply sent). The
+        code of a protocol without sessions, kept a while for its next client, is unloaded
+        first: a TLS session needs heap for its handshake and its records, and at 160k the POP3
+        code of a client that had just left took the room that an AUTH inside TLS then needed."""
+        unload_idle()
         self.conn.start_tls(self.app.tls)
         self.secure = True
 

@@ -14,7 +14,7 @@ def hold(console, rid, args):
     # message is queued at the end of its DATA, "auth" once an AUTH exchange has its
     # credentials (after any prompts) until its reply, "accept" as the next client's
     # connection is taken (before its session begins), "line" as a session next waits for a
-    # command line, "answer" as the answer to an AUTH prompt is read: until the heap is first relieved, or with "lasting": true until that
+    # command line: until the heap is first relieved, or with "lasting": true until that
     # command or request ends, its redo included; with "exact": true the holes the hold
     # leaves are taken too; {} lets go.
     app = console.app
@@ -25,8 +25,8 @@ def hold(console, rid, args):
         raise RequestError("INVALID", "argument leave has the wrong type")
     if target is True:
         target = "console"
-    if target not in (None, "console", "pop3", "smtp", "tls", "handshake", "queue", "auth", "accept", "line", "answer"):
-        raise RequestError("INVALID", "next must be console, pop3, smtp, tls, handshake, queue, auth, accept, line or answer")
+    if target not in (None, "console", "pop3", "smtp", "tls", "handshake", "queue", "auth", "accept", "line"):
+        raise RequestError("INVALID", "next must be console, pop3, smtp, tls, handshake, queue, auth, accept or line")
     if target is not None and leave is not None:
         app.hold_next = (target, leave, bool(args.get("lasting")), bool(args.get("exact")))
     elif leave is not None:
