@@ -40,24 +40,22 @@ class App:
         # console request, and the heap held for it, which the first relief gives back (a
         # passing shortage) or takes again (a lasting one, until the command ends).
         self.held = None
-        self.hold_next = None  # (NAME, octets to leave free, lasting, exact)
+        self.hold_next = None  # (NAME, octets to leave free, lasting)
         self.held_next = None
         self.hold_leave = 0
         self.hold_lasting = False
-        self.hold_exact = False
 
     def hold_point(self, target):
         """Test hook, where `target`'s shortage begins (debug.hold next=target: a command of a
         POP3 or SMTP session, a console request, a TLS socket, a handshake, a queueing, an AUTH
-        check, a session's wait for its next line): holds the heap asked for, if any, until
-        that command ends (its caller then drops `held_next`) or the heap is relieved. Taken
-        right before the step runs, after a collection, so the step meets the shortage whatever
-        the timing."""
+        check): holds the heap asked for, if any, until that command ends (its caller then
+        drops `held_next`) or the heap is relieved. Taken right before the step runs, after a
+        collection, so the step meets the shortage whatever the timing."""
         if self.hold_next is None or self.hold_next[0] != target:
             return
-        _, self.hold_leave, self.hold_lasting, self.hold_exact = self.hold_next
+        _, self.hold_leave, self.hold_lasting = self.hold_next
         self.hold_next = None
-        self.held_next = heap.hold(self.hold_leave, self.hold_exact)
+        self.held_next = heap.hold(self.hold_leave)
 
     def relieve_memory(self):
         """Called where a MemoryError was caught: gives back the heap that can be given back,
@@ -69,7 +67,7 @@ class App:
         unload_idle()  # the code of a protocol without sessions
         heap.relieve()
         if lasting:
-            self.held_next = heap.hold(self.hold_leave, self.hold_exact)
+            self.held_next = heap.hold(self.hold_leave)
 
     def storage_ready(self):
         return self.store is not None

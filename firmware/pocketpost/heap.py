@@ -138,13 +138,10 @@ def relieve():
     gc.collect()
 
 
-def hold(leave, exact=False):
+def hold(leave):
     """Test hook (the console's debug.hold, emulated board only): takes heap until only `leave`
     octets are free, in blocks of 1,000 octets down to 12 (as fragments of a long-running heap
-    would be), and returns what holds them; dropping it gives them back. `exact`: the holes
-    that leaves are taken too (a step that allocates a few small objects fits in them).
-    (Resident, not loaded when asked for: a module loaded mid-run and kept lies where it
-    landed, in the largest free block.)"""
+    would be), and returns what holds them; dropping it gives them back."""
     global _reserve
     _reserve = None  # a shortage it is: the reserve goes first
     gc.collect()
@@ -155,11 +152,4 @@ def hold(leave, exact=False):
                 held = (held, bytearray(size))
         except MemoryError:
             pass  # no block of that size is left: smaller ones
-    if exact:
-        gc.collect()  # (the MemoryErrors met above are garbage: their blocks are holes too)
-        try:
-            while gc.mem_free() > leave:
-                held = (held, None)  # one allocation each: a failure leaves no garbage
-        except MemoryError:
-            pass
     return held

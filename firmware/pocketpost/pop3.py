@@ -89,7 +89,6 @@ class Pop3Session(Session):
         conn = self.conn
         await self.greet()
         while True:
-            self.app.hold_point("line")  # the emulated board's test hook: a shortage here
             line = await conn.readline(_MAX_COMMAND)
             if line is None:
                 if self._bad(_ERR_TOO_LONG):

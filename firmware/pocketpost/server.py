@@ -246,13 +246,9 @@ class Listener:
         except OSError:  # the connection broke (ECONNRESET, EPIPE)
             pass
         except MemoryError:
-            # Short of memory outside a command (waiting for the next line, at the greeting).
-            # What is queued is whole replies (Session.command ends one cut short), and they go
-            # before the closing one: a client told 421 instead of its DATA's 250 would send
-            # the message again, one told nothing after QUIT's +OK would fetch again what it
-            # deleted.
+            # Short of memory outside a command (reading a line, or while answering one).
             app.relieve_memory()
-            _last_word(conn, cls.NOMEM_CLOSING or cls.NOMEM_REPLY, keep=True)
+            _last_word(conn, cls.NOMEM_CLOSING or cls.NOMEM_REPLY)
             try:
                 app.log.warn(cls.NAME, "{} session closed: not enough memory".format(peer))
             except MemoryError:
@@ -283,16 +279,11 @@ class Listener:
                 restore_reserve()  # taken again when no session needs the heap
 
 
-def _last_word(conn, reply, keep=False):
+def _last_word(conn, reply):
     # A closing reply, sent only if the socket takes it now: the peer may be the reason the
     # session ends (it reads nothing, or never finished a TLS handshake), so no waiting for it.
-    # `keep`: what is queued is whole replies, sent first as far as the socket takes them;
-    # otherwise it may be half-written, and goes.
     try:
-        if keep:
-            conn.push()
-        else:
-            conn.drop_output()
+        conn.drop_output()  # whatever was half-written goes
         conn.put(reply)
         conn.push()
     except Exception:

@@ -127,7 +127,6 @@ class SmtpSession(Session):
         conn = self.conn
         await self.greet()
         while True:
-            self.app.hold_point("line")  # the emulated board's test hook: a shortage here
             line = await conn.readline(_MAX_LINE)
             if line is None:
                 if self._bad(_ERR_TOO_LONG):

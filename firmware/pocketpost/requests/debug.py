@@ -13,10 +13,9 @@ def hold(console, rid, args):
     # is made, "handshake" from then through its greeting, "queue" as the next relayed
     # message is queued at the end of its DATA, "auth" once an AUTH exchange has its
     # credentials (after any prompts) until its reply, "accept" as the next client's
-    # connection is taken (before its session begins), "line" as a session next waits for a
-    # command line: until the heap is first relieved, or with "lasting": true until that
-    # command or request ends, its redo included; with "exact": true the holes the hold
-    # leaves are taken too; {} lets go.
+    # connection is taken (before its session begins): until the heap is first
+    # relieved, or with "lasting": true until that command or request ends, its redo
+    # included; {} lets go.
     app = console.app
     leave = args.get("leave")
     target = args.get("next")
@@ -25,10 +24,10 @@ def hold(console, rid, args):
         raise RequestError("INVALID", "argument leave has the wrong type")
     if target is True:
         target = "console"
-    if target not in (None, "console", "pop3", "smtp", "tls", "handshake", "queue", "auth", "accept", "line"):
-        raise RequestError("INVALID", "next must be console, pop3, smtp, tls, handshake, queue, auth, accept or line")
+    if target not in (None, "console", "pop3", "smtp", "tls", "handshake", "queue", "auth", "accept"):
+        raise RequestError("INVALID", "next must be console, pop3, smtp, tls, handshake, queue, auth or accept")
     if target is not None and leave is not None:
-        app.hold_next = (target, leave, bool(args.get("lasting")), bool(args.get("exact")))
+        app.hold_next = (target, leave, bool(args.get("lasting")))
     elif leave is not None:
         # Held by the console once this code is unloaded (console.py), which answers then.
         console.hold = leave
