@@ -47,8 +47,9 @@ SESSION_MODULES = POP3[_MODULES] + SMTP[_MODULES] + _SHARED
 # A protocol's code (pop3.py with maildrop.py: ~12 KB of a 64-bit port's heap; smtp.py: ~15 KB;
 # and transparency.py, ~3 KB, which both use) is loaded when a client connects and none of its
 # sessions has it, and unloaded once the protocol has had no session for _IDLE_MS, or at once
-# where the heap runs short and for the relay and the collector (unload_idle): between clients
-# that heap is theirs and the console's. (Unloaded as soon as the last session ended, it was
+# where the heap runs short, for the relay and the collector, and as a session of the other
+# protocol begins TLS (unload_idle; Session.begin_tls): between clients that heap is theirs
+# and the console's. (Unloaded as soon as the last session ended, it was
 # loaded again for nearly every client of a busy board, into a heap in fragments: at 160k, four
 # clients at once had dozens refused.)
 
