@@ -151,8 +151,7 @@ class Pop3Session(Session):
         self.log("STLS")
 
     async def cmd_user(self, arg):
-        if not self.auth_allowed():
-            self.conn.put(ERR_PLAINTEXT)
+        if self.refuse_auth() is not None:
             return
         if not arg:
             return self._bad(_ERR_SYNTAX)
@@ -160,14 +159,14 @@ class Pop3Session(Session):
         self.conn.put(b"+OK Send PASS.\r\n")
 
     def refuse_auth(self):
+        # (USER and PASS are refused the same way, before TLS.)
         if self.auth_allowed():
             return None
         self.conn.put(ERR_PLAINTEXT)
         return False
 
     async def cmd_pass(self, arg):
-        if not self.auth_allowed():
-            self.conn.put(ERR_PLAINTEXT)
+        if self.refuse_auth() is not None:
             return
         if self.user is None:
             return self._bad(b"-ERR No user name given.\r\n")
