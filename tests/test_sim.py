@@ -1,16 +1,19 @@
 """`pocketpost sim`: the firmware on the emulated board, its console link, and how it stops,
 restarts and keeps its data."""
 
+import io
 import os
 import signal
 import smtplib
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
 import serial
+from pocketpost_host.sim import Simulator
 
 from emulated_board import free_port
 from sim_process import MPREMOTE, SimProcess, run_cli, run_pocketpost, stop_quietly
@@ -97,6 +100,31 @@ def test_console_reboot_restarts_the_firmware_behind_the_same_link(make_sim):
     assert sim.firmware_pid() != before
     assert sim.cli("info").exit_code == 0  # through the same console link
     sim.pop3_login("alice", "wonderland").quit()
+
+
+def test_a_ctrl_c_as_the_relaying_begins_stops_the_board(tmp_path):
+    """A Ctrl-C whose handler Python runs as the simulator begins to relay (right after its last
+    announcement: when a script that waits for that line stops it at once) stops the board. Such
+    a stop once went unnoticed, and the simulator relayed on for good."""
+
+    class CtrlCAsRelayingBegins(Simulator):
+        def pump(self, timeout, until):
+            if timeout is None and not self.stop_requested:
+                self.stop_requested = True  # what the handler of a Ctrl-C landing here does
+            return super().pump(timeout, until)
+
+    out = io.StringIO()
+    sim = CtrlCAsRelayingBegins(data=tmp_path / "sim", pop3_port=free_port(), smtp_port=free_port(), out=out)
+    runner = threading.Thread(target=sim.run, daemon=True)  # (no signal handlers off the main thread)
+    runner.start()
+    runner.join(60)
+    if runner.is_alive():
+        sim.proc.kill()  # the relaying ends with the board's process
+        runner.join(10)
+        pytest.fail("the simulator did not stop:\n" + out.getvalue())
+    assert "Ctrl-C stops the board" in out.getvalue()
+    assert out.getvalue().endswith(f"sim: the board stopped; its data stays in {tmp_path / 'sim'}\n"), out.getvalue()
+    assert "killing it" not in out.getvalue()  # stopped cleanly, by its Ctrl-C
 
 
 def test_firmware_that_dies_is_started_again(make_sim):

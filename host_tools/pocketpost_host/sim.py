@@ -220,7 +220,10 @@ class Simulator:
             if not self.stop_requested:
                 self._announce()
             while not self.stop_requested:
-                self.pump(None, lambda: False)
+                # A stop asked for before pump() began must end it too: pump() itself ends only
+                # on a change of the request, and a Ctrl-C that lands as it is called (Python
+                # runs the handler at the call) is no change to it.
+                self.pump(None, lambda: self.stop_requested)
                 if not self.stop_requested:
                     self._after_exit()
         finally:
