@@ -108,10 +108,10 @@ def test_a_ctrl_c_as_the_relaying_begins_stops_the_board(tmp_path):
     a stop once went unnoticed, and the simulator relayed on for good."""
 
     class CtrlCAsRelayingBegins(Simulator):
-        def pump(self, timeout, until):
+        def pump(self, timeout, until, stopping=False):
             if timeout is None and not self.stop_requested:
                 self.stop_requested = True  # what the handler of a Ctrl-C landing here does
-            return super().pump(timeout, until)
+            return super().pump(timeout, until, stopping)
 
     out = io.StringIO()
     sim = CtrlCAsRelayingBegins(data=tmp_path / "sim", pop3_port=free_port(), smtp_port=free_port(), out=out)

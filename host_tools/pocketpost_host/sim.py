@@ -220,10 +220,7 @@ class Simulator:
             if not self.stop_requested:
                 self._announce()
             while not self.stop_requested:
-                # A stop asked for before pump() began must end it too: pump() itself ends only
-                # on a change of the request, and a Ctrl-C that lands as it is called (Python
-                # runs the handler at the call) is no change to it.
-                self.pump(None, lambda: self.stop_requested)
+                self.pump(None, lambda: False)
                 if not self.stop_requested:
                     self._after_exit()
         finally:
@@ -394,27 +391,28 @@ class Simulator:
         if self.running_firmware:
             if not self.interrupted:
                 self.send_to_board(CTRL_C)
-            self.pump(STOP_STEP_TIMEOUT, lambda: False)
+            self.pump(STOP_STEP_TIMEOUT, lambda: False, stopping=True)
         else:
             self.recent_output = b""
             self.send_to_board(CTRL_C + CTRL_B if self.raw_repl else CTRL_C)
-            self.pump(STOP_STEP_TIMEOUT, lambda: self.recent_output.endswith(b">>> "))
+            self.pump(STOP_STEP_TIMEOUT, lambda: self.recent_output.endswith(b">>> "), stopping=True)
             if self.board_fd is not None:
                 self.send_to_board(CTRL_D)
-                self.pump(STOP_STEP_TIMEOUT, lambda: False)
+                self.pump(STOP_STEP_TIMEOUT, lambda: False, stopping=True)
         if self.board_fd is not None:
             self._say("sim: the board did not stop; killing it")
             self.proc.kill()
-            self.pump(STOP_STEP_TIMEOUT, lambda: False)
+            self.pump(STOP_STEP_TIMEOUT, lambda: False, stopping=True)
 
     # ---- relaying
 
-    def pump(self, timeout, until):
+    def pump(self, timeout, until, stopping=False):
         """Relays between the board and the console link until `until()` is true, the process
-        ended, a stop was requested or `timeout` seconds passed (None: no limit)."""
+        ended, a stop was requested (unless this relaying is part of the stopping: `stopping`)
+        or `timeout` seconds passed (None: no limit). A stop requested before the call ends it
+        too: a Ctrl-C's handler runs when Python next calls a function, which may be this one."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        stopping = self.stop_requested
-        while self.board_fd is not None and not until() and self.stop_requested == stopping:
+        while self.board_fd is not None and not until() and (stopping or not self.stop_requested):
             wait = POLL_INTERVAL
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
